@@ -33,7 +33,9 @@ pub enum IdentityError {
     Empty,
     #[error("key id `{0}` is not an even number of hex digits")]
     BadKeyId(String),
-    #[error("`{0}` is not a valid FQDN (letters, digits, `-` and `.` only, labels of 1..=63 octets)")]
+    #[error(
+        "`{0}` is not a valid FQDN (letters, digits, `-` and `.` only, labels of 1..=63 octets)"
+    )]
     BadFqdn(String),
     #[error("distinguished name `{0}` has a part without `=` (write `CN=name, O=org`)")]
     BadDn(String),
@@ -51,12 +53,18 @@ impl Identity {
         if let Ok(ip) = text.parse::<IpAddr>() {
             return Ok(Identity::Ip(ip));
         }
-        if let Some(hex) = text.strip_prefix("keyid:").or_else(|| text.strip_prefix("@#")) {
+        if let Some(hex) = text
+            .strip_prefix("keyid:")
+            .or_else(|| text.strip_prefix("@#"))
+        {
             return parse_hex(hex)
                 .map(Identity::KeyId)
                 .ok_or_else(|| IdentityError::BadKeyId(hex.to_string()));
         }
-        if let Some(name) = text.strip_prefix("fqdn:").or_else(|| text.strip_prefix('@')) {
+        if let Some(name) = text
+            .strip_prefix("fqdn:")
+            .or_else(|| text.strip_prefix('@'))
+        {
             return fqdn(name);
         }
         if let Some(mail) = text.strip_prefix("email:") {
@@ -96,7 +104,9 @@ fn fqdn(name: &str) -> Result<Identity, IdentityError> {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if ok {
         Ok(Identity::Fqdn(name.to_ascii_lowercase()))
@@ -146,10 +156,7 @@ mod tests {
 
     #[test]
     fn parses_every_notation() {
-        assert_eq!(
-            Identity::parse("198.51.100.1").map(|i| i.id_type()),
-            Ok(1)
-        );
+        assert_eq!(Identity::parse("198.51.100.1").map(|i| i.id_type()), Ok(1));
         assert_eq!(Identity::parse("2001:db8::1").map(|i| i.id_type()), Ok(5));
         assert_eq!(
             Identity::parse("@VPN.Example.com"),
@@ -177,9 +184,21 @@ mod tests {
     #[test]
     fn refuses_garbage() {
         assert_eq!(Identity::parse(" "), Err(IdentityError::Empty));
-        assert!(matches!(Identity::parse("keyid:abc"), Err(IdentityError::BadKeyId(_))));
-        assert!(matches!(Identity::parse("bad name!"), Err(IdentityError::BadFqdn(_))));
-        assert!(matches!(Identity::parse("CN=x, junk"), Err(IdentityError::BadDn(_))));
-        assert!(matches!(Identity::parse("@"), Err(IdentityError::BadFqdn(_))));
+        assert!(matches!(
+            Identity::parse("keyid:abc"),
+            Err(IdentityError::BadKeyId(_))
+        ));
+        assert!(matches!(
+            Identity::parse("bad name!"),
+            Err(IdentityError::BadFqdn(_))
+        ));
+        assert!(matches!(
+            Identity::parse("CN=x, junk"),
+            Err(IdentityError::BadDn(_))
+        ));
+        assert!(matches!(
+            Identity::parse("@"),
+            Err(IdentityError::BadFqdn(_))
+        ));
     }
 }

@@ -186,7 +186,9 @@ const KNOWN: &[(&str, fn() -> Token)] = &[
     ("aes128gcm128", || Token::Encr(Encryption::AesGcm16_128)),
     ("aes256gcm16", || Token::Encr(Encryption::AesGcm16_256)),
     ("aes256gcm128", || Token::Encr(Encryption::AesGcm16_256)),
-    ("chacha20poly1305", || Token::Encr(Encryption::ChaCha20Poly1305)),
+    ("chacha20poly1305", || {
+        Token::Encr(Encryption::ChaCha20Poly1305)
+    }),
     ("sha256", || Token::Integ(Integrity::HmacSha256_128)),
     ("sha2_256", || Token::Integ(Integrity::HmacSha256_128)),
     ("sha384", || Token::Integ(Integrity::HmacSha384_192)),
@@ -207,22 +209,52 @@ const KNOWN: &[(&str, fn() -> Token)] = &[
 
 /// Known to strongSwan but refused here, with the reason and what to use instead.
 const REFUSED: &[(&str, &str)] = &[
-    ("3des", "3DES is obsolete (RFC 8247 §2.1); use aes256gcm16 or aes256"),
+    (
+        "3des",
+        "3DES is obsolete (RFC 8247 §2.1); use aes256gcm16 or aes256",
+    ),
     ("des", "DES is broken; use aes256gcm16 or aes256"),
     ("aes192", "AES-192 is not implemented; use aes256"),
-    ("aes128gcm8", "8-octet GCM ICVs are too short (RFC 8247); use aes128gcm16"),
-    ("aes128gcm12", "12-octet GCM ICVs are not implemented; use aes128gcm16"),
-    ("aes256gcm8", "8-octet GCM ICVs are too short (RFC 8247); use aes256gcm16"),
-    ("aes256gcm12", "12-octet GCM ICVs are not implemented; use aes256gcm16"),
+    (
+        "aes128gcm8",
+        "8-octet GCM ICVs are too short (RFC 8247); use aes128gcm16",
+    ),
+    (
+        "aes128gcm12",
+        "12-octet GCM ICVs are not implemented; use aes128gcm16",
+    ),
+    (
+        "aes256gcm8",
+        "8-octet GCM ICVs are too short (RFC 8247); use aes256gcm16",
+    ),
+    (
+        "aes256gcm12",
+        "12-octet GCM ICVs are not implemented; use aes256gcm16",
+    ),
     ("md5", "HMAC-MD5 is obsolete (RFC 8247); use sha256"),
-    ("sha1", "HMAC-SHA1 is not accepted here (RFC 8247 demotes it); use sha256"),
-    ("prfsha1", "PRF-HMAC-SHA1 is not accepted here; use prfsha256"),
+    (
+        "sha1",
+        "HMAC-SHA1 is not accepted here (RFC 8247 demotes it); use sha256",
+    ),
+    (
+        "prfsha1",
+        "PRF-HMAC-SHA1 is not accepted here; use prfsha256",
+    ),
     ("prfmd5", "PRF-HMAC-MD5 is obsolete; use prfsha256"),
     ("modp768", "MODP-768 is broken; use ecp256 or modp2048"),
-    ("modp1024", "MODP-1024 is too weak (RFC 8247 §2.4); use ecp256 or modp2048"),
+    (
+        "modp1024",
+        "MODP-1024 is too weak (RFC 8247 §2.4); use ecp256 or modp2048",
+    ),
     ("modp1536", "MODP-1536 is too weak; use ecp256 or modp2048"),
-    ("modp3072", "MODP-3072 is not implemented; use ecp384 or modp2048"),
-    ("modp4096", "MODP-4096 is not implemented; use ecp384 or modp2048"),
+    (
+        "modp3072",
+        "MODP-3072 is not implemented; use ecp384 or modp2048",
+    ),
+    (
+        "modp4096",
+        "MODP-4096 is not implemented; use ecp384 or modp2048",
+    ),
     ("ecp521", "ECP-521 is not implemented; use ecp384"),
     ("x448", "Curve448 is not implemented; use x25519"),
     ("curve448", "Curve448 is not implemented; use x25519"),
@@ -257,7 +289,8 @@ pub enum ProposalError {
 }
 
 fn did_you_mean(s: &Option<&'static str>) -> String {
-    s.map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default()
+    s.map(|s| format!(" (did you mean `{s}`?)"))
+        .unwrap_or_default()
 }
 
 /// An IKE SA proposal: every list is non-empty, ciphers are all AEAD or all classic.
@@ -446,13 +479,25 @@ mod tests {
     #[test]
     fn cloud_and_strongswan_suites_parse() {
         for (text, canonical) in [
-            ("aes256gcm16-prfsha256-ecp256", "aes256gcm16-prfsha256-ecp256"),
-            ("aes256gcm16-prfsha384-ecp384", "aes256gcm16-prfsha384-ecp384"),
-            ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305-prfsha256-x25519"),
+            (
+                "aes256gcm16-prfsha256-ecp256",
+                "aes256gcm16-prfsha256-ecp256",
+            ),
+            (
+                "aes256gcm16-prfsha384-ecp384",
+                "aes256gcm16-prfsha384-ecp384",
+            ),
+            (
+                "chacha20poly1305-prfsha256-x25519",
+                "chacha20poly1305-prfsha256-x25519",
+            ),
             ("aes128-sha256-modp2048", "aes128-sha256-prfsha256-modp2048"),
             ("AES256-SHA384-ECP384", "aes256-sha384-prfsha384-ecp384"),
             ("aes256gcm16-sha384-ecp384", "aes256gcm16-prfsha384-ecp384"),
-            ("aes128gcm16-aes256gcm16-prfsha256-ecp256-modp2048", "aes128gcm16-aes256gcm16-prfsha256-ecp256-modp2048"),
+            (
+                "aes128gcm16-aes256gcm16-prfsha256-ecp256-modp2048",
+                "aes128gcm16-aes256gcm16-prfsha256-ecp256-modp2048",
+            ),
         ] {
             let p = IkeProposal::parse(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(p.to_string(), canonical);
@@ -471,7 +516,8 @@ mod tests {
 
     #[test]
     fn transform_ids_are_ianas() {
-        let p = IkeProposal::parse("aes256gcm16-prfsha384-ecp384").unwrap_or_else(|e| panic!("{e}"));
+        let p =
+            IkeProposal::parse("aes256gcm16-prfsha384-ecp384").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(p.encryption[0].transform_id(), 20);
         assert_eq!(p.encryption[0].key_bits(), Some(256));
         assert_eq!(p.prf[0].transform_id(), 6);
@@ -487,19 +533,46 @@ mod tests {
         assert_eq!(IkeProposal::parse(""), Err(ProposalError::Empty));
         assert!(matches!(
             IkeProposal::parse("aes256gcm16-prfsha256-ecp265"),
-            Err(ProposalError::Unknown { suggestion: Some("ecp256"), .. })
+            Err(ProposalError::Unknown {
+                suggestion: Some("ecp256"),
+                ..
+            })
         ));
         assert!(matches!(
             IkeProposal::parse("3des-sha1-modp1024"),
             Err(ProposalError::Refused { .. })
         ));
-        assert_eq!(IkeProposal::parse("aes256gcm16-ecp256"), Err(ProposalError::NoPrf));
-        assert_eq!(IkeProposal::parse("aes256-ecp256"), Err(ProposalError::NoIntegrity("aes256")));
-        assert_eq!(IkeProposal::parse("aes256gcm16-prfsha256"), Err(ProposalError::NoDh));
-        assert_eq!(IkeProposal::parse("aes256-aes256gcm16-sha256-ecp256"), Err(ProposalError::MixedAead));
-        assert_eq!(IkeProposal::parse("aes256gcm16-prfsha256-ecp256-esn"), Err(ProposalError::Misplaced("esn", "IKE")));
-        assert_eq!(EspProposal::parse("aes256gcm16-sha256"), Err(ProposalError::IntegrityWithAead("sha256")));
-        assert_eq!(EspProposal::parse("aes256gcm16-prfsha256"), Err(ProposalError::Misplaced("prfsha256", "ESP")));
-        assert_eq!(EspProposal::parse("sha256"), Err(ProposalError::NoEncryption));
+        assert_eq!(
+            IkeProposal::parse("aes256gcm16-ecp256"),
+            Err(ProposalError::NoPrf)
+        );
+        assert_eq!(
+            IkeProposal::parse("aes256-ecp256"),
+            Err(ProposalError::NoIntegrity("aes256"))
+        );
+        assert_eq!(
+            IkeProposal::parse("aes256gcm16-prfsha256"),
+            Err(ProposalError::NoDh)
+        );
+        assert_eq!(
+            IkeProposal::parse("aes256-aes256gcm16-sha256-ecp256"),
+            Err(ProposalError::MixedAead)
+        );
+        assert_eq!(
+            IkeProposal::parse("aes256gcm16-prfsha256-ecp256-esn"),
+            Err(ProposalError::Misplaced("esn", "IKE"))
+        );
+        assert_eq!(
+            EspProposal::parse("aes256gcm16-sha256"),
+            Err(ProposalError::IntegrityWithAead("sha256"))
+        );
+        assert_eq!(
+            EspProposal::parse("aes256gcm16-prfsha256"),
+            Err(ProposalError::Misplaced("prfsha256", "ESP"))
+        );
+        assert_eq!(
+            EspProposal::parse("sha256"),
+            Err(ProposalError::NoEncryption)
+        );
     }
 }

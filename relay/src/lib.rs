@@ -38,5 +38,11 @@ pub trait Authorizer: Send + Sync + 'static {
     /// What the appliance decided; opaque to the relay except for how to answer.
     type Decision: Send;
     /// Decides one request for `device` to `host:port`.
-    fn authorize(&self, device: &DeviceIdentity, host: &str, port: u16, now: SystemTime) -> Self::Decision;
+    fn authorize(
+        &self,
+        device: &DeviceIdentity,
+        host: &str,
+        port: u16,
+        now: SystemTime,
+    ) -> Self::Decision;
 }

@@ -1,0 +1,410 @@
+//! The typed configuration. Every field is validated; paths are absolute (relative ones are
+//! resolved against the configuration file's directory). Fields that other parts refer to keep
+//! their [`Spanned`] place so later checks can point at them.
+
+use crate::tree::Spanned;
+use crate::units::{HostPattern, PortRange};
+use ike::{EspProposal, Identity, IkeProposal};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/attestgate/attestgate.toml";
+/// Default control socket.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/attestgate/control.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/attestgate";
+/// The well-known connect-udp URI template (RFC 9298 §2).
+pub const DEFAULT_UDP_PATH: &str = "/.well-known/masque/udp/{target_host}/{target_port}/";
+
+/// The whole appliance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub origin: PathBuf,
+    pub appliance: Appliance,
+    pub relay: Relay,
+    /// In file order. Always contains at least one `public` egress (an implicit one named
+    /// `public` when none is written).
+    pub egresses: Vec<Egress>,
+    pub apps: Vec<App>,
+    pub compliance: Compliance,
+    /// In file order: the first policy naming the target's app applies.
+    pub policies: Vec<Policy>,
+    pub defaults: Defaults,
+    pub events: Events,
+    pub logging: Logging,
+}
+
+impl Config {
+    pub fn egress(&self, name: &str) -> Option<&Egress> {
+        self.egresses.iter().find(|e| e.name.value == name)
+    }
+    pub fn app(&self, name: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.name.value == name)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Appliance {
+    pub name: String,
+    pub state_dir: PathBuf,
+    pub control_socket: PathBuf,
+}
+
+/// Where the relay reads the device identity from (tried in order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IdentityField {
+    PermanentIdentifier,
+    AppleSerial,
+    SubjectCn,
+    SubjectSerial,
+}
+
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// UDP listeners for HTTP/3.
+    pub http3_listen: Vec<SocketAddr>,
+    /// TCP listeners for HTTP/2 over TLS.
+    pub http2_listen: Vec<SocketAddr>,
+    pub certificate: Spanned<PathBuf>,
+    pub private_key: Spanned<PathBuf>,
+    pub device_ca: Vec<Spanned<PathBuf>>,
+    pub crl: Vec<Spanned<PathBuf>>,
+    pub identity: Vec<IdentityField>,
+    pub udp_path: String,
+    pub header_secret: Option<HeaderSecret>,
+    pub limits: RelayLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct HeaderSecret {
+    /// Lower-case header name.
+    pub header: String,
+    pub file: Spanned<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayLimits {
+    pub max_connections_per_device: u32,
+    pub max_streams_per_connection: u32,
+    /// QUIC / HTTP/2 connection idle timeout; keepalives keep healthy devices below it.
+    pub connection_idle_timeout: Duration,
+    pub keepalive_interval: Duration,
+    /// `None`: streams may idle forever (push channels do).
+    pub stream_idle_timeout: Option<Duration>,
+    pub max_header_bytes: u32,
+}
+
+/// Egress names that are outcomes, not egresses.
+pub const RESERVED_OUTCOMES: [&str; 2] = ["deny", "direct"];
+
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub name: Spanned<String>,
+    pub kind: EgressKind,
+    /// Resolvers for names sent out this egress (reached through it). Empty: the host's.
+    pub dns: Vec<IpAddr>,
+    /// Static name → address entries, consulted before DNS (labs, split horizon).
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl Egress {
+    /// Tunnel and internet egresses carry trusted source addresses; public does not.
+    pub fn is_trusted(&self) -> bool {
+        !matches!(self.kind, EgressKind::Public(_))
+    }
+    pub fn type_name(&self) -> &'static str {
+        match self.kind {
+            EgressKind::Tunnel(_) => "tunnel",
+            EgressKind::Internet(_) => "internet",
+            EgressKind::Public(_) => "public",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum EgressKind {
+    Tunnel(Box<Tunnel>),
+    Internet(Internet),
+    Public(Public),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NatMode {
+    /// A stable address per device, so the enterprise firewall log names the device.
+    PerDevice,
+    /// Every device shares the pool.
+    Shared,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DpdAction {
+    /// Re-establish the tunnel.
+    Restart,
+    /// Tear it down and wait for traffic or the peer.
+    Clear,
+}
+
+#[derive(Debug, Clone)]
+pub enum TunnelAuth {
+    Psk {
+        file: Spanned<PathBuf>,
+    },
+    Certificate {
+        certificate: Spanned<PathBuf>,
+        private_key: Spanned<PathBuf>,
+        peer_ca: Vec<Spanned<PathBuf>>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Tunnel {
+    pub local_address: IpAddr,
+    pub remote_address: Spanned<IpAddr>,
+    pub local_id: Identity,
+    pub remote_id: Identity,
+    pub auth: TunnelAuth,
+    pub ike_proposals: Vec<IkeProposal>,
+    pub esp_proposals: Vec<EspProposal>,
+    pub local_ts: Vec<Spanned<IpNet>>,
+    pub remote_ts: Vec<Spanned<IpNet>>,
+    pub nat_pool: Spanned<IpNet>,
+    pub nat_mode: NatMode,
+    pub mtu: u16,
+    /// Initiate at start (AWS needs the customer side to); otherwise wait for the peer.
+    pub initiate: bool,
+    pub dpd_interval: Duration,
+    pub dpd_action: DpdAction,
+    pub ike_lifetime: Duration,
+    pub child_lifetime: Duration,
+    pub child_lifetime_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Internet {
+    /// In order of preference; the next is used when one is unusable.
+    pub source_addresses: Vec<Spanned<IpAddr>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Public {
+    /// `None`: the address of the default route.
+    pub source_address: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct App {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub hosts: Vec<HostPattern>,
+    pub cidrs: Vec<IpNet>,
+    /// Empty: every port.
+    pub ports: Vec<PortRange>,
+}
+
+/// Risk levels, ordered from best to worst.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskLevel {
+    Secure,
+    Low,
+    Medium,
+    High,
+}
+
+impl RiskLevel {
+    pub const ALL: [(&'static str, RiskLevel); 4] = [
+        ("secure", RiskLevel::Secure),
+        ("low", RiskLevel::Low),
+        ("medium", RiskLevel::Medium),
+        ("high", RiskLevel::High),
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevel::Secure => "secure",
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+        }
+    }
+}
+
+impl std::str::FromStr for RiskLevel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RiskLevel::ALL
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(s))
+            .map(|(_, r)| *r)
+            .ok_or_else(|| format!("`{s}` is not a risk level (secure, low, medium, high)"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Compliance {
+    /// Data older than this counts as unknown (fail closed).
+    pub max_age: Duration,
+    pub refresh_interval: Duration,
+    /// A device in any of these groups is compliant.
+    pub compliant_groups: Vec<String>,
+    pub sources: Vec<ComplianceSource>,
+    pub webhook: Option<Webhook>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ComplianceSource {
+    pub name: Spanned<String>,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceKind {
+    JamfPro {
+        url: String,
+        client_id: String,
+        client_secret_file: Spanned<PathBuf>,
+        computer_groups: Vec<u32>,
+        mobile_device_groups: Vec<u32>,
+        /// Name of a computer extension attribute holding a risk level.
+        risk_attribute: Option<String>,
+    },
+    Intune {
+        tenant_id: String,
+        client_id: String,
+        client_secret_file: Spanned<PathBuf>,
+        /// Group name given to devices whose `complianceState` is `compliant`.
+        compliant_group: String,
+        graph_url: String,
+        login_url: String,
+    },
+    File {
+        path: Spanned<PathBuf>,
+    },
+}
+
+impl SourceKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SourceKind::JamfPro { .. } => "jamf-pro",
+            SourceKind::Intune { .. } => "intune",
+            SourceKind::File { .. } => "file",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub listen: SocketAddr,
+    pub certificate: Spanned<PathBuf>,
+    pub private_key: Spanned<PathBuf>,
+    pub auth: WebhookAuth,
+}
+
+#[derive(Debug, Clone)]
+pub enum WebhookAuth {
+    Basic {
+        username: String,
+        password_file: Spanned<PathBuf>,
+    },
+    Header {
+        header: String,
+        token_file: Spanned<PathBuf>,
+    },
+}
+
+/// What a policy or default sends traffic to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// A named egress.
+    Egress(String),
+    /// Refused.
+    Deny,
+    /// The client is told to go direct.
+    Direct,
+}
+
+impl Outcome {
+    pub fn parse(name: &str) -> Outcome {
+        match name {
+            "deny" => Outcome::Deny,
+            "direct" => Outcome::Direct,
+            other => Outcome::Egress(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Egress(n) => f.write_str(n),
+            Outcome::Deny => f.write_str("deny"),
+            Outcome::Direct => f.write_str("direct"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+    pub apps: Vec<Spanned<String>>,
+    /// The device must be in at least one of these MDM groups (besides being compliant).
+    /// Empty: any compliant device.
+    pub groups: Vec<String>,
+    pub managed: bool,
+    pub max_risk: RiskLevel,
+    pub egress: Spanned<Outcome>,
+    pub fallback: Spanned<Outcome>,
+}
+
+/// The HTTP status for a deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyStatus {
+    /// 403 Forbidden.
+    Forbidden,
+    /// 502 with `Proxy-Status: …; error=connection_refused` (what Apple's client treats as a block).
+    BadGateway,
+}
+
+impl DenyStatus {
+    pub fn code(self) -> u16 {
+        match self {
+            DenyStatus::Forbidden => 403,
+            DenyStatus::BadGateway => 502,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    /// Traffic that matches no policy.
+    pub egress: Spanned<Outcome>,
+    /// The fallback of policies that name none.
+    pub fallback: Spanned<Outcome>,
+    pub deny_status: DenyStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Events {
+    /// JSON lines appended here, besides the log.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Logging {
+    /// A tracing filter directive, e.g. `info` or `info,attestgate::policy=debug`.
+    pub level: String,
+    pub format: LogFormat,
+}
