@@ -82,8 +82,7 @@ impl Diagnostics {
         self.errors().count()
     }
     fn sort(&mut self) {
-        self.0
-            .sort_by(|a, b| (a.line, a.column, a.severity).cmp(&(b.line, b.column, b.severity)));
+        self.0.sort_by_key(|d| (d.line, d.column, d.severity));
         self.0.dedup();
     }
 }

@@ -43,9 +43,7 @@ fn resolve_fallbacks(cfg: &mut Config) {
 fn names(cfg: &Config, sink: &mut Sink<'_>) {
     let mut seen: Vec<&Spanned<String>> = Vec::new();
     for p in &cfg.policies {
-        if let Some(first) = seen.iter().find(|s| s.value == p.name.value) {
-            let (line, _) = (first.span.start, 0);
-            let _ = line;
+        if seen.iter().any(|s| s.value == p.name.value) {
             sink.error(
                 &p.name.span,
                 "policy.name",

@@ -171,6 +171,7 @@ pub enum Esn {
     Yes,
 }
 
+#[derive(Clone, Copy)]
 enum Token {
     Encr(Encryption),
     Integ(Integrity),
@@ -179,32 +180,33 @@ enum Token {
     Esn(Esn),
 }
 
-const KNOWN: &[(&str, fn() -> Token)] = &[
-    ("aes128", || Token::Encr(Encryption::AesCbc128)),
-    ("aes256", || Token::Encr(Encryption::AesCbc256)),
-    ("aes128gcm16", || Token::Encr(Encryption::AesGcm16_128)),
-    ("aes128gcm128", || Token::Encr(Encryption::AesGcm16_128)),
-    ("aes256gcm16", || Token::Encr(Encryption::AesGcm16_256)),
-    ("aes256gcm128", || Token::Encr(Encryption::AesGcm16_256)),
-    ("chacha20poly1305", || {
-        Token::Encr(Encryption::ChaCha20Poly1305)
-    }),
-    ("sha256", || Token::Integ(Integrity::HmacSha256_128)),
-    ("sha2_256", || Token::Integ(Integrity::HmacSha256_128)),
-    ("sha384", || Token::Integ(Integrity::HmacSha384_192)),
-    ("sha2_384", || Token::Integ(Integrity::HmacSha384_192)),
-    ("sha512", || Token::Integ(Integrity::HmacSha512_256)),
-    ("sha2_512", || Token::Integ(Integrity::HmacSha512_256)),
-    ("prfsha256", || Token::Prf(Prf::HmacSha256)),
-    ("prfsha384", || Token::Prf(Prf::HmacSha384)),
-    ("prfsha512", || Token::Prf(Prf::HmacSha512)),
-    ("modp2048", || Token::Dh(DhGroup::Modp2048)),
-    ("ecp256", || Token::Dh(DhGroup::Ecp256)),
-    ("ecp384", || Token::Dh(DhGroup::Ecp384)),
-    ("x25519", || Token::Dh(DhGroup::Curve25519)),
-    ("curve25519", || Token::Dh(DhGroup::Curve25519)),
-    ("esn", || Token::Esn(Esn::Yes)),
-    ("noesn", || Token::Esn(Esn::No)),
+const KNOWN: &[(&str, Token)] = &[
+    ("aes128", Token::Encr(Encryption::AesCbc128)),
+    ("aes256", Token::Encr(Encryption::AesCbc256)),
+    ("aes128gcm16", Token::Encr(Encryption::AesGcm16_128)),
+    ("aes128gcm128", Token::Encr(Encryption::AesGcm16_128)),
+    ("aes256gcm16", Token::Encr(Encryption::AesGcm16_256)),
+    ("aes256gcm128", Token::Encr(Encryption::AesGcm16_256)),
+    (
+        "chacha20poly1305",
+        Token::Encr(Encryption::ChaCha20Poly1305),
+    ),
+    ("sha256", Token::Integ(Integrity::HmacSha256_128)),
+    ("sha2_256", Token::Integ(Integrity::HmacSha256_128)),
+    ("sha384", Token::Integ(Integrity::HmacSha384_192)),
+    ("sha2_384", Token::Integ(Integrity::HmacSha384_192)),
+    ("sha512", Token::Integ(Integrity::HmacSha512_256)),
+    ("sha2_512", Token::Integ(Integrity::HmacSha512_256)),
+    ("prfsha256", Token::Prf(Prf::HmacSha256)),
+    ("prfsha384", Token::Prf(Prf::HmacSha384)),
+    ("prfsha512", Token::Prf(Prf::HmacSha512)),
+    ("modp2048", Token::Dh(DhGroup::Modp2048)),
+    ("ecp256", Token::Dh(DhGroup::Ecp256)),
+    ("ecp384", Token::Dh(DhGroup::Ecp384)),
+    ("x25519", Token::Dh(DhGroup::Curve25519)),
+    ("curve25519", Token::Dh(DhGroup::Curve25519)),
+    ("esn", Token::Esn(Esn::Yes)),
+    ("noesn", Token::Esn(Esn::No)),
 ];
 
 /// Known to strongSwan but refused here, with the reason and what to use instead.
@@ -337,8 +339,8 @@ fn tokenize(text: &str) -> Result<Lists, ProposalError> {
     let mut lists = Lists::default();
     for raw in text.split('-') {
         let token = raw.trim().to_ascii_lowercase();
-        if let Some((_, make)) = KNOWN.iter().find(|(name, _)| *name == token) {
-            match make() {
+        if let Some((_, tok)) = KNOWN.iter().find(|(name, _)| *name == token) {
+            match *tok {
                 Token::Encr(e) => push_unique(&mut lists.encryption, e),
                 Token::Integ(i) => push_unique(&mut lists.integrity, i),
                 Token::Prf(p) => push_unique(&mut lists.prf, p),
