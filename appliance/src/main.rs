@@ -1,1 +1,5 @@
+//! attestgate: the appliance daemon and its CLI.
+
+mod policy;
+
 fn main() {}
