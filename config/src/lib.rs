@@ -84,7 +84,7 @@ pub fn load_str(
     };
     let config = reader.document(&root, origin);
     let config = config.map(|mut c| {
-        validate::check(&mut c, &mut sink, files);
+        validate::check(&mut c, &mut sink, files, &root);
         c
     });
     let diagnostics = sink.into_diagnostics();

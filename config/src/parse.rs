@@ -565,7 +565,7 @@ impl Reader<'_, '_> {
         if let (Some(idle), Some(keep)) = (connection_idle_timeout, keepalive_interval) {
             if keep >= idle {
                 self.sink
-                    .error(&f.span, "relay.limits.keepalive_interval", "keepalives must come more often than the idle timeout, or idle connections drop")
+                    .error(&f.value_span("keepalive_interval"), "relay.limits.keepalive_interval", "keepalives must come more often than the idle timeout, or idle connections drop")
                     .expected(format!("less than connection_idle_timeout ({})", crate::units::format_duration(idle)));
             }
         }
@@ -966,7 +966,7 @@ impl Reader<'_, '_> {
                 if v < Duration::from_secs(min) {
                     self.sink
                         .error(
-                            &f.span,
+                            &f.value_span(key),
                             &f.key_path(key),
                             format!(
                                 "{} is too short to rekey safely",
@@ -983,7 +983,7 @@ impl Reader<'_, '_> {
         if let (Some(child), Some(ike)) = (child_lifetime, ike_lifetime) {
             if child > ike {
                 self.sink.warning(
-                    &f.span,
+                    &f.value_span("child_lifetime"),
                     &f.key_path("child_lifetime"),
                     "is longer than ike_lifetime; child SAs will be rekeyed with the IKE SA",
                 );
@@ -1086,7 +1086,14 @@ impl Reader<'_, '_> {
                 .unwrap_or_default(),
                 None => Vec::new(),
             };
-            if f.get("hosts").is_none() && f.get("cidrs").is_none() {
+            // absent, or written as an empty list (a list whose items were all refused has
+            // been reported item by item)
+            let unset = |key: &str| match f.get(key).map(|e| &e.node.value) {
+                None => true,
+                Some(NodeValue::Array(items)) => items.is_empty(),
+                Some(_) => false,
+            };
+            if unset("hosts") && unset("cidrs") {
                 self.sink
                     .error(&entry.key_span, &path, "matches nothing: neither hosts nor cidrs")
                     .expected("hosts = [\"login.example.com\", \"*.example.com\"] and/or cidrs = [\"198.19.0.0/24\"]");
@@ -1564,17 +1571,14 @@ impl Reader<'_, '_> {
                     if ok {
                         Ok(s.to_string())
                     } else {
-                        let first = s
+                        let bad = s
                             .split(',')
-                            .next()
-                            .unwrap_or(s)
-                            .rsplit('=')
-                            .next()
-                            .unwrap_or(s)
-                            .trim();
-                        Err(match did_you_mean(first, LEVELS) {
-                            Some(m) => format!("unknown level (did you mean `{m}`?)"),
-                            None => "unknown level".to_string(),
+                            .map(|d| d.rsplit('=').next().unwrap_or("").trim())
+                            .find(|lvl| !LEVELS.contains(lvl))
+                            .unwrap_or(s);
+                        Err(match did_you_mean(bad, LEVELS) {
+                            Some(m) => format!("unknown level `{bad}` (did you mean `{m}`?)"),
+                            None => format!("unknown level `{bad}`"),
                         })
                     }
                 },

@@ -186,6 +186,12 @@ impl<'n> Fields<'n> {
         self.entries.iter().find(|e| e.key == key)
     }
 
+    /// Where the value of `key` is written, or the table when it is not.
+    pub(crate) fn value_span(&self, key: &str) -> Span {
+        self.get(key)
+            .map_or_else(|| self.span.clone(), |e| e.node.span.clone())
+    }
+
     pub(crate) fn key_path(&self, key: &str) -> String {
         join(&self.path, key)
     }

@@ -3,7 +3,7 @@
 
 use crate::diagnostics::{did_you_mean, Severity, Sink, Span};
 use crate::model::*;
-use crate::tree::Spanned;
+use crate::tree::{Node, NodeValue, Spanned};
 use ipnet::IpNet;
 use std::path::Path;
 
@@ -19,16 +19,51 @@ pub enum FileChecks {
     Skip,
 }
 
-pub(crate) fn check(cfg: &mut Config, sink: &mut Sink<'_>, files: FileChecks) {
+/// `root` is the document the model was read from: it tells where things the model does not
+/// keep were written, and which names were written but refused.
+pub(crate) fn check(cfg: &mut Config, sink: &mut Sink<'_>, files: FileChecks, root: &Node) {
     resolve_fallbacks(cfg);
-    names(cfg, sink);
-    outcomes(cfg, sink);
-    policies(cfg, sink);
+    names(cfg, sink, root);
+    outcomes(cfg, sink, root);
+    policies(cfg, sink, root);
     tunnels(cfg, sink);
-    listeners(cfg, sink);
+    listeners(cfg, sink, root);
     if files != FileChecks::Skip {
         check_files(cfg, sink, files);
     }
+}
+
+/// The node at a key path of the document, if it was written.
+fn node_at<'n>(root: &'n Node, keys: &[&str]) -> Option<&'n Node> {
+    keys.iter().try_fold(root, |node, key| match &node.value {
+        NodeValue::Table(entries) => entries.iter().find(|e| e.key == *key).map(|e| &e.node),
+        _ => None,
+    })
+}
+
+/// True when `[section.NAME]` is written in the file, even if it was refused. A reference to a
+/// refused egress or app is not reported again as unknown: the errors at its definition say
+/// what is wrong (and the configuration is refused anyway).
+fn declared(root: &Node, section: &str, name: &str) -> bool {
+    node_at(root, &[section, name]).is_some()
+}
+
+/// The `[[policy]]` table `p` was read from. Policies that could not be read are not in the
+/// model, so an index into `cfg.policies` can be smaller than the one in the file.
+fn policy_node<'n>(root: &'n Node, p: &Policy) -> Option<(usize, &'n Node)> {
+    let NodeValue::Array(items) = &node_at(root, &["policy"])?.value else {
+        return None;
+    };
+    items
+        .iter()
+        .enumerate()
+        .find(|(_, item)| node_at(item, &["name"]).is_some_and(|n| n.span == p.name.span))
+}
+
+/// `policy[N]`, N counted in the file.
+fn policy_path(root: &Node, p: &Policy, model_index: usize) -> String {
+    let i = policy_node(root, p).map_or(model_index, |(i, _)| i);
+    format!("policy[{i}]")
 }
 
 /// A policy without `fallback` takes `[defaults] fallback`.
@@ -40,13 +75,13 @@ fn resolve_fallbacks(cfg: &mut Config) {
     }
 }
 
-fn names(cfg: &Config, sink: &mut Sink<'_>) {
+fn names(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
     let mut seen: Vec<&Spanned<String>> = Vec::new();
-    for p in &cfg.policies {
+    for (i, p) in cfg.policies.iter().enumerate() {
         if seen.iter().any(|s| s.value == p.name.value) {
             sink.error(
                 &p.name.span,
-                "policy.name",
+                &format!("{}.name", policy_path(root, p, i)),
                 format!("policy name `{}` is used twice", p.name.value),
             )
             .help("policy names appear in decisions and logs; make each unique");
@@ -63,10 +98,19 @@ fn outcome_known(cfg: &Config, o: &Outcome) -> bool {
     }
 }
 
-fn unknown_outcome(cfg: &Config, sink: &mut Sink<'_>, o: &Spanned<Outcome>, path: &str) {
+fn unknown_outcome(
+    cfg: &Config,
+    sink: &mut Sink<'_>,
+    root: &Node,
+    o: &Spanned<Outcome>,
+    path: &str,
+) {
     let Outcome::Egress(name) = &o.value else {
         return;
     };
+    if declared(root, "egress", name) {
+        return;
+    }
     let candidates: Vec<&str> = cfg
         .egresses
         .iter()
@@ -96,13 +140,13 @@ fn untrusted_names(cfg: &Config) -> String {
         .join(", ")
 }
 
-fn outcomes(cfg: &Config, sink: &mut Sink<'_>) {
+fn outcomes(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
     for (o, path) in [
         (&cfg.defaults.egress, "defaults.egress"),
         (&cfg.defaults.fallback, "defaults.fallback"),
     ] {
         if !outcome_known(cfg, o) {
-            unknown_outcome(cfg, sink, o, path);
+            unknown_outcome(cfg, sink, root, o, path);
         } else if is_trusted(cfg, o) {
             sink.error(&o.span, path, format!("`{}` is a trusted egress; a default must never hand out trusted addresses (fail closed)", o.value))
                 .expected(format!("an untrusted outcome: {}", untrusted_names(cfg)));
@@ -110,7 +154,7 @@ fn outcomes(cfg: &Config, sink: &mut Sink<'_>) {
     }
 }
 
-fn policies(cfg: &Config, sink: &mut Sink<'_>) {
+fn policies(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
     let app_names: Vec<&str> = cfg.apps.iter().map(|a| a.name.value.as_str()).collect();
     let mut covered: Vec<&str> = Vec::new();
     let any_trusted = cfg
@@ -118,9 +162,9 @@ fn policies(cfg: &Config, sink: &mut Sink<'_>) {
         .iter()
         .any(|p| is_trusted(cfg, &p.egress.value));
     for (i, p) in cfg.policies.iter().enumerate() {
-        let path = format!("policy[{i}]");
+        let path = policy_path(root, p, i);
         for (j, app) in p.apps.iter().enumerate() {
-            if cfg.app(&app.value).is_none() {
+            if cfg.app(&app.value).is_none() && !declared(root, "apps", &app.value) {
                 let suggestion = did_you_mean(&app.value, app_names.iter().copied());
                 sink.error(
                     &app.span,
@@ -143,10 +187,10 @@ fn policies(cfg: &Config, sink: &mut Sink<'_>) {
             }
         }
         if !outcome_known(cfg, &p.egress.value) {
-            unknown_outcome(cfg, sink, &p.egress, &format!("{path}.egress"));
+            unknown_outcome(cfg, sink, root, &p.egress, &format!("{path}.egress"));
         }
         if !outcome_known(cfg, &p.fallback.value) {
-            unknown_outcome(cfg, sink, &p.fallback, &format!("{path}.fallback"));
+            unknown_outcome(cfg, sink, root, &p.fallback, &format!("{path}.fallback"));
         } else if is_trusted(cfg, &p.fallback.value) {
             sink.error(
                 &p.fallback.span,
@@ -159,8 +203,12 @@ fn policies(cfg: &Config, sink: &mut Sink<'_>) {
             .expected(format!("an untrusted outcome: {}", untrusted_names(cfg)));
         }
         if !p.managed && is_trusted(cfg, &p.egress.value) {
+            // at `managed = false`, which the key path and the help name
+            let span = policy_node(root, p)
+                .and_then(|(_, node)| node_at(node, &["managed"]))
+                .map_or_else(|| p.egress.span.clone(), |n| n.span.clone());
             sink.error(
-                &p.egress.span,
+                &span,
                 &format!("{path}.managed"),
                 format!(
                     "policy `{}` sends unmanaged devices to the trusted egress `{}`",
@@ -304,10 +352,11 @@ fn tunnels(cfg: &Config, sink: &mut Sink<'_>) {
     }
 }
 
-fn listeners(cfg: &Config, sink: &mut Sink<'_>) {
+fn listeners(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
     if let Some(w) = &cfg.compliance.webhook {
         if cfg.relay.http2_listen.contains(&w.listen) {
-            let span = w.certificate.span.clone();
+            let span = node_at(root, &["compliance", "webhook", "listen"])
+                .map_or_else(|| w.certificate.span.clone(), |n| n.span.clone());
             sink.error(
                 &span,
                 "compliance.webhook.listen",

@@ -17,11 +17,11 @@
 //! groups if the policy names any, and its risk is at most the policy's `max_risk`. The property
 //! tests in `proptests.rs` generate inputs to break this.
 
-mod target;
 #[cfg(test)]
 mod proptests;
+mod target;
 
-pub use target::{Protocol, Target, TargetError, TargetHost};
+pub use target::{Protocol, Target, TargetHost};
 
 use config::{Config, EgressKind, NatMode, Outcome, RiskLevel};
 use ipnet::IpNet;
@@ -173,10 +173,6 @@ impl PolicyEngine {
         PolicyEngine { config }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// Decides one request. Pure: the same inputs give the same decision.
     pub fn decide(&self, device: &DeviceState, target: &Target, now: SystemTime) -> Decision {
         let cfg = &*self.config;
@@ -197,7 +193,10 @@ impl PolicyEngine {
                         .iter()
                         .filter(|p| p.matches(name))
                         .max_by_key(|p| p.specificity())
-                        .map(|p| Match::Host { pattern: p.to_string(), rank: p.specificity() }),
+                        .map(|p| Match::Host {
+                            pattern: p.to_string(),
+                            rank: p.specificity(),
+                        }),
                     TargetHost::Ip(ip) => app
                         .cidrs
                         .iter()
@@ -227,7 +226,11 @@ impl PolicyEngine {
                 ),
                 None => format!("{target} matches no app"),
             };
-            reasons.push(Reason { check: "app", passed: None, detail });
+            reasons.push(Reason {
+                check: "app",
+                passed: None,
+                detail,
+            });
             let verdict = self.verdict(&cfg.defaults.egress.value);
             let verdict = self.never_trusted(verdict, &mut reasons);
             reasons.push(Reason {
@@ -235,7 +238,12 @@ impl PolicyEngine {
                 passed: None,
                 detail: format!("[defaults] egress: {}", verdict.name()),
             });
-            return Decision { verdict, app: None, policy: None, reasons };
+            return Decision {
+                verdict,
+                app: None,
+                policy: None,
+                reasons,
+            };
         };
 
         reasons.push(Reason {
@@ -247,16 +255,27 @@ impl PolicyEngine {
         reasons.push(Reason {
             check: "policy",
             passed: None,
-            detail: format!("policy {} (#{}) applies: egress {}, fallback {}", policy.name.value, pi + 1, policy.egress.value, policy.fallback.value),
+            detail: format!(
+                "policy {} (#{}) applies: egress {}, fallback {}",
+                policy.name.value,
+                pi + 1,
+                policy.egress.value,
+                policy.fallback.value
+            ),
         });
 
         // 2. the device
         let egress_trusted = self.outcome_trusted(&policy.egress.value);
         let mut ok = true;
-        let mut check = |reasons: &mut Vec<Reason>, name: &'static str, passed: bool, detail: String| {
-            ok &= passed;
-            reasons.push(Reason { check: name, passed: Some(passed), detail });
-        };
+        let mut check =
+            |reasons: &mut Vec<Reason>, name: &'static str, passed: bool, detail: String| {
+                ok &= passed;
+                reasons.push(Reason {
+                    check: name,
+                    passed: Some(passed),
+                    detail,
+                });
+            };
 
         let cert_ok = device.cert_not_before <= now && now <= device.cert_not_after;
         check(
@@ -264,31 +283,72 @@ impl PolicyEngine {
             "certificate",
             cert_ok,
             if cert_ok {
-                format!("certificate valid for another {}", human(device.cert_not_after.duration_since(now).unwrap_or_default()))
+                format!(
+                    "certificate valid for another {}",
+                    human(
+                        device
+                            .cert_not_after
+                            .duration_since(now)
+                            .unwrap_or_default()
+                    )
+                )
             } else if now < device.cert_not_before {
                 "certificate not yet valid".to_string()
             } else {
-                format!("certificate expired {} ago", human(now.duration_since(device.cert_not_after).unwrap_or_default()))
+                format!(
+                    "certificate expired {} ago",
+                    human(
+                        now.duration_since(device.cert_not_after)
+                            .unwrap_or_default()
+                    )
+                )
             },
         );
 
         // Every other check needs data about the device, unless the policy asks for nothing
         // (an untrusted egress with managed = false, no groups and max_risk = high).
-        let needs_data = egress_trusted || policy.managed || !policy.groups.is_empty() || policy.max_risk < RiskLevel::High;
+        let needs_data = egress_trusted
+            || policy.managed
+            || !policy.groups.is_empty()
+            || policy.max_risk < RiskLevel::High;
         let max_age = cfg.compliance.max_age;
         match &device.record {
             None => {
                 if needs_data {
-                    check(&mut reasons, "known", false, format!("device {} is unknown to every compliance source", device.serial));
+                    check(
+                        &mut reasons,
+                        "known",
+                        false,
+                        format!(
+                            "device {} is unknown to every compliance source",
+                            device.serial
+                        ),
+                    );
                 }
             }
             Some(rec) => {
-                check(&mut reasons, "known", true, format!("device {} known to source {}", device.serial, rec.source));
+                check(
+                    &mut reasons,
+                    "known",
+                    true,
+                    format!("device {} known to source {}", device.serial, rec.source),
+                );
                 let fresh = match now.duration_since(rec.confirmed_at) {
-                    Ok(age) if age <= max_age => Ok(format!("data {} old (max {})", human(age), human(max_age))),
-                    Ok(age) => Err(format!("data {} old, over the maximum age {}", human(age), human(max_age))),
-                    Err(e) if e.duration() <= MAX_CLOCK_SKEW => Ok("data confirmed just now".to_string()),
-                    Err(e) => Err(format!("data claims to be from {} in the future", human(e.duration()))),
+                    Ok(age) if age <= max_age => {
+                        Ok(format!("data {} old (max {})", human(age), human(max_age)))
+                    }
+                    Ok(age) => Err(format!(
+                        "data {} old, over the maximum age {}",
+                        human(age),
+                        human(max_age)
+                    )),
+                    Err(e) if e.duration() <= MAX_CLOCK_SKEW => {
+                        Ok("data confirmed just now".to_string())
+                    }
+                    Err(e) => Err(format!(
+                        "data claims to be from {} in the future",
+                        human(e.duration())
+                    )),
                 };
                 if needs_data {
                     match fresh {
@@ -301,11 +361,19 @@ impl PolicyEngine {
                         &mut reasons,
                         "managed",
                         rec.managed,
-                        if rec.managed { "managed by the MDM".into() } else { "not managed by the MDM".into() },
+                        if rec.managed {
+                            "managed by the MDM".into()
+                        } else {
+                            "not managed by the MDM".into()
+                        },
                     );
                 }
                 if egress_trusted {
-                    let hit = cfg.compliance.compliant_groups.iter().find(|g| rec.groups.contains(*g));
+                    let hit = cfg
+                        .compliance
+                        .compliant_groups
+                        .iter()
+                        .find(|g| rec.groups.contains(*g));
                     check(
                         &mut reasons,
                         "compliant",
@@ -327,7 +395,10 @@ impl PolicyEngine {
                         hit.is_some(),
                         match hit {
                             Some(g) => format!("in policy group \"{g}\""),
-                            None => format!("in none of the policy's groups ({})", quoted(&policy.groups)),
+                            None => format!(
+                                "in none of the policy's groups ({})",
+                                quoted(&policy.groups)
+                            ),
                         },
                     );
                 }
@@ -349,7 +420,11 @@ impl PolicyEngine {
         }
 
         // 3. the outcome
-        let (which, outcome) = if ok { ("egress", &policy.egress.value) } else { ("fallback", &policy.fallback.value) };
+        let (which, outcome) = if ok {
+            ("egress", &policy.egress.value)
+        } else {
+            ("fallback", &policy.fallback.value)
+        };
         let mut verdict = self.verdict(outcome);
         if !ok {
             verdict = self.never_trusted(verdict, &mut reasons);
@@ -359,7 +434,12 @@ impl PolicyEngine {
             passed: None,
             detail: format!("{which}: {}", verdict.name()),
         });
-        Decision { verdict, app: Some(app.name.value.clone()), policy: Some(policy.name.value.clone()), reasons }
+        Decision {
+            verdict,
+            app: Some(app.name.value.clone()),
+            policy: Some(policy.name.value.clone()),
+            reasons,
+        }
     }
 
     fn outcome_trusted(&self, outcome: &Outcome) -> bool {
@@ -375,15 +455,22 @@ impl PolicyEngine {
             reasons.push(Reason {
                 check: "outcome",
                 passed: Some(false),
-                detail: format!("refusing trusted egress {} on an untrusted path", verdict.name()),
+                detail: format!(
+                    "refusing trusted egress {} on an untrusted path",
+                    verdict.name()
+                ),
             });
-            return Verdict::Deny { status: self.config.defaults.deny_status.code() };
+            return Verdict::Deny {
+                status: self.config.defaults.deny_status.code(),
+            };
         }
         verdict
     }
 
     fn verdict(&self, outcome: &Outcome) -> Verdict {
-        let deny = Verdict::Deny { status: self.config.defaults.deny_status.code() };
+        let deny = Verdict::Deny {
+            status: self.config.defaults.deny_status.code(),
+        };
         match outcome {
             Outcome::Deny => deny,
             Outcome::Direct => Verdict::Direct,
@@ -416,9 +503,11 @@ impl PolicyEngine {
     }
 }
 
-
 fn quoted(list: &[String]) -> String {
-    list.iter().map(|g| format!("\"{g}\"")).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(|g| format!("\"{g}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A duration for people: `42s`, `3m12s`, `2h5m`, `3d4h`.
@@ -434,14 +523,10 @@ pub fn human(d: Duration) -> String {
 
 mod unix_secs {
     use serde::Serializer;
-    use std::time::{SystemTime, UNIX_EPOCH};
+    use std::time::SystemTime;
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => d.as_secs() as i64,
-            Err(e) => -(e.duration().as_secs() as i64),
-        };
-        s.serialize_i64(secs)
+        s.serialize_i64(crate::timefmt::unix(*t))
     }
 }
 

@@ -7,8 +7,18 @@ use super::tests::engine_from;
 use super::*;
 use proptest::prelude::*;
 
-const GROUPS: [&str; 4] = ["Compliant Macs", "Compliant iPhones", "Engineering", "Contractors"];
-const RISKS: [RiskLevel; 4] = [RiskLevel::Secure, RiskLevel::Low, RiskLevel::Medium, RiskLevel::High];
+const GROUPS: [&str; 4] = [
+    "Compliant Macs",
+    "Compliant iPhones",
+    "Engineering",
+    "Contractors",
+];
+const RISKS: [RiskLevel; 4] = [
+    RiskLevel::Secure,
+    RiskLevel::Low,
+    RiskLevel::Medium,
+    RiskLevel::High,
+];
 const EGRESSES: [&str; 5] = ["corp", "pair", "public", "deny", "direct"];
 const FALLBACKS: [&str; 3] = ["public", "deny", "direct"];
 const APPS: [&str; 4] = ["idp", "corp", "wild", "ips"];
@@ -33,18 +43,26 @@ fn policy_spec() -> impl Strategy<Value = PolicySpec> {
         0usize..5,
         0usize..3,
     )
-        .prop_map(|(apps, groups, managed, max_risk, egress, fallback)| PolicySpec {
-            apps,
-            groups,
-            managed,
-            max_risk,
-            egress,
-            fallback,
-        })
+        .prop_map(
+            |(apps, groups, managed, max_risk, egress, fallback)| PolicySpec {
+                apps,
+                groups,
+                managed,
+                max_risk,
+                egress,
+                fallback,
+            },
+        )
 }
 
 fn list(items: impl Iterator<Item = String>) -> String {
-    format!("[{}]", items.map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "))
+    format!(
+        "[{}]",
+        items
+            .map(|s| format!("\"{s}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 fn render(policies: &[PolicySpec], compliant: &[usize]) -> String {
@@ -79,7 +97,10 @@ cidrs = ["198.19.0.0/25", "203.0.113.0/24"]
 max_age = "15m"
 "#,
     );
-    t.push_str(&format!("compliant_groups = {}\n", list(compliant.iter().map(|g| GROUPS[*g].to_string()))));
+    t.push_str(&format!(
+        "compliant_groups = {}\n",
+        list(compliant.iter().map(|g| GROUPS[*g].to_string()))
+    ));
     for (i, p) in policies.iter().enumerate() {
         t.push_str(&format!(
             "[[policy]]\nname = \"p{i}\"\napps = {}\ngroups = {}\nmanaged = {}\nmax_risk = \"{}\"\negress = \"{}\"\nfallback = \"{}\"\n",
@@ -113,19 +134,26 @@ fn device_spec() -> impl Strategy<Value = DeviceSpec> {
         any::<bool>(),
         proptest::sample::subsequence(vec![0usize, 1, 2, 3], 0..=4),
         0usize..4,
-        prop_oneof![-4000i64..0, 0i64..(2 * MAX_AGE as i64), Just(MAX_AGE as i64), Just(MAX_AGE as i64 + 1)],
+        prop_oneof![
+            -4000i64..0,
+            0i64..(2 * MAX_AGE as i64),
+            Just(MAX_AGE as i64),
+            Just(MAX_AGE as i64 + 1)
+        ],
         -100_000i64..100,
         -100i64..100_000,
     )
-        .prop_map(|(known, managed, groups, risk, age, not_before, not_after)| DeviceSpec {
-            known,
-            managed,
-            groups,
-            risk,
-            age,
-            not_before,
-            not_after,
-        })
+        .prop_map(
+            |(known, managed, groups, risk, age, not_before, not_after)| DeviceSpec {
+                known,
+                managed,
+                groups,
+                risk,
+                age,
+                not_before,
+                not_after,
+            },
+        )
 }
 
 fn at(now: SystemTime, offset: i64) -> SystemTime {

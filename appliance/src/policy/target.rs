@@ -65,7 +65,11 @@ impl Target {
             _ => return Err(TargetError::BadPort(port.to_string())),
         };
         let host = Self::host(host)?;
-        Ok(Target { host, port, protocol })
+        Ok(Target {
+            host,
+            port,
+            protocol,
+        })
     }
 
     /// Normalizes a host alone.
@@ -78,7 +82,9 @@ impl Target {
                 "`{text}` looks like an IPv6 address without brackets (write [{text}]:PORT)"
             )));
         }
-        normalize_host(text).map(TargetHost::Name).map_err(TargetError::BadHost)
+        normalize_host(text)
+            .map(TargetHost::Name)
+            .map_err(TargetError::BadHost)
     }
 }
 
@@ -117,19 +123,42 @@ mod tests {
         let t = Target::parse("bücher.example:443", Protocol::Tcp).unwrap();
         assert_eq!(t.host, TargetHost::Name("xn--bcher-kva.example".into()));
         assert_eq!(
-            Target::parse("198.51.100.7:53", Protocol::Udp).unwrap().host,
+            Target::parse("198.51.100.7:53", Protocol::Udp)
+                .unwrap()
+                .host,
             TargetHost::Ip("198.51.100.7".parse().unwrap())
         );
     }
 
     #[test]
     fn refuses_malformed_authorities() {
-        assert!(matches!(Target::parse("example.com", Protocol::Tcp), Err(TargetError::NoPort(_))));
-        assert!(matches!(Target::parse("example.com:0", Protocol::Tcp), Err(TargetError::BadPort(_))));
-        assert!(matches!(Target::parse("example.com:99999", Protocol::Tcp), Err(TargetError::BadPort(_))));
-        assert!(matches!(Target::parse("2001:db8::1:443", Protocol::Tcp), Err(TargetError::BadHost(_))));
-        assert!(matches!(Target::parse("bad host:443", Protocol::Tcp), Err(TargetError::BadHost(_))));
-        assert!(matches!(Target::parse("[::1:443", Protocol::Tcp), Err(TargetError::NoPort(_))));
-        assert!(matches!(Target::parse(":443", Protocol::Tcp), Err(TargetError::BadHost(_))));
+        assert!(matches!(
+            Target::parse("example.com", Protocol::Tcp),
+            Err(TargetError::NoPort(_))
+        ));
+        assert!(matches!(
+            Target::parse("example.com:0", Protocol::Tcp),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(
+            Target::parse("example.com:99999", Protocol::Tcp),
+            Err(TargetError::BadPort(_))
+        ));
+        assert!(matches!(
+            Target::parse("2001:db8::1:443", Protocol::Tcp),
+            Err(TargetError::BadHost(_))
+        ));
+        assert!(matches!(
+            Target::parse("bad host:443", Protocol::Tcp),
+            Err(TargetError::BadHost(_))
+        ));
+        assert!(matches!(
+            Target::parse("[::1:443", Protocol::Tcp),
+            Err(TargetError::NoPort(_))
+        ));
+        assert!(matches!(
+            Target::parse(":443", Protocol::Tcp),
+            Err(TargetError::BadHost(_))
+        ));
     }
 }

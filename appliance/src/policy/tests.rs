@@ -4,7 +4,12 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub(crate) fn engine_from(text: &str) -> PolicyEngine {
-    match load_str(text, Path::new("test.toml"), Path::new("/"), FileChecks::Skip) {
+    match load_str(
+        text,
+        Path::new("test.toml"),
+        Path::new("/"),
+        FileChecks::Skip,
+    ) {
         Ok(l) => PolicyEngine::new(Arc::new(l.config)),
         Err(e) => panic!("test config invalid:\n{e}"),
     }
@@ -42,7 +47,11 @@ fn tcp(t: &str) -> Target {
 }
 
 fn failed_checks(d: &Decision) -> Vec<&'static str> {
-    d.reasons.iter().filter(|r| r.passed == Some(false)).map(|r| r.check).collect()
+    d.reasons
+        .iter()
+        .filter(|r| r.passed == Some(false))
+        .map(|r| r.check)
+        .collect()
 }
 
 #[test]
@@ -52,10 +61,21 @@ fn compliant_device_gets_the_trusted_egresses() {
     assert_eq!(d.verdict.name(), "idp-pair");
     assert!(d.verdict.is_trusted());
     assert_eq!(d.policy.as_deref(), Some("idp-sign-in"));
-    assert!(matches!(&d.verdict, Verdict::Egress { source: SourceSelection::Addresses { addresses }, .. } if addresses.len() == 2));
+    assert!(
+        matches!(&d.verdict, Verdict::Egress { source: SourceSelection::Addresses { addresses }, .. } if addresses.len() == 2)
+    );
     let d = e.decide(&compliant(), &tcp("app.corp.lab:8443"), now());
     assert_eq!(d.verdict.name(), "corp");
-    assert!(matches!(&d.verdict, Verdict::Egress { source: SourceSelection::NatPool { mode: NatModeName::PerDevice, .. }, .. }));
+    assert!(matches!(
+        &d.verdict,
+        Verdict::Egress {
+            source: SourceSelection::NatPool {
+                mode: NatModeName::PerDevice,
+                ..
+            },
+            ..
+        }
+    ));
     let d = e.decide(&compliant(), &tcp("198.19.0.10:22"), now());
     assert_eq!((d.app.as_deref(), d.verdict.name()), (Some("corp"), "corp"));
 }
@@ -65,13 +85,43 @@ fn each_failing_check_takes_the_fallback_and_says_why() {
     let e = lab();
     let target = tcp("login.idp.lab:443");
     let cases: Vec<(DeviceState, &str)> = vec![
-        (device(&["Engineering"], true, RiskLevel::Secure, 10), "compliant"),
-        (device(&["Compliant Macs"], false, RiskLevel::Secure, 10), "managed"),
-        (device(&["Compliant Macs"], true, RiskLevel::High, 10), "risk"),
-        (device(&["Compliant Macs"], true, RiskLevel::Low, 16 * 60), "fresh"),
-        (DeviceState { record: None, ..compliant() }, "known"),
-        (DeviceState { cert_not_after: now() - Duration::from_secs(1), ..compliant() }, "certificate"),
-        (DeviceState { cert_not_before: now() + Duration::from_secs(60), ..compliant() }, "certificate"),
+        (
+            device(&["Engineering"], true, RiskLevel::Secure, 10),
+            "compliant",
+        ),
+        (
+            device(&["Compliant Macs"], false, RiskLevel::Secure, 10),
+            "managed",
+        ),
+        (
+            device(&["Compliant Macs"], true, RiskLevel::High, 10),
+            "risk",
+        ),
+        (
+            device(&["Compliant Macs"], true, RiskLevel::Low, 16 * 60),
+            "fresh",
+        ),
+        (
+            DeviceState {
+                record: None,
+                ..compliant()
+            },
+            "known",
+        ),
+        (
+            DeviceState {
+                cert_not_after: now() - Duration::from_secs(1),
+                ..compliant()
+            },
+            "certificate",
+        ),
+        (
+            DeviceState {
+                cert_not_before: now() + Duration::from_secs(60),
+                ..compliant()
+            },
+            "certificate",
+        ),
     ];
     for (dev, why) in cases {
         let d = e.decide(&dev, &target, now());
@@ -94,12 +144,19 @@ fn data_from_the_future_beyond_skew_is_not_fresh() {
     if let Some(r) = dev.record.as_mut() {
         r.confirmed_at = now() + Duration::from_secs(60);
     }
-    assert!(e.decide(&dev, &tcp("idp.lab:443"), now()).verdict.is_trusted());
+    assert!(e
+        .decide(&dev, &tcp("idp.lab:443"), now())
+        .verdict
+        .is_trusted());
 }
 
 #[test]
 fn corp_fallback_is_deny_with_the_configured_status() {
-    let d = lab().decide(&device(&[], true, RiskLevel::Secure, 1), &tcp("app.corp.lab:443"), now());
+    let d = lab().decide(
+        &device(&[], true, RiskLevel::Secure, 1),
+        &tcp("app.corp.lab:443"),
+        now(),
+    );
     assert_eq!(d.verdict, Verdict::Deny { status: 502 });
 }
 
@@ -108,7 +165,14 @@ fn unmatched_targets_take_the_default_public_egress() {
     let d = lab().decide(&compliant(), &tcp("example.org:443"), now());
     assert_eq!(d.verdict.name(), "public");
     assert_eq!(d.policy, None);
-    assert!(matches!(&d.verdict, Verdict::Egress { source: SourceSelection::Fixed { .. }, trusted: false, .. }));
+    assert!(matches!(
+        &d.verdict,
+        Verdict::Egress {
+            source: SourceSelection::Fixed { .. },
+            trusted: false,
+            ..
+        }
+    ));
     // port outside the app's ports: idp lists only 443
     let d = lab().decide(&compliant(), &tcp("idp.lab:80"), now());
     assert_eq!((d.app.as_deref(), d.verdict.name()), (None, "public"));
@@ -121,10 +185,22 @@ fn names_match_case_insensitively_without_trailing_dot_and_in_punycode() {
         include_str!("../../../config/examples/lab.toml")
     ));
     for t in ["LOGIN.IDP.LAB.:443", "Login.Idp.Lab:443"] {
-        assert_eq!(e.decide(&compliant(), &tcp(t), now()).verdict.name(), "idp-pair", "{t}");
+        assert_eq!(
+            e.decide(&compliant(), &tcp(t), now()).verdict.name(),
+            "idp-pair",
+            "{t}"
+        );
     }
-    for t in ["bücher.example:443", "BÜCHER.example.:443", "xn--bcher-kva.example:443"] {
-        assert_eq!(e.decide(&compliant(), &tcp(t), now()).app.as_deref(), Some("intl"), "{t}");
+    for t in [
+        "bücher.example:443",
+        "BÜCHER.example.:443",
+        "xn--bcher-kva.example:443",
+    ] {
+        assert_eq!(
+            e.decide(&compliant(), &tcp(t), now()).app.as_deref(),
+            Some("intl"),
+            "{t}"
+        );
     }
 }
 
@@ -179,22 +255,50 @@ fn the_most_specific_app_wins_regardless_of_policy_order() {
         let d = e.decide(&dev, &tcp(t), now());
         (d.app, d.policy)
     };
-    assert_eq!(pick("www.example.com:443"), (Some("wide".into()), Some("p-wide".into())));
-    assert_eq!(pick("a.login.example.com:443"), (Some("narrow".into()), Some("p-narrow".into())));
-    assert_eq!(pick("sso.login.example.com:443"), (Some("exact".into()), Some("p-exact".into())));
+    assert_eq!(
+        pick("www.example.com:443"),
+        (Some("wide".into()), Some("p-wide".into()))
+    );
+    assert_eq!(
+        pick("a.login.example.com:443"),
+        (Some("narrow".into()), Some("p-narrow".into()))
+    );
+    assert_eq!(
+        pick("sso.login.example.com:443"),
+        (Some("exact".into()), Some("p-exact".into()))
+    );
     // an app no policy names falls through to the next most specific one that has a policy
-    assert_eq!(pick("orphan.login.example.com:443"), (Some("narrow".into()), Some("p-narrow".into())));
-    assert_eq!(pick("198.19.7.9:443"), (Some("narrow".into()), Some("p-narrow".into())));
-    assert_eq!(pick("198.19.8.9:443"), (Some("wide".into()), Some("p-wide".into())));
+    assert_eq!(
+        pick("orphan.login.example.com:443"),
+        (Some("narrow".into()), Some("p-narrow".into()))
+    );
+    assert_eq!(
+        pick("198.19.7.9:443"),
+        (Some("narrow".into()), Some("p-narrow".into()))
+    );
+    assert_eq!(
+        pick("198.19.8.9:443"),
+        (Some("wide".into()), Some("p-wide".into()))
+    );
     assert_eq!(pick("example.com:443"), (None, None));
 }
 
 #[test]
 fn the_reason_chain_reads_as_an_explanation() {
-    let d = lab().decide(&device(&["Compliant Macs"], true, RiskLevel::High, 30), &tcp("idp.lab:443"), now());
+    let d = lab().decide(
+        &device(&["Compliant Macs"], true, RiskLevel::High, 30),
+        &tcp("idp.lab:443"),
+        now(),
+    );
     let text: Vec<String> = d.reasons.iter().map(|r| r.detail.clone()).collect();
     assert_eq!(text[0], "idp.lab:443 matches app idp (idp.lab)");
-    assert!(text[1].starts_with("policy idp-sign-in (#2) applies"), "{text:?}");
-    assert!(text.iter().any(|t| t == "risk high over max medium"), "{text:?}");
+    assert!(
+        text[1].starts_with("policy idp-sign-in (#2) applies"),
+        "{text:?}"
+    );
+    assert!(
+        text.iter().any(|t| t == "risk high over max medium"),
+        "{text:?}"
+    );
     assert_eq!(text.last().map(String::as_str), Some("fallback: public"));
 }

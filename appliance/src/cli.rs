@@ -1,0 +1,159 @@
+//! The command line: clap definitions (also the source of the completions and the man page).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+/// Exit codes, documented in the man page and the README.
+pub mod exit {
+    /// Success (for `whatif`, whatever the decision).
+    pub const OK: u8 = 0;
+    /// A failure not covered below.
+    pub const FAILURE: u8 = 1;
+    /// Bad command-line usage (clap).
+    pub const USAGE: u8 = 2;
+    /// A configuration is invalid (check, apply, run).
+    pub const INVALID_CONFIG: u8 = 3;
+    /// The daemon is not running or its socket is not reachable.
+    pub const UNREACHABLE: u8 = 4;
+    /// The daemon refused the request.
+    pub const REFUSED: u8 = 5;
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success · 1 failure · 2 usage error · 3 invalid configuration · \
+4 daemon not reachable · 5 request refused by the daemon.";
+
+/// attestgate — attested device compliance gateway.
+///
+/// Terminates MASQUE relay tunnels from managed Apple devices, decides at every request whether
+/// the device is genuine, enrolled, compliant and threat-free, and sends its traffic out through
+/// a trusted egress (an IPsec tunnel or a dedicated address pair) or the untrusted public one.
+#[derive(Debug, Parser)]
+#[command(name = "attestgate", version, propagate_version = true, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "ATTESTGATE_CONFIG", default_value = config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// Control socket (default: `appliance.control_socket` of the configuration).
+    #[arg(long, global = true, env = "ATTESTGATE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd: Type=simple). SIGHUP reloads, SIGTERM stops.
+    Run {
+        /// Log filter, overriding `[logging] level` and RUST_LOG (e.g. `debug`).
+        #[arg(long)]
+        log_level: Option<String>,
+        /// Log format, overriding `[logging] format`.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormatArg>,
+    },
+    /// Show the daemon's state: configuration, egresses, compliance sources.
+    Status,
+    /// Check or apply configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Explain the decision for a device and a target, from the live daemon or from state given here.
+    Whatif(WhatifArgs),
+    /// List the devices the compliance sources know.
+    Devices,
+    /// Print the version.
+    Version,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (or write one page per command into a directory).
+    Man {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate configuration files (default: the configured one) and print every problem.
+    ///
+    /// Files the configuration refers to but which do not exist on this host are warnings,
+    /// since a file may be checked away from the appliance; `--strict` makes them errors, as
+    /// `run` and `apply` do.
+    Check {
+        /// Files to check.
+        files: Vec<PathBuf>,
+        /// Treat missing referenced files as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Validate a file and make it the running configuration atomically (installing it as the
+    /// daemon's configuration file when FILE is given). An invalid file changes nothing.
+    Apply { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct WhatifArgs {
+    /// Device serial number.
+    #[arg(long)]
+    pub device: String,
+    /// Destination as HOST:PORT or [IPv6]:PORT.
+    #[arg(long)]
+    pub target: String,
+    /// Decide a connect-udp flow instead of a TCP CONNECT.
+    #[arg(long)]
+    pub udp: bool,
+    /// Decide offline from the configuration file and the state given here, without the daemon.
+    /// Implied by any of the state options below.
+    #[arg(long)]
+    pub offline: bool,
+    /// (offline) The device is unknown to every compliance source.
+    #[arg(long, conflicts_with_all = ["managed", "groups", "risk", "age"])]
+    pub unknown: bool,
+    /// (offline) Whether the MDM manages the device.
+    #[arg(long, value_name = "BOOL")]
+    pub managed: Option<bool>,
+    /// (offline) The device's MDM groups, comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "GROUP,…")]
+    pub groups: Option<Vec<String>>,
+    /// (offline) Risk level: secure, low, medium, high.
+    #[arg(long)]
+    pub risk: Option<config::RiskLevel>,
+    /// (offline) Age of the compliance data, e.g. 30s, 20m.
+    #[arg(long, value_parser = parse_duration)]
+    pub age: Option<std::time::Duration>,
+    /// (offline) The device certificate expires in this long (negative: write `--cert-expired`).
+    #[arg(long, value_parser = parse_duration, conflicts_with = "cert_expired")]
+    pub cert_expires_in: Option<std::time::Duration>,
+    /// (offline) The device certificate has expired.
+    #[arg(long)]
+    pub cert_expired: bool,
+}
+
+impl WhatifArgs {
+    pub fn is_offline(&self) -> bool {
+        self.offline
+            || self.unknown
+            || self.managed.is_some()
+            || self.groups.is_some()
+            || self.risk.is_some()
+            || self.age.is_some()
+            || self.cert_expires_in.is_some()
+            || self.cert_expired
+    }
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    config::units::parse_duration(s)
+}

@@ -1,0 +1,495 @@
+//! `attestgate run`: the foreground daemon. Logs to stderr (systemd collects it), stops
+//! gracefully on SIGTERM/SIGINT, re-reads its configuration on SIGHUP, and answers the CLI on
+//! the control socket.
+//!
+//! What runs today: configuration (load, apply, reload), the `file` compliance source with
+//! periodic refresh, the policy engine behind `whatif`, events. The relay listeners, the IPsec
+//! tunnels and the MDM sources are later issues and are not started.
+
+use crate::compliance::DeviceTable;
+use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
+use crate::events::EventLog;
+use crate::policy::{DeviceState, PolicyEngine, Target};
+use config::{ConfigError, FileChecks, Loaded};
+use serde_json::{json, Value};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("control socket {}: {message}", path.display())]
+    Socket { path: PathBuf, message: String },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The configuration in force.
+#[derive(Debug)]
+pub struct Running {
+    pub loaded: Arc<Loaded>,
+    pub engine: PolicyEngine,
+    pub generation: u64,
+    pub applied_at: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+struct ApplyRecord {
+    at: SystemTime,
+    ok: bool,
+    message: String,
+}
+
+/// State shared by the socket handlers, the refresher and the signal loop.
+#[derive(Debug)]
+pub struct Shared {
+    config_path: PathBuf,
+    running: RwLock<Arc<Running>>,
+    devices: RwLock<DeviceTable>,
+    events: EventLog,
+    started: SystemTime,
+    apply_lock: tokio::sync::Mutex<()>,
+    last_apply: Mutex<Option<ApplyRecord>>,
+    socket: PathBuf,
+}
+
+impl Shared {
+    fn current(&self) -> Arc<Running> {
+        match self.running.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    fn sync_devices(&self) {
+        let cfg = self.current();
+        let status = match self.devices.write() {
+            Ok(mut d) => d.sync(&cfg.loaded.config, SystemTime::now()),
+            Err(_) => return,
+        };
+        for s in status {
+            match s.state {
+                "ok" => {
+                    tracing::debug!(source = %s.name, devices = s.devices, "compliance source synced")
+                }
+                "error" => self.events.emit(
+                    "compliance.sync_failed",
+                    json!({"source": s.name, "error": s.message, "kept_devices": s.devices}),
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Validates and swaps in a configuration; the running one stays on any error.
+    async fn apply(&self, path: Option<&Path>) -> Response {
+        let _guard = self.apply_lock.lock().await;
+        let origin = path.unwrap_or(&self.config_path).to_path_buf();
+        let text = match std::fs::read_to_string(&origin) {
+            Ok(t) => t,
+            Err(e) => {
+                let msg = format!("cannot read {}: {e}", origin.display());
+                self.record_apply(false, &msg);
+                return Response::err("not-found", msg, vec![]);
+            }
+        };
+        let base = self.config_path.parent().unwrap_or(Path::new("/"));
+        let old = self.current();
+        let loaded = match config::load_str(&text, &origin, base, FileChecks::Strict) {
+            Ok(l) => l,
+            Err(ConfigError::Invalid(d)) => {
+                let msg = format!(
+                    "{} refused ({} error{}); still running generation {} ({})",
+                    origin.display(),
+                    d.error_count(),
+                    if d.error_count() == 1 { "" } else { "s" },
+                    old.generation,
+                    old.loaded.digest
+                );
+                self.events.emit(
+                    "config.refused",
+                    json!({"file": origin.display().to_string(), "errors": d.error_count()}),
+                );
+                self.record_apply(false, &msg);
+                return Response::err(
+                    "invalid-config",
+                    msg,
+                    d.0.iter().map(|x| x.to_string()).collect(),
+                );
+            }
+            Err(e) => {
+                self.record_apply(false, &e.to_string());
+                return Response::err("not-found", e.to_string(), vec![]);
+            }
+        };
+        if path.is_some() && !same_file(&origin, &self.config_path) {
+            if let Err(e) = install(&text, &self.config_path) {
+                let msg = format!(
+                    "valid, but cannot install it as {}: {e}; nothing changed",
+                    self.config_path.display()
+                );
+                self.record_apply(false, &msg);
+                return Response::err("internal", msg, vec![]);
+            }
+        }
+        let restart = restart_needed(&old.loaded.config, &loaded.config);
+        let warnings: Vec<String> = loaded.warnings.0.iter().map(|w| w.to_string()).collect();
+        let new = Arc::new(Running {
+            engine: PolicyEngine::new(Arc::new(loaded.config.clone())),
+            generation: old.generation + 1,
+            applied_at: SystemTime::now(),
+            loaded: Arc::new(loaded),
+        });
+        match self.running.write() {
+            Ok(mut r) => *r = new.clone(),
+            Err(poisoned) => *poisoned.into_inner() = new.clone(),
+        }
+        self.events.set_file(new.loaded.config.events.file.clone());
+        self.sync_devices();
+        let msg = format!(
+            "generation {} ({}) applied",
+            new.generation, new.loaded.digest
+        );
+        self.events.emit(
+            "config.applied",
+            json!({"generation": new.generation, "digest": new.loaded.digest, "warnings": warnings.len(), "restart_needed": restart}),
+        );
+        self.record_apply(true, &msg);
+        Response::ok(json!({
+            "generation": new.generation,
+            "digest": new.loaded.digest,
+            "warnings": warnings,
+            "restart_needed": restart,
+        }))
+    }
+
+    fn record_apply(&self, ok: bool, message: &str) {
+        if let Ok(mut l) = self.last_apply.lock() {
+            *l = Some(ApplyRecord {
+                at: SystemTime::now(),
+                ok,
+                message: message.to_string(),
+            });
+        }
+    }
+
+    fn status(&self) -> Value {
+        let run = self.current();
+        let cfg = &run.loaded.config;
+        let now = SystemTime::now();
+        let (sources, devices) = match self.devices.read() {
+            Ok(d) => (d.status().to_vec(), d.device_count()),
+            Err(_) => (Vec::new(), 0),
+        };
+        let last = self.last_apply.lock().ok().and_then(|l| l.clone());
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "appliance": cfg.appliance.name,
+            "pid": std::process::id(),
+            "uptime_secs": now.duration_since(self.started).unwrap_or_default().as_secs(),
+            "control_socket": self.socket.display().to_string(),
+            "config": {
+                "path": self.config_path.display().to_string(),
+                "generation": run.generation,
+                "digest": run.loaded.digest,
+                "applied_at": crate::timefmt::unix(run.applied_at),
+                "warnings": run.loaded.warnings.0.len(),
+                "egresses": cfg.egresses.iter().map(|e| json!({
+                    "name": e.name.value, "type": e.type_name(), "trusted": e.is_trusted(),
+                    "state": "not-started",
+                })).collect::<Vec<_>>(),
+                "apps": cfg.apps.len(),
+                "policies": cfg.policies.iter().map(|p| p.name.value.clone()).collect::<Vec<_>>(),
+            },
+            "relay": {
+                "state": "not-started",
+                "http3_listen": cfg.relay.http3_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "http2_listen": cfg.relay.http2_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            },
+            "compliance": {
+                "devices": devices,
+                "max_age_secs": cfg.compliance.max_age.as_secs(),
+                "sources": sources,
+            },
+            "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
+        })
+    }
+
+    fn whatif(&self, device: &str, target: &str, protocol: crate::policy::Protocol) -> Response {
+        let target = match Target::parse(target, protocol) {
+            Ok(t) => t,
+            Err(e) => return Response::err("bad-request", format!("target: {e}"), vec![]),
+        };
+        let serial = crate::compliance::normalize_serial(device);
+        if serial.is_empty() {
+            return Response::err("bad-request", "device: empty serial", vec![]);
+        }
+        let record = self.devices.read().ok().and_then(|d| d.get(&serial));
+        let now = SystemTime::now();
+        let state = DeviceState {
+            serial: serial.clone(),
+            record,
+            cert_not_before: now - Duration::from_secs(60),
+            cert_not_after: now + crate::WHATIF_CERT_LIFETIME,
+        };
+        let run = self.current();
+        let decision = run.engine.decide(&state, &target, now);
+        Response::ok(json!({
+            "device": state,
+            "target": target.to_string(),
+            "generation": run.generation,
+            "certificate_assumed": true,
+            "why": decision.failed().map(|r| r.detail.clone()),
+            "decision": decision,
+        }))
+    }
+
+    fn devices(&self) -> Value {
+        let now = SystemTime::now();
+        let list: Vec<Value> = match self.devices.read() {
+            Ok(d) => d
+                .all()
+                .into_iter()
+                .map(|(serial, r)| {
+                    json!({
+                        "serial": serial,
+                        "managed": r.managed,
+                        "groups": r.groups,
+                        "risk": r.risk,
+                        "source": r.source,
+                        "age_secs": now.duration_since(r.confirmed_at).unwrap_or_default().as_secs(),
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        json!({ "devices": list })
+    }
+
+    async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => Response::ok(self.status()),
+            Request::Apply { path } => self.apply(path.as_deref()).await,
+            Request::WhatIf {
+                device,
+                target,
+                protocol,
+            } => self.whatif(&device, &target, protocol),
+            Request::Devices => Response::ok(self.devices()),
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Writes `text` as `dest` atomically: a temporary file in the same directory, synced, renamed.
+fn install(text: &str, dest: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.apply-{}",
+        dest.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("config"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode_0640()
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+trait Mode0640 {
+    fn mode_0640(&mut self) -> &mut Self;
+}
+impl Mode0640 for std::fs::OpenOptions {
+    fn mode_0640(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o640)
+    }
+}
+
+/// Settings read only at start-up.
+fn restart_needed(old: &config::Config, new: &config::Config) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if old.appliance.control_socket != new.appliance.control_socket {
+        out.push("appliance.control_socket");
+    }
+    if old.appliance.state_dir != new.appliance.state_dir {
+        out.push("appliance.state_dir");
+    }
+    if old.logging.level != new.logging.level || old.logging.format != new.logging.format {
+        out.push("logging");
+    }
+    out
+}
+
+/// Binds the control socket, refusing to steal it from a running daemon.
+async fn bind(path: &Path) -> Result<(UnixListener, u32), DaemonError> {
+    let err = |message: String| DaemonError::Socket {
+        path: path.to_path_buf(),
+        message,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create its directory: {e}")))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(err(
+                "another attestgate daemon is answering on it; stop that one first".into(),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(e.to_string()))?;
+    let owner = std::fs::metadata(path)
+        .map_err(|e| err(e.to_string()))?
+        .uid();
+    Ok((listener, owner))
+}
+
+async fn serve_one(shared: Arc<Shared>, stream: UnixStream, owner: u32) {
+    let allowed = stream
+        .peer_cred()
+        .map(|c| c.uid() == 0 || c.uid() == owner)
+        .unwrap_or(false);
+    let (read, mut write) = stream.into_split();
+    let response = if !allowed {
+        tracing::warn!(
+            "control socket: refused a client that is neither root nor the daemon's user"
+        );
+        Response::err("forbidden", "the control socket is for root", vec![])
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(read).take(MAX_LINE as u64);
+        match tokio::time::timeout(TIMEOUT, reader.read_line(&mut line)).await {
+            Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+                Ok(req) => shared.handle(req).await,
+                Err(e) => Response::err("bad-request", format!("not a request: {e}"), vec![]),
+            },
+            Ok(Err(e)) => Response::err("bad-request", format!("read: {e}"), vec![]),
+            Err(_) => Response::err("bad-request", "no request within the timeout", vec![]),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+    out.push(b'\n');
+    let _ = tokio::time::timeout(TIMEOUT, write.write_all(&out)).await;
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError> {
+    let cfg = loaded.config.clone();
+    std::fs::create_dir_all(&cfg.appliance.state_dir)?;
+    let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
+    let shared = Arc::new(Shared {
+        config_path: config_path.clone(),
+        running: RwLock::new(Arc::new(Running {
+            engine: PolicyEngine::new(Arc::new(cfg.clone())),
+            generation: 1,
+            applied_at: SystemTime::now(),
+            loaded: Arc::new(loaded),
+        })),
+        devices: RwLock::new(DeviceTable::default()),
+        events: EventLog::default(),
+        started: SystemTime::now(),
+        apply_lock: tokio::sync::Mutex::new(()),
+        last_apply: Mutex::new(None),
+        socket: cfg.appliance.control_socket.clone(),
+    });
+    shared.events.set_file(cfg.events.file.clone());
+    for w in shared.current().loaded.warnings.0.iter() {
+        tracing::warn!("{w}");
+    }
+    shared.sync_devices();
+    shared.events.emit(
+        "daemon.started",
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "config": config_path.display().to_string(),
+            "digest": shared.current().loaded.digest,
+            "socket": cfg.appliance.control_socket.display().to_string(),
+        }),
+    );
+    for s in &cfg.compliance.sources {
+        if !matches!(s.kind, config::SourceKind::File { .. }) {
+            tracing::warn!(source = %s.name.value, kind = s.kind.type_name(), "compliance source not implemented yet: its devices stay unknown (fail closed)");
+        }
+    }
+    tracing::warn!(
+        "relay listeners and tunnels are not implemented yet: no device traffic is relayed"
+    );
+
+    let refresher = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let every = shared
+                    .current()
+                    .loaded
+                    .config
+                    .compliance
+                    .refresh_interval
+                    .max(Duration::from_secs(1));
+                tokio::time::sleep(every).await;
+                shared.sync_devices();
+            }
+        })
+    };
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let reason = loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_one(shared.clone(), stream, owner));
+                }
+                Err(e) => tracing::warn!(error = %e, "control socket accept failed"),
+            },
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading the configuration");
+                let r = shared.apply(None).await;
+                if let Some(e) = r.error {
+                    tracing::error!("{}", e.message);
+                    for d in e.details { tracing::error!("{d}"); }
+                }
+            }
+            _ = term.recv() => break "SIGTERM",
+            _ = int.recv() => break "SIGINT",
+        }
+    };
+    refresher.abort();
+    drop(listener);
+    let _ = std::fs::remove_file(&cfg.appliance.control_socket);
+    shared
+        .events
+        .emit("daemon.stopped", json!({"signal": reason}));
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! Human-readable output: aligned tables and short lines, built from the same JSON the
+//! `--json` flag prints, so both always say the same thing.
+
+use serde_json::{json, Value};
+use std::fmt::Write;
+use std::path::Path;
+
+/// Renders rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, c) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(c);
+            } else {
+                let pad = widths[i].saturating_sub(c.chars().count());
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push('\n');
+    };
+    line(header.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn ago(secs: u64) -> String {
+    format!(
+        "{} ago",
+        crate::policy::human(std::time::Duration::from_secs(secs))
+    )
+}
+
+fn since_unix(t: &Value) -> String {
+    match t.as_i64() {
+        Some(t) => {
+            let now = crate::timefmt::unix(std::time::SystemTime::now());
+            ago(u64::try_from(now - t).unwrap_or(0))
+        }
+        None => "never".into(),
+    }
+}
+
+pub fn status(r: &Value) -> String {
+    let mut o = String::new();
+    let c = &r["config"];
+    let _ = writeln!(
+        o,
+        "attestgate {} — {} (pid {}, up {})",
+        s(&r["version"]),
+        s(&r["appliance"]),
+        s(&r["pid"]),
+        crate::policy::human(std::time::Duration::from_secs(
+            r["uptime_secs"].as_u64().unwrap_or(0)
+        ))
+    );
+    let _ = writeln!(
+        o,
+        "config    {}  generation {}  digest {}  applied {}  {} warning(s)",
+        s(&c["path"]),
+        s(&c["generation"]),
+        s(&c["digest"]),
+        since_unix(&c["applied_at"]),
+        s(&c["warnings"])
+    );
+    if let Some(last) = r["last_apply"].as_object() {
+        let _ = writeln!(
+            o,
+            "last apply  {} {}: {}",
+            if last.get("ok").and_then(Value::as_bool) == Some(true) {
+                "ok"
+            } else {
+                "REFUSED"
+            },
+            since_unix(last.get("at").unwrap_or(&Value::Null)),
+            last.get("message").map(s).unwrap_or_default()
+        );
+    }
+    let relay = &r["relay"];
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default()
+    };
+    let _ = writeln!(
+        o,
+        "relay     {} (HTTP/3 {}; HTTP/2 {})",
+        s(&relay["state"]),
+        list(&relay["http3_listen"]),
+        list(&relay["http2_listen"])
+    );
+    let _ = writeln!(o, "socket    {}", s(&r["control_socket"]));
+    o.push('\n');
+    let rows: Vec<Vec<String>> = c["egresses"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    vec![
+                        s(&e["name"]),
+                        s(&e["type"]),
+                        if e["trusted"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        s(&e["state"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    o.push_str(&table(&["EGRESS", "TYPE", "TRUSTED", "STATE"], &rows));
+    o.push('\n');
+    let comp = &r["compliance"];
+    let rows: Vec<Vec<String>> = comp["sources"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|src| {
+                    vec![
+                        s(&src["name"]),
+                        s(&src["type"]),
+                        s(&src["state"]),
+                        s(&src["devices"]),
+                        since_unix(&src["last_sync"]),
+                        s(&src["message"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    o.push_str(&table(
+        &["SOURCE", "TYPE", "STATE", "DEVICES", "LAST SYNC", "MESSAGE"],
+        &rows,
+    ));
+    let _ = writeln!(
+        o,
+        "\ndevices   {} known (data older than {} counts as unknown)",
+        s(&comp["devices"]),
+        crate::policy::human(std::time::Duration::from_secs(
+            comp["max_age_secs"].as_u64().unwrap_or(0)
+        ))
+    );
+    let _ = writeln!(o, "policies  {}", list(&c["policies"]));
+    o
+}
+
+pub fn devices(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = r["devices"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    vec![
+                        s(&d["serial"]),
+                        if d["managed"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        s(&d["risk"]),
+                        d["groups"]
+                            .as_array()
+                            .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
+                            .unwrap_or_default(),
+                        s(&d["source"]),
+                        ago(d["age_secs"].as_u64().unwrap_or(0)),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no devices known (no source synced yet, or all sources are empty)\n".into();
+    }
+    table(
+        &["SERIAL", "MANAGED", "RISK", "GROUPS", "SOURCE", "CONFIRMED"],
+        &rows,
+    )
+}
+
+pub fn applied(r: &Value) -> String {
+    let mut o = String::new();
+    for w in r["warnings"].as_array().into_iter().flatten() {
+        let _ = writeln!(o, "{}", s(w));
+    }
+    let _ = writeln!(
+        o,
+        "applied: generation {} ({})",
+        s(&r["generation"]),
+        s(&r["digest"])
+    );
+    let restart: Vec<String> = r["restart_needed"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    if !restart.is_empty() {
+        let _ = writeln!(
+            o,
+            "note: {} take effect after a restart",
+            restart.join(", ")
+        );
+    }
+    o
+}
+
+pub fn whatif(r: &Value) -> String {
+    let mut o = String::new();
+    let d = &r["decision"];
+    let dev = &r["device"];
+    let _ = writeln!(
+        o,
+        "device {} → {}{}",
+        s(&dev["serial"]),
+        s(&r["target"]),
+        if r["offline"].as_bool() == Some(true) {
+            "  (offline: state from the command line)"
+        } else {
+            ""
+        }
+    );
+    for reason in d["reasons"].as_array().into_iter().flatten() {
+        let mark = match reason["passed"].as_bool() {
+            Some(true) => "pass",
+            Some(false) => "FAIL",
+            None => "    ",
+        };
+        let _ = writeln!(
+            o,
+            "  {mark}  {:<11} {}",
+            s(&reason["check"]),
+            s(&reason["detail"])
+        );
+    }
+    let v = &d["verdict"];
+    let line = match v["outcome"].as_str() {
+        Some("egress") => {
+            let src = &v["source"];
+            let source = match src["kind"].as_str() {
+                Some("nat-pool") => format!(
+                    "an address of NAT pool {} ({})",
+                    s(&src["pool"]),
+                    s(&src["mode"])
+                ),
+                Some("addresses") => format!(
+                    "{} (first usable)",
+                    src["addresses"]
+                        .as_array()
+                        .map(|a| a.iter().map(s).collect::<Vec<_>>().join(" | "))
+                        .unwrap_or_default()
+                ),
+                Some("fixed") => s(&src["address"]),
+                _ => "the default route's address".into(),
+            };
+            format!(
+                "{} ({}, {}) from {source}",
+                s(&v["egress"]),
+                s(&v["egress_type"]),
+                if v["trusted"].as_bool() == Some(true) {
+                    "TRUSTED"
+                } else {
+                    "untrusted"
+                }
+            )
+        }
+        Some("deny") => format!(
+            "deny (HTTP {}, Proxy-Status error=connection_refused)",
+            s(&v["status"])
+        ),
+        Some("direct") => {
+            "direct (HTTP 503, Proxy-Status error=destination_unavailable: the client goes direct)"
+                .into()
+        }
+        _ => "unknown".into(),
+    };
+    let _ = writeln!(o, "decision: {line}");
+    if let Some(why) = r["why"].as_str() {
+        let _ = writeln!(o, "because:  {why}");
+    }
+    if r["certificate_assumed"].as_bool() == Some(true) {
+        let _ = writeln!(
+            o,
+            "note: assumes a valid device certificate (what-if has none)"
+        );
+    }
+    o
+}
+
+pub fn check_json(
+    file: &Path,
+    error: Option<&str>,
+    d: &config::Diagnostics,
+    digest: Option<&str>,
+) -> Value {
+    json!({
+        "file": file.display().to_string(),
+        "ok": error.is_none() && !d.has_errors(),
+        "error": error,
+        "digest": digest,
+        "diagnostics": d.0.iter().map(|x| json!({
+            "severity": match x.severity { config::Severity::Error => "error", config::Severity::Warning => "warning" },
+            "line": x.line,
+            "column": x.column,
+            "path": x.path,
+            "message": x.message,
+            "expected": x.expected,
+            "help": x.help,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tables_align() {
+        let t = super::table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y\n");
+    }
+}
