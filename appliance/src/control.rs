@@ -22,7 +22,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Status,
+    Status {},
     /// Validate a file (or the daemon's own when `path` is absent) and swap it in atomically.
     Apply {
         path: Option<PathBuf>,
@@ -32,7 +32,7 @@ pub enum Request {
         target: String,
         protocol: Protocol,
     },
-    Devices,
+    Devices {},
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

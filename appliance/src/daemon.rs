@@ -275,14 +275,14 @@ impl Shared {
 
     async fn handle(&self, request: Request) -> Response {
         match request {
-            Request::Status => Response::ok(self.status()),
+            Request::Status {} => Response::ok(self.status()),
             Request::Apply { path } => self.apply(path.as_deref()).await,
             Request::WhatIf {
                 device,
                 target,
                 protocol,
             } => self.whatif(&device, &target, protocol),
-            Request::Devices => Response::ok(self.devices()),
+            Request::Devices {} => Response::ok(self.devices()),
         }
     }
 }

@@ -259,8 +259,8 @@ fn socket_path(cli: &Cli) -> PathBuf {
 
 fn client(cli: &Cli) -> u8 {
     let request = match &cli.command {
-        Command::Status => Request::Status,
-        Command::Devices => Request::Devices,
+        Command::Status => Request::Status {},
+        Command::Devices => Request::Devices {},
         Command::Config(ConfigCommand::Apply { file }) => {
             let file = match file {
                 Some(f) => match std::fs::canonicalize(f) {

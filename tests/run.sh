@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every crate's tests (units, proptests,
+# the daemon through its CLI, the config examples and invalid configs), then the lab demo as a
+# smoke test of the README's main-job command.
+#
+#   sudo tests/run.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests use from Debian; installed when missing (root only).
+need=()
+command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  else
+    echo "tests/run.sh: missing ${need[*]}; install them (apt-get install ${need[*]})" >&2
+    exit 1
+  fi
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+if [ "$(id -u)" = 0 ]; then
+  echo "== lab demo (the README's main-job command)"
+  bash tests/demo.sh >/tmp/attestgate-demo.log 2>&1 || { cat /tmp/attestgate-demo.log; echo "lab demo FAILED"; exit 1; }
+  grep -q "decision: idp-pair (internet, TRUSTED)" /tmp/attestgate-demo.log
+  grep -q "control socket removed" /tmp/attestgate-demo.log
+  echo "lab demo ok"
+else
+  echo "== lab demo skipped (needs root)"
+fi
