@@ -8,12 +8,19 @@
 //!   into IANA transform identifiers (RFC 7296 §3.3.2), with the suites attestgate supports and
 //!   clear refusals for weak or unknown ones. The configuration uses it to validate tunnels.
 //! - [`identity`]: IKE identities (RFC 7296 §3.5) in strongSwan's notation.
+//! - [`crypto`]: the suites (AEAD, CBC+HMAC, PRF and prf+, Diffie-Hellman, key derivation),
+//!   checked against published vectors.
+//! - [`wire`]: checked views and builders for IKE messages and payloads.
+//! - [`esp`]: ESP packet framing and the anti-replay window.
 //!
-//! The protocol state machine, ESP data path and tokio driver are not written yet (issue 3):
-//! nothing in this crate negotiates or carries traffic.
+//! Not written yet (issue 3): the IKE SA state machine, the ESP data path driver (TUN, UDP), and
+//! so nothing here negotiates or carries traffic yet.
 
+pub mod crypto;
+pub mod esp;
 pub mod identity;
 pub mod proposal;
+pub mod wire;
 
 pub use identity::{Identity, IdentityError};
 pub use proposal::{EspProposal, IkeProposal, ProposalError};

@@ -1,0 +1,1 @@
+//! Crypto suites for IKE and ESP (being written).

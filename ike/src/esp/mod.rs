@@ -1,0 +1,1 @@
+//! ESP framing and anti-replay (being written).

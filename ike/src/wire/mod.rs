@@ -1,0 +1,1 @@
+//! IKE wire formats (being written).
