@@ -1,0 +1,235 @@
+//! strongSwan 5.9 peers (charon + swanctl) in namespaces, with userspace ESP (kernel-libipsec:
+//! this kernel has no ESP), each with its own strongswan.conf, vici socket and private /run.
+
+use crate::netns::Netns;
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+/// How a peer authenticates.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    Psk(String),
+}
+
+/// One side of a site-to-site tunnel, in swanctl terms.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub local_addr: String,
+    pub remote_addr: String,
+    pub local_id: String,
+    pub remote_id: String,
+    pub auth: Auth,
+    /// `proposals`, e.g. `aes256gcm16-prfsha384-ecp384`.
+    pub ike_proposal: String,
+    /// `esp_proposals`, e.g. `aes256gcm16`.
+    pub esp_proposal: String,
+    pub local_ts: String,
+    pub remote_ts: String,
+    /// Child SA rekey time (`rekey_time`), e.g. `"1h"` or `"5s"`.
+    pub child_rekey: String,
+}
+
+impl PeerConfig {
+    /// The same tunnel seen from the other end.
+    pub fn mirrored(&self) -> PeerConfig {
+        PeerConfig {
+            local_addr: self.remote_addr.clone(),
+            remote_addr: self.local_addr.clone(),
+            local_id: self.remote_id.clone(),
+            remote_id: self.local_id.clone(),
+            local_ts: self.remote_ts.clone(),
+            remote_ts: self.local_ts.clone(),
+            ..self.clone()
+        }
+    }
+
+    fn swanctl_conf(&self) -> String {
+        let Auth::Psk(secret) = &self.auth;
+        format!(
+            r#"connections {{
+  lab {{
+    version = 2
+    local_addrs = {la}
+    remote_addrs = {ra}
+    proposals = {ike}
+    local {{
+      auth = psk
+      id = {lid}
+    }}
+    remote {{
+      auth = psk
+      id = {rid}
+    }}
+    children {{
+      lab {{
+        local_ts = {lts}
+        remote_ts = {rts}
+        esp_proposals = {esp}
+        rekey_time = {rekey}
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-lab {{
+    id-1 = {lid}
+    id-2 = {rid}
+    secret = "{secret}"
+  }}
+}}
+"#,
+            la = self.local_addr,
+            ra = self.remote_addr,
+            ike = self.ike_proposal,
+            lid = self.local_id,
+            rid = self.remote_id,
+            lts = self.local_ts,
+            rts = self.remote_ts,
+            esp = self.esp_proposal,
+            rekey = self.child_rekey,
+        )
+    }
+}
+
+/// A running charon; stopped when dropped.
+#[derive(Debug)]
+pub struct Charon {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    ns_name: String,
+}
+
+impl Charon {
+    fn vici(&self) -> String {
+        format!("unix://{}", self.dir.path().join("charon.vici").display())
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("charon.log")
+    }
+
+    /// Starts charon in `ns` and loads `cfg`.
+    pub fn start(ns: &Netns, cfg: &PeerConfig) -> Charon {
+        let dir = tempfile::tempdir().unwrap();
+        let vici = dir.path().join("charon.vici");
+        std::fs::write(
+            dir.path().join("strongswan.conf"),
+            format!(
+                r#"charon {{
+  load = random nonce kdf openssl curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
+  install_routes = yes
+  retransmit_tries = 3
+  plugins {{
+    vici {{ socket = unix://{} }}
+    kernel-libipsec {{ load = yes }}
+  }}
+  filelog {{
+    stderr {{ default = 1 ike = 2 }}
+  }}
+}}
+"#,
+                vici.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("swanctl.conf"), cfg.swanctl_conf()).unwrap();
+        let log = std::fs::File::create(dir.path().join("charon.log")).unwrap();
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, "unshare", "-m", "sh", "-c"])
+            .arg("mount -t tmpfs none /run && exec /usr/lib/ipsec/charon")
+            .env("STRONGSWAN_CONF", dir.path().join("strongswan.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap();
+        let charon = Charon {
+            dir,
+            child,
+            ns_name: ns.name.clone(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !vici.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "charon did not start: {}",
+                charon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        charon.swanctl(&[
+            "--load-all",
+            "--file",
+            &charon.dir.path().join("swanctl.conf").display().to_string(),
+        ]);
+        charon
+    }
+
+    /// Runs swanctl against this charon, insisting it succeeds.
+    pub fn swanctl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.ns_name, "swanctl"])
+            .args(args)
+            .args(["--uri", &self.vici()])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "swanctl {args:?} failed: {text}\ncharon log:\n{}",
+            self.log()
+        );
+        text
+    }
+
+    /// Initiates the child SA `lab` (and its IKE SA).
+    pub fn initiate(&self) -> String {
+        self.swanctl(&["--initiate", "--child", "lab", "--timeout", "20"])
+    }
+
+    /// `swanctl --list-sas --raw`, what strongSwan's own test suite matches.
+    pub fn list_sas(&self) -> String {
+        self.swanctl(&["--list-sas", "--raw"])
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Charon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs iperf3 for `secs` seconds from `client` (bound to `from`) to a server on `server` at
+/// `to`; returns bits per second received.
+pub fn iperf3(server: &Netns, to: &str, client: &Netns, from: &str, secs: u32) -> f64 {
+    let mut srv = server.spawn(
+        &["iperf3", "-s", "-B", to, "-1"],
+        Stdio::null(),
+        Stdio::null(),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let out = client.ok(&[
+        "iperf3",
+        "-c",
+        to,
+        "-B",
+        from,
+        "-t",
+        &secs.to_string(),
+        "-J",
+    ]);
+    let _ = srv.wait();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+}
