@@ -13,13 +13,18 @@
 //! - [`wire`]: checked views and builders for IKE messages and payloads.
 //! - [`esp`]: ESP packet framing and the anti-replay window.
 //!
-//! Not written yet (issue 3): the IKE SA state machine, the ESP data path driver (TUN, UDP), and
-//! so nothing here negotiates or carries traffic yet.
+//! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
+//!   SA, NAT detection, retransmission; see its module doc for what is not done yet.
+//!
+//! Not written yet (issue 3): rekeying, certificate authentication, the ESP data path driver
+//! (TUN, UDP): nothing here carries traffic yet.
 
 pub mod crypto;
+pub mod driver;
 pub mod esp;
 pub mod identity;
 pub mod proposal;
+pub mod sa;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError};

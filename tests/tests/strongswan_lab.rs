@@ -3,6 +3,8 @@
 //! namespace is gone afterwards. This is also the strongSwan↔strongSwan baseline the IKE
 //! benchmarks compare against.
 
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
 use std::time::Duration;
 use tests::netns::{veth, Netns};
 use tests::strongswan::{iperf3, Auth, Charon, PeerConfig};

@@ -1,0 +1,136 @@
+//! The tokio side of IKE: UDP sockets on ports 500 and 4500 (RFC 3948: non-ESP marker,
+//! keepalives) and a loop that feeds one [`IkeSa`] and sends what it asks for.
+//!
+//! Not yet: the endpoint that demultiplexes many SAs by SPI, and the ESP data path (TUN).
+
+use crate::sa::{Event, IkeSa, SaConfig, Transmit, IKE_PORT, NATT_PORT};
+use crate::wire::{classify_udp4500, Udp4500};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+/// A received datagram, classified.
+#[derive(Debug)]
+pub enum Received {
+    /// An IKE message (marker removed), from `from`, on our `local_port`.
+    Ike {
+        data: Vec<u8>,
+        from: SocketAddr,
+        local_port: u16,
+    },
+    /// UDP-encapsulated ESP (RFC 3948 §2.1), for the data path.
+    Esp { data: Vec<u8>, from: SocketAddr },
+    /// A NAT keepalive or something malformed: nothing to do.
+    Ignored,
+}
+
+/// The two IKE sockets of one local address.
+#[derive(Debug)]
+pub struct IkeSockets {
+    ike: UdpSocket,
+    natt: UdpSocket,
+    local: IpAddr,
+}
+
+impl IkeSockets {
+    pub async fn bind(local: IpAddr) -> std::io::Result<IkeSockets> {
+        Ok(IkeSockets {
+            ike: UdpSocket::bind((local, IKE_PORT)).await?,
+            natt: UdpSocket::bind((local, NATT_PORT)).await?,
+            local,
+        })
+    }
+
+    pub fn local(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.local, port)
+    }
+
+    pub async fn send(&self, t: &Transmit) -> std::io::Result<()> {
+        let socket = if t.local_port == NATT_PORT {
+            &self.natt
+        } else {
+            &self.ike
+        };
+        socket.send_to(&t.data, t.remote).await.map(|_| ())
+    }
+
+    pub async fn recv(&self) -> std::io::Result<Received> {
+        let mut a = vec![0u8; 65_535];
+        let mut b = vec![0u8; 65_535];
+        tokio::select! {
+            r = self.ike.recv_from(&mut a) => {
+                let (n, from) = r?;
+                a.truncate(n);
+                Ok(Received::Ike { data: a, from, local_port: IKE_PORT })
+            }
+            r = self.natt.recv_from(&mut b) => {
+                let (n, from) = r?;
+                b.truncate(n);
+                Ok(match classify_udp4500(&b) {
+                    Udp4500::Ike(ike) => Received::Ike { data: ike.to_vec(), from, local_port: NATT_PORT },
+                    Udp4500::Esp(_) => Received::Esp { data: b, from },
+                    _ => Received::Ignored,
+                })
+            }
+        }
+    }
+}
+
+/// Drives `sa` until it closes, sending its events to `events`.
+pub async fn drive(
+    sockets: &IkeSockets,
+    mut sa: IkeSa,
+    events: mpsc::UnboundedSender<Event>,
+) -> IkeSa {
+    loop {
+        while let Some(t) = sa.poll_transmit() {
+            if let Err(e) = sockets.send(&t).await {
+                tracing::warn!(remote = %t.remote, error = %e, "IKE send failed");
+            }
+        }
+        while let Some(e) = sa.poll_event() {
+            let _ = events.send(e);
+        }
+        if sa.is_closed() {
+            return sa;
+        }
+        let timeout = sa.poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = sockets.recv() => match r {
+                Ok(Received::Ike { data, from, .. }) => sa.handle(&data, from, Instant::now()),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "IKE receive failed"),
+            },
+            () = sleep => sa.handle_timeout(Instant::now()),
+        }
+    }
+}
+
+/// Waits for an IKE_SA_INIT request and answers it as responder.
+pub async fn accept(sockets: &IkeSockets, config: Arc<SaConfig>) -> std::io::Result<IkeSa> {
+    loop {
+        if let Received::Ike {
+            data,
+            from,
+            local_port,
+        } = sockets.recv().await?
+        {
+            let sa = IkeSa::accept(
+                config.clone(),
+                &data,
+                sockets.local(local_port),
+                from,
+                Instant::now(),
+            );
+            return Ok(sa);
+        }
+    }
+}

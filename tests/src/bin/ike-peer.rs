@@ -1,0 +1,121 @@
+//! Runs one attestgate IKE SA over real UDP sockets, for interop tests: as initiator or
+//! responder, PSK, one child SA. Prints every event as a JSON line on stdout and keeps the SA
+//! until killed (or `--exit-after` seconds).
+//!
+//! ike-peer --role initiator|responder --local IP --remote IP --local-id ID --remote-id ID
+//!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
+
+use ike::crypto::SecretBytes;
+use ike::driver::{accept, drive, IkeSockets};
+use ike::sa::{Event, IkeSa, SaConfig, IKE_PORT};
+use ike::wire::{AddressRange, TrafficSelector};
+use ike::{EspProposal, Identity, IkeProposal};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn ts(cidr: &str) -> TrafficSelector {
+    let (a, l) = cidr.split_once('/').expect("CIDR");
+    TrafficSelector::new(
+        AddressRange::from_prefix(a.parse().expect("address"), l.parse().expect("prefix"))
+            .expect("prefix length"),
+    )
+}
+
+fn describe(ts: &[TrafficSelector]) -> Vec<String> {
+    ts.iter()
+        .map(|t| match t.addresses {
+            AddressRange::V4 { start, end } => format!("{start}-{end}"),
+            AddressRange::V6 { start, end } => format!("{start}-{end}"),
+        })
+        .collect()
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opt = HashMap::new();
+    for pair in args.chunks(2) {
+        opt.insert(
+            pair[0].trim_start_matches("--").to_string(),
+            pair.get(1).cloned().unwrap_or_default(),
+        );
+    }
+    let get = |k: &str| {
+        opt.get(k)
+            .unwrap_or_else(|| panic!("--{k} is required"))
+            .clone()
+    };
+    let config = Arc::new(SaConfig {
+        local_id: Identity::parse(&get("local-id")).unwrap(),
+        remote_id: Identity::parse(&get("remote-id")).unwrap(),
+        psk: SecretBytes::from_slice(get("psk").as_bytes()),
+        ike_proposals: get("ike")
+            .split(',')
+            .map(|p| IkeProposal::parse(p).unwrap())
+            .collect(),
+        esp_proposals: get("esp")
+            .split(',')
+            .map(|p| EspProposal::parse(p).unwrap())
+            .collect(),
+        local_ts: get("local-ts").split(',').map(ts).collect(),
+        remote_ts: get("remote-ts").split(',').map(ts).collect(),
+        retransmit_timeout: Duration::from_millis(500),
+        retransmit_tries: 6,
+    });
+    let local: IpAddr = get("local").parse().unwrap();
+    let remote: IpAddr = get("remote").parse().unwrap();
+    let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");
+    println!(
+        "{}",
+        json!({"event": "listening", "local": local.to_string()})
+    );
+    let sa = if get("role") == "initiator" {
+        IkeSa::initiate(
+            config,
+            SocketAddr::new(local, IKE_PORT),
+            SocketAddr::new(remote, IKE_PORT),
+            Instant::now(),
+        )
+    } else {
+        accept(&sockets, config).await.expect("receive")
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(e) = rx.recv().await {
+            let line = match e {
+                Event::IkeSaEstablished {
+                    spi_i,
+                    spi_r,
+                    proposal,
+                    nat_detected,
+                    remote,
+                } => json!({
+                    "event": "ike_established", "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}"),
+                    "proposal": proposal.to_string(), "nat": nat_detected, "remote": remote.to_string()}),
+                Event::ChildSaEstablished(c) => json!({
+                    "event": "child_established", "spi_in": format!("{:08x}", c.spi_in), "spi_out": format!("{:08x}", c.spi_out),
+                    "proposal": c.proposal.to_string(), "udp_encap": c.udp_encap,
+                    "local_ts": describe(&c.local_ts), "remote_ts": describe(&c.remote_ts)}),
+                Event::ChildSaFailed { reason } => {
+                    json!({"event": "child_failed", "reason": reason})
+                }
+                Event::ChildSaDeleted { spi_out } => {
+                    json!({"event": "child_deleted", "spi_out": format!("{spi_out:08x}")})
+                }
+                Event::Closed { reason } => json!({"event": "closed", "reason": reason}),
+            };
+            println!("{line}");
+        }
+    });
+    let exit_after = opt
+        .get("exit-after")
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(600);
+    let _ = tokio::time::timeout(Duration::from_secs(exit_after), drive(&sockets, sa, tx)).await;
+    let _ = printer.await;
+}

@@ -1,0 +1,206 @@
+//! attestgate's IKEv2 against strongSwan 5.9 (kernel-libipsec) in namespaces: as initiator and
+//! as responder, PSK, with the suites issue 3 names. strongSwan's `--list-sas --raw` must show
+//! the IKE SA ESTABLISHED and the child SA INSTALLED with the SPIs we negotiated.
+//! (The ESP data path is not written yet, so no traffic crosses.)
+
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+use tests::netns::{veth, Netns};
+use tests::strongswan::{Auth, Charon, PeerConfig};
+
+const PEER: &str = env!("CARGO_BIN_EXE_ike-peer");
+
+struct Peer {
+    child: Child,
+    lines: mpsc::Receiver<Value>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Peer {
+    fn start(ns: &Netns, role: &str, cfg: &PeerConfig) -> Peer {
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns.name, PEER])
+            .args([
+                "--role",
+                role,
+                "--local",
+                &cfg.local_addr,
+                "--remote",
+                &cfg.remote_addr,
+            ])
+            .args(["--local-id", &cfg.local_id, "--remote-id", &cfg.remote_id])
+            .args([
+                "--psk",
+                match &cfg.auth {
+                    Auth::Psk(s) => s,
+                },
+            ])
+            .args(["--ike", &cfg.ike_proposal, "--esp", &cfg.esp_proposal])
+            .args([
+                "--local-ts",
+                &cfg.local_ts,
+                "--remote-ts",
+                &cfg.remote_ts,
+                "--exit-after",
+                "60",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send(v);
+                }
+            }
+        });
+        let p = Peer { child, lines: rx };
+        p.wait_for("listening", Duration::from_secs(10));
+        p
+    }
+
+    fn wait_for(&self, event: &str, within: Duration) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) if v["event"] == event => return v,
+                Ok(v) => seen.push(v),
+                Err(_) => break,
+            }
+        }
+        panic!("no `{event}` from ike-peer within {within:?}; saw {seen:?}");
+    }
+}
+
+fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
+    let a = Netns::new("ag");
+    let b = Netns::new("sw");
+    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
+    // strongSwan installs its routes with a source address inside its local selector
+    a.addr("lo", "198.18.100.1/24");
+    b.addr("lo", "198.19.0.1/24");
+    let ours = PeerConfig {
+        local_addr: "203.0.113.10".into(),
+        remote_addr: "203.0.113.20".into(),
+        local_id: "gw.attestgate.lab".into(),
+        remote_id: "vpn.corp.lab".into(),
+        auth: Auth::Psk("interop-psk-6f1c2a9e".into()),
+        ike_proposal: ike.into(),
+        esp_proposal: esp.into(),
+        local_ts: "198.18.100.0/24".into(),
+        remote_ts: "198.19.0.0/24".into(),
+        child_rekey: "1h".into(),
+    };
+    (a, b, ours)
+}
+
+fn check_strongswan(sw: &Charon, child: &Value) {
+    let sas = sw.list_sas();
+    assert!(sas.contains("state=ESTABLISHED"), "{sas}\n{}", sw.log());
+    assert!(sas.contains("state=INSTALLED"), "{sas}\n{}", sw.log());
+    // strongSwan's inbound SPI is our outbound one and vice versa
+    let out = child["spi_out"].as_str().unwrap();
+    let inn = child["spi_in"].as_str().unwrap();
+    assert!(
+        sas.contains(&format!("spi-in={out}")),
+        "spi-in={out} missing in {sas}"
+    );
+    assert!(
+        sas.contains(&format!("spi-out={inn}")),
+        "spi-out={inn} missing in {sas}"
+    );
+}
+
+fn attestgate_initiates(ike: &str, esp: &str) {
+    let (a, b, ours) = lab(ike, esp);
+    let sw = Charon::start(&b, &ours.mirrored());
+    let peer = Peer::start(&a, "initiator", &ours);
+    let ike_up = peer.wait_for("ike_established", Duration::from_secs(20));
+    assert_eq!(ike_up["proposal"], ike_canonical(ike), "{ike_up}");
+    let child = peer.wait_for("child_established", Duration::from_secs(5));
+    assert_eq!(child["local_ts"][0], "198.18.100.0-198.18.100.255");
+    assert_eq!(child["remote_ts"][0], "198.19.0.0-198.19.0.255");
+    check_strongswan(&sw, &child);
+}
+
+fn strongswan_initiates(ike: &str, esp: &str) {
+    let (a, b, ours) = lab(ike, esp);
+    let peer = Peer::start(&a, "responder", &ours);
+    let sw = Charon::start(&b, &ours.mirrored());
+    let out = sw.initiate();
+    assert!(
+        out.contains("initiate completed successfully"),
+        "{out}\n{}",
+        sw.log()
+    );
+    peer.wait_for("ike_established", Duration::from_secs(5));
+    let child = peer.wait_for("child_established", Duration::from_secs(5));
+    check_strongswan(&sw, &child);
+}
+
+fn ike_canonical(p: &str) -> String {
+    ike::IkeProposal::parse(p).unwrap().to_string()
+}
+
+macro_rules! interop {
+    ($name:ident, $f:ident, $ike:expr, $esp:expr) => {
+        #[test]
+        fn $name() {
+            if tests::require_root(stringify!($name)) {
+                $f($ike, $esp);
+            }
+        }
+    };
+}
+
+interop!(
+    initiator_chacha20_x25519,
+    attestgate_initiates,
+    "chacha20poly1305-prfsha256-x25519",
+    "chacha20poly1305"
+);
+interop!(
+    initiator_aes256gcm_ecp384,
+    attestgate_initiates,
+    "aes256gcm16-prfsha384-ecp384",
+    "aes256gcm16"
+);
+interop!(
+    initiator_aes128cbc_modp2048,
+    attestgate_initiates,
+    "aes128-sha256-modp2048",
+    "aes128gcm16"
+);
+interop!(
+    responder_chacha20_x25519,
+    strongswan_initiates,
+    "chacha20poly1305-prfsha256-x25519",
+    "chacha20poly1305"
+);
+interop!(
+    responder_aes256gcm_ecp384,
+    strongswan_initiates,
+    "aes256gcm16-prfsha384-ecp384",
+    "aes256gcm16"
+);
+interop!(
+    responder_aes128cbc_modp2048,
+    strongswan_initiates,
+    "aes128-sha256-modp2048",
+    "aes128gcm16"
+);
