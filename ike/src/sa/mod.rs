@@ -13,6 +13,9 @@
 //! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
 //! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
 
+mod auth;
+mod info;
+mod init;
 mod negotiate;
 mod protect;
 #[cfg(test)]
@@ -186,38 +189,38 @@ pub struct IkeSa {
     rng: SystemRandom,
 }
 
-fn random_u64(rng: &dyn SecureRandom) -> u64 {
+pub(super) fn random_u64(rng: &dyn SecureRandom) -> u64 {
     let mut b = [0u8; 8];
     let _ = rng.fill(&mut b);
     u64::from_be_bytes(b).max(1)
 }
 
-fn random_spi(rng: &dyn SecureRandom) -> u32 {
+pub(super) fn random_spi(rng: &dyn SecureRandom) -> u32 {
     let mut b = [0u8; 4];
     let _ = rng.fill(&mut b);
     // SPIs 1..=255 are reserved (RFC 4303 §2.1)
     u32::from_be_bytes(b).max(0x100)
 }
 
-fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
+pub(super) fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
     Payload::Notify(NotifyPayload::new(kind, data))
 }
 
-fn find_notify(payloads: &[Payload], kind: NotifyType) -> Option<&NotifyPayload> {
+pub(super) fn find_notify(payloads: &[Payload], kind: NotifyType) -> Option<&NotifyPayload> {
     payloads.iter().find_map(|p| match p {
         Payload::Notify(n) if n.kind == kind => Some(n),
         _ => None,
     })
 }
 
-fn error_notify(payloads: &[Payload]) -> Option<NotifyType> {
+pub(super) fn error_notify(payloads: &[Payload]) -> Option<NotifyType> {
     payloads.iter().find_map(|p| match p {
         Payload::Notify(n) if n.kind.is_error() => Some(n.kind),
         _ => None,
     })
 }
 
-fn notify_name(kind: NotifyType) -> String {
+pub(super) fn notify_name(kind: NotifyType) -> String {
     kind.name()
         .map(str::to_string)
         .unwrap_or_else(|| format!("notify {}", kind.0))
@@ -385,15 +388,13 @@ impl IkeSa {
         }
     }
 
-    // ---- helpers ---------------------------------------------------------------------------
-
-    fn nonce(&self) -> Vec<u8> {
+    pub(super) fn nonce(&self) -> Vec<u8> {
         let mut n = vec![0u8; 32];
         let _ = self.rng.fill(&mut n);
         n
     }
 
-    fn close(&mut self, reason: String) {
+    pub(super) fn close(&mut self, reason: String) {
         if !self.is_closed() {
             self.state = State::Closed;
             self.pending = None;
@@ -401,7 +402,7 @@ impl IkeSa {
         }
     }
 
-    fn queue(&mut self, data: Vec<u8>) {
+    pub(super) fn queue(&mut self, data: Vec<u8>) {
         let (local_port, data) = if self.natt {
             let mut d = Vec::with_capacity(data.len() + 4);
             d.extend_from_slice(&crate::wire::NON_ESP_MARKER);
@@ -417,7 +418,7 @@ impl IkeSa {
         });
     }
 
-    fn send_request(&mut self, data: Vec<u8>, message_id: u32, now: Instant) {
+    pub(super) fn send_request(&mut self, data: Vec<u8>, message_id: u32, now: Instant) {
         self.pending = Some(Pending {
             message_id,
             data: data.clone(),
@@ -427,7 +428,12 @@ impl IkeSa {
         self.queue(data);
     }
 
-    fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> HeaderRepr {
+    pub(super) fn header(
+        &self,
+        exchange: ExchangeType,
+        message_id: u32,
+        response: bool,
+    ) -> HeaderRepr {
         HeaderRepr {
             initiator_spi: self.spi_i,
             responder_spi: self.spi_r,
@@ -443,131 +449,15 @@ impl IkeSa {
         }
     }
 
-    fn nat_notifies(&self) -> [Payload; 2] {
-        [
-            notify(
-                NotifyType::NAT_DETECTION_SOURCE_IP,
-                negotiate::nat_hash(self.spi_i, self.spi_r, self.local),
-            ),
-            notify(
-                NotifyType::NAT_DETECTION_DESTINATION_IP,
-                negotiate::nat_hash(self.spi_i, self.spi_r, self.remote),
-            ),
-        ]
-    }
-
-    /// Compares the peer's NAT detection hashes with the addresses we see (§2.23).
-    fn detect_nat(&mut self, payloads: &[Payload], from: SocketAddr) {
-        let theirs_src = find_notify(payloads, NotifyType::NAT_DETECTION_SOURCE_IP);
-        let theirs_dst = find_notify(payloads, NotifyType::NAT_DETECTION_DESTINATION_IP);
-        if let (Some(src), Some(dst)) = (theirs_src, theirs_dst) {
-            let peer_behind_nat = src.data != negotiate::nat_hash(self.spi_i, self.spi_r, from);
-            let we_behind_nat = dst.data != negotiate::nat_hash(self.spi_i, self.spi_r, self.local);
-            self.nat_detected = peer_behind_nat || we_behind_nat;
-        }
-    }
-
-    fn derive_keys(&mut self, chosen: &IkeProposal, peer_ke: &[u8]) -> Result<(), String> {
-        let ke = self.ke.as_ref().ok_or("no key exchange")?;
-        let g_ir = ke
-            .compute(peer_ke)
-            .map_err(|e| format!("peer's KE payload: {e}"))?;
-        let suite = IkeSuite::new(
-            chosen.encryption[0],
-            chosen.integrity.first().copied(),
-            chosen.prf[0],
-        )
-        .map_err(|e| e.to_string())?;
-        let seed = skeyseed(chosen.prf[0], &self.ni, &self.nr, &g_ir);
-        let keys = IkeSaKeys::derive(
-            suite,
-            &seed,
-            &self.ni,
-            &self.nr,
-            &self.spi_i.to_be_bytes(),
-            &self.spi_r.to_be_bytes(),
-        )
-        .map_err(|e| e.to_string())?;
-        let (out, inn) = match self.role {
-            Role::Initiator => (keys.initiator_cipher(), keys.responder_cipher()),
-            Role::Responder => (keys.responder_cipher(), keys.initiator_cipher()),
-        };
-        self.cipher_out = Some(out.map_err(|e| e.to_string())?);
-        self.cipher_in = Some(inn.map_err(|e| e.to_string())?);
-        self.keys = Some(keys);
-        self.chosen = Some(chosen.clone());
-        self.ke = None; // the private value is no longer needed (zeroized on drop)
-        Ok(())
-    }
-
-    /// Our AUTH value, or the value we expect from the peer.
-    fn auth_value(&self, ours: bool, id: &IdPayload) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-        let keys = self.keys.as_ref()?;
-        let prf = self.chosen.as_ref()?.prf[0];
-        let from_initiator = ours == (self.role == Role::Initiator);
-        let (real, nonce, sk_p) = if from_initiator {
-            (&self.init_request, &self.nr, &keys.sk_pi)
-        } else {
-            (&self.init_response, &self.ni, &keys.sk_pr)
-        };
-        Some(negotiate::psk_auth(
-            prf,
-            self.config.psk.as_bytes(),
-            real,
-            nonce,
-            sk_p.as_bytes(),
-            &id.auth_octets(),
-        ))
-    }
-
-    fn seal(&self, header: &HeaderRepr, inner: &[Payload]) -> Option<Vec<u8>> {
+    pub(super) fn seal(&self, header: &HeaderRepr, inner: &[Payload]) -> Option<Vec<u8>> {
         protect::seal(self.cipher_out.as_ref()?, header, inner, &self.rng).ok()
     }
 
-    fn child_keys(&self, proposal: &EspProposal) -> Result<ChildSaKeys, String> {
+    pub(super) fn child_keys(&self, proposal: &EspProposal) -> Result<ChildSaKeys, String> {
         let keys = self.keys.as_ref().ok_or("no IKE SA keys")?;
         let suite = ChildSuite::new(proposal.encryption[0], proposal.integrity.first().copied())
             .map_err(|e| e.to_string())?;
         ChildSaKeys::derive(keys, suite, None, &self.ni, &self.nr).map_err(|e| e.to_string())
-    }
-
-    // ---- initiator -------------------------------------------------------------------------
-
-    fn send_init(&mut self, now: Instant) {
-        let Some(ke) = self.ke.as_ref() else { return };
-        let proposals = self
-            .config
-            .ike_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Proposal::from_ike(u8::try_from(i + 1).unwrap_or(u8::MAX), &[], p))
-            .collect();
-        let mut payloads = Vec::new();
-        if let Some(cookie) = &self.cookie {
-            // §2.6: the cookie goes first, everything else unchanged
-            payloads.push(notify(NotifyType::COOKIE, cookie.clone()));
-        }
-        payloads.push(Payload::Sa(SaPayload { proposals }));
-        payloads.push(Payload::Ke(KePayload::new(
-            ke.group(),
-            ke.public_value().to_vec(),
-        )));
-        payloads.push(Payload::Nonce(NoncePayload {
-            data: self.ni.clone(),
-        }));
-        payloads.extend(self.nat_notifies());
-        match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, false))
-            .payloads(payloads)
-            .build()
-        {
-            Ok(data) => {
-                self.init_request = data.clone();
-                self.state = State::InitSent;
-                self.send_request(data, 0, now);
-                self.next_request_id = 1;
-            }
-            Err(e) => self.close(format!("cannot build IKE_SA_INIT: {e}")),
-        }
     }
 
     fn handle_response(
@@ -599,444 +489,6 @@ impl IkeSa {
                 self.pending = None;
             }
             _ => {}
-        }
-    }
-
-    fn init_response_received(
-        &mut self,
-        header: HeaderRepr,
-        datagram: &[u8],
-        from: SocketAddr,
-        now: Instant,
-    ) {
-        let Ok(msg) = Message::parse(datagram) else {
-            return;
-        };
-        if let Some(cookie) = find_notify(&msg.payloads, NotifyType::COOKIE) {
-            if self.cookie.is_some() && self.cookie.as_deref() == Some(&cookie.data[..]) {
-                return self.close("peer keeps asking for the same cookie".into());
-            }
-            self.cookie = Some(cookie.data.clone());
-            self.pending = None;
-            return self.send_init(now);
-        }
-        if let Some(n) = find_notify(&msg.payloads, NotifyType::INVALID_KE_PAYLOAD) {
-            let wanted = n.invalid_ke_group();
-            let ours = self
-                .config
-                .ike_proposals
-                .iter()
-                .flat_map(|p| p.dh.iter().copied())
-                .find(|g| Some(g.transform_id()) == wanted);
-            let current = self.ke.as_ref().map(KeyExchange::group);
-            return match ours {
-                Some(g) if Some(g) != current => match KeyExchange::generate(g, &self.rng) {
-                    Ok(ke) => {
-                        // §1.2: retry with the group the responder asked for
-                        self.ke = Some(ke);
-                        self.pending = None;
-                        self.send_init(now)
-                    }
-                    Err(e) => self.close(format!("cannot generate a {g:?} key: {e}")),
-                },
-                _ => self.close(format!(
-                    "peer wants D-H group {wanted:?}, which we do not offer"
-                )),
-            };
-        }
-        if let Some(err) = error_notify(&msg.payloads) {
-            let offered: Vec<String> = self
-                .config
-                .ike_proposals
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            return self.close(format!(
-                "peer refused IKE_SA_INIT: {} (we offered {})",
-                notify_name(err),
-                offered.join(", ")
-            ));
-        }
-        let sa = msg.payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let ke = msg.payloads.iter().find_map(|p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let nonce = msg.payloads.iter().find_map(|p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
-        let (Some(sa), Some(ke), Some(nonce)) = (sa, ke, nonce) else {
-            return self.close("IKE_SA_INIT response lacks SA, KE or Nonce".into());
-        };
-        let chosen = match sa.proposals.as_slice() {
-            [one] => one.to_ike().ok(),
-            _ => None,
-        };
-        let Some(chosen) =
-            chosen.filter(|c| negotiate::ike_acceptable(c, &self.config.ike_proposals))
-        else {
-            return self.close("peer chose an IKE proposal we did not offer".into());
-        };
-        if Some(chosen.dh[0]) != self.ke.as_ref().map(KeyExchange::group)
-            || Some(chosen.dh[0].transform_id()) != Some(ke.group)
-        {
-            return self.close("peer's KE payload does not match the chosen group".into());
-        }
-        if header.responder_spi == 0 {
-            return self.close("peer sent a zero responder SPI".into());
-        }
-        self.spi_r = header.responder_spi;
-        self.nr = nonce.data.clone();
-        self.init_response = datagram.to_vec();
-        self.detect_nat(&msg.payloads, from);
-        if let Err(e) = self.derive_keys(&chosen, &ke.data) {
-            return self.close(e);
-        }
-        self.pending = None;
-        if self.nat_detected || self.natt {
-            // §2.23: continue on port 4500 once a NAT is seen
-            self.natt = true;
-            self.remote.set_port(NATT_PORT);
-            self.local.set_port(NATT_PORT);
-        }
-        self.send_auth(now);
-    }
-
-    fn send_auth(&mut self, now: Instant) {
-        let id = match IdPayload::from_identity(&self.config.local_id) {
-            Ok(id) => id,
-            Err(e) => return self.close(format!("local identity: {e}")),
-        };
-        let Some(auth) = self.auth_value(true, &id) else {
-            return self.close("no keys".into());
-        };
-        let proposals = self
-            .config
-            .esp_proposals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                Proposal::from_esp(
-                    u8::try_from(i + 1).unwrap_or(u8::MAX),
-                    self.child_spi,
-                    &EspProposal {
-                        dh: vec![],
-                        ..p.clone()
-                    },
-                )
-            })
-            .collect();
-        let inner = vec![
-            Payload::IdInitiator(id),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth.to_vec(),
-            }),
-            notify(NotifyType::INITIAL_CONTACT, vec![]),
-            Payload::Sa(SaPayload { proposals }),
-            Payload::TsInitiator(TsPayload::new(self.config.local_ts.clone())),
-            Payload::TsResponder(TsPayload::new(self.config.remote_ts.clone())),
-        ];
-        let header = self.header(ExchangeType::IKE_AUTH, 1, false);
-        match self.seal(&header, &inner) {
-            Some(data) => {
-                self.state = State::AuthSent;
-                self.send_request(data, 1, now);
-                self.next_request_id = 2;
-            }
-            None => self.close("cannot encrypt IKE_AUTH".into()),
-        }
-    }
-
-    fn auth_response_received(&mut self, datagram: &[u8], from: SocketAddr) {
-        let Some(cipher) = self.cipher_in.as_ref() else {
-            return;
-        };
-        let Ok((_, payloads)) = protect::open(cipher, datagram) else {
-            return;
-        };
-        self.pending = None;
-        if find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED).is_some() {
-            return self.close(format!(
-                "peer refused our authentication (is the PSK for {} the same on both ends?)",
-                self.config.local_id
-            ));
-        }
-        let id = payloads.iter().find_map(|p| {
-            if let Payload::IdResponder(i) = p {
-                Some(i)
-            } else {
-                None
-            }
-        });
-        let auth = payloads.iter().find_map(|p| {
-            if let Payload::Auth(a) = p {
-                Some(a)
-            } else {
-                None
-            }
-        });
-        let (Some(id), Some(auth)) = (id, auth) else {
-            let why = error_notify(&payloads)
-                .map(notify_name)
-                .unwrap_or_else(|| "no IDr or AUTH".into());
-            return self.close(format!("IKE_AUTH failed: {why}"));
-        };
-        match id.to_identity() {
-            Ok(peer) if peer == self.config.remote_id => {}
-            Ok(peer) => {
-                return self.close(format!(
-                    "peer identifies as {peer}, expected {}",
-                    self.config.remote_id
-                ))
-            }
-            Err(e) => return self.close(format!("peer identity: {e}")),
-        }
-        let expected = self.auth_value(false, id);
-        let ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && expected
-                .is_some_and(|e| subtle::ConstantTimeEq::ct_eq(&e[..], &auth.data[..]).into());
-        if !ok {
-            return self.close(format!(
-                "peer {} failed to prove the pre-shared key",
-                self.config.remote_id
-            ));
-        }
-        self.remote = from;
-        self.state = State::Established;
-        self.expected_request_id = 0;
-        self.established_event();
-        self.child_from_auth_response(&payloads);
-    }
-
-    fn established_event(&mut self) {
-        if let Some(p) = self.chosen.clone() {
-            self.events.push_back(Event::IkeSaEstablished {
-                spi_i: self.spi_i,
-                spi_r: self.spi_r,
-                proposal: p,
-                nat_detected: self.nat_detected,
-                remote: self.remote,
-            });
-        }
-    }
-
-    fn child_from_auth_response(&mut self, payloads: &[Payload]) {
-        if let Some(err) = error_notify(payloads) {
-            return self.events.push_back(Event::ChildSaFailed {
-                reason: format!("peer refused the child SA: {}", notify_name(err)),
-            });
-        }
-        let sa = payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
-            return self.events.push_back(Event::ChildSaFailed {
-                reason: "IKE_AUTH response lacks SA or TS".into(),
-            });
-        };
-        let chosen = match sa.proposals.as_slice() {
-            [one] => one.to_esp().ok().zip(one.child_spi()),
-            _ => None,
-        };
-        let Some((proposal, spi_out)) =
-            chosen.filter(|(c, _)| negotiate::esp_acceptable(c, &self.config.esp_proposals))
-        else {
-            return self.events.push_back(Event::ChildSaFailed {
-                reason: "peer chose an ESP proposal we did not offer".into(),
-            });
-        };
-        if !negotiate::within(&tsi.selectors, &self.config.local_ts)
-            || !negotiate::within(&tsr.selectors, &self.config.remote_ts)
-        {
-            return self.events.push_back(Event::ChildSaFailed {
-                reason: "peer's traffic selectors are not within ours".into(),
-            });
-        }
-        match self.child_keys(&proposal) {
-            Ok(keys) => self
-                .events
-                .push_back(Event::ChildSaEstablished(Box::new(ChildSa {
-                    spi_in: self.child_spi,
-                    spi_out,
-                    proposal,
-                    role: self.role,
-                    keys,
-                    local_ts: tsi.selectors.clone(),
-                    remote_ts: tsr.selectors.clone(),
-                    udp_encap: self.natt,
-                }))),
-            Err(e) => self.events.push_back(Event::ChildSaFailed { reason: e }),
-        }
-    }
-
-    // ---- responder -------------------------------------------------------------------------
-
-    fn respond_init(&mut self, datagram: &[u8], _now: Instant) {
-        let Ok(msg) = Message::parse(datagram) else {
-            return self.close("malformed IKE_SA_INIT".into());
-        };
-        let h = msg.header;
-        if h.exchange_type != ExchangeType::IKE_SA_INIT
-            || h.flags.response
-            || h.message_id != 0
-            || h.responder_spi != 0
-        {
-            return self.close("not an IKE_SA_INIT request".into());
-        }
-        self.spi_i = h.initiator_spi;
-        self.expected_request_id = 1;
-        let sa = msg.payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let ke = msg.payloads.iter().find_map(|p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let nonce = msg.payloads.iter().find_map(|p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
-        let (Some(sa), Some(ke), Some(nonce)) = (sa, ke, nonce) else {
-            self.answer_stateless(&h, notify(NotifyType::INVALID_SYNTAX, vec![]));
-            return self.close("IKE_SA_INIT request lacks SA, KE or Nonce".into());
-        };
-        let Some((number, mut chosen, groups)) =
-            negotiate::choose_ike(&sa.proposals, &self.config.ike_proposals)
-        else {
-            let theirs: Vec<String> = sa
-                .proposals
-                .iter()
-                .filter_map(|p| p.to_ike().ok())
-                .map(|p| p.to_string())
-                .collect();
-            let ours: Vec<String> = self
-                .config
-                .ike_proposals
-                .iter()
-                .map(|p| p.to_string())
-                .collect();
-            self.answer_stateless(&h, notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![]));
-            return self.close(format!(
-                "no IKE proposal in common: peer offered {}; we accept {}",
-                theirs.join(", "),
-                ours.join(", ")
-            ));
-        };
-        let Some(group) = groups
-            .iter()
-            .copied()
-            .find(|g| g.transform_id() == ke.group)
-        else {
-            // §1.2: tell the initiator which group we want
-            self.answer_stateless(
-                &h,
-                Payload::Notify(NotifyPayload::invalid_ke(groups[0].transform_id())),
-            );
-            return self.close(format!(
-                "peer's KE used group {}, asked for {:?}",
-                ke.group, groups[0]
-            ));
-        };
-        chosen.dh = vec![group];
-        let kex = match KeyExchange::generate(group, &self.rng) {
-            Ok(k) => k,
-            Err(e) => return self.close(format!("cannot generate a {group:?} key: {e}")),
-        };
-        self.ni = nonce.data.clone();
-        self.nr = self.nonce();
-        self.spi_r = random_u64(&self.rng);
-        self.init_request = datagram.to_vec();
-        self.detect_nat(&msg.payloads, self.remote);
-        let our_ke = kex.public_value().to_vec();
-        self.ke = Some(kex);
-        if let Err(e) = self.derive_keys(&chosen, &ke.data) {
-            self.answer_stateless(&h, notify(NotifyType::INVALID_SYNTAX, vec![]));
-            return self.close(e);
-        }
-        let mut proposal = Proposal::from_ike(number, &[], &chosen);
-        proposal.number = number;
-        let mut payloads = vec![
-            Payload::Sa(SaPayload {
-                proposals: vec![proposal],
-            }),
-            Payload::Ke(KePayload::new(group, our_ke)),
-            Payload::Nonce(NoncePayload {
-                data: self.nr.clone(),
-            }),
-        ];
-        payloads.extend(self.nat_notifies());
-        match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, true))
-            .payloads(payloads)
-            .build()
-        {
-            Ok(data) => {
-                self.init_response = data.clone();
-                self.last_response = Some((0, data.clone()));
-                self.queue(data);
-            }
-            Err(e) => self.close(format!("cannot build IKE_SA_INIT response: {e}")),
-        }
-    }
-
-    /// An unencrypted error answer to IKE_SA_INIT, responder SPI zero (§2.6, §1.2).
-    fn answer_stateless(&mut self, request: &HeaderRepr, payload: Payload) {
-        let header = HeaderRepr {
-            initiator_spi: request.initiator_spi,
-            responder_spi: 0,
-            next_payload: PayloadType::NONE,
-            exchange_type: ExchangeType::IKE_SA_INIT,
-            flags: Flags {
-                initiator: false,
-                version: false,
-                response: true,
-            },
-            message_id: 0,
-            length: 0,
-        };
-        if let Ok(data) = MessageBuilder::new(header).payload(payload).build() {
-            self.queue(data);
         }
     }
 
@@ -1090,182 +542,6 @@ impl IkeSa {
             self.queue(data);
         }
         let _ = now;
-    }
-
-    fn answer_auth(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let id = payloads.iter().find_map(|p| {
-            if let Payload::IdInitiator(i) = p {
-                Some(i)
-            } else {
-                None
-            }
-        });
-        let auth = payloads.iter().find_map(|p| {
-            if let Payload::Auth(a) = p {
-                Some(a)
-            } else {
-                None
-            }
-        });
-        let (Some(id), Some(auth)) = (id, auth) else {
-            self.close("IKE_AUTH request lacks IDi or AUTH".into());
-            return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-        };
-        match id.to_identity() {
-            Ok(peer) if peer == self.config.remote_id => {}
-            Ok(peer) => {
-                self.close(format!(
-                    "peer identifies as {peer}, expected {}",
-                    self.config.remote_id
-                ));
-                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-            }
-            Err(e) => {
-                self.close(format!("peer identity: {e}"));
-                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-            }
-        }
-        let expected = self.auth_value(false, id);
-        let ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && expected
-                .is_some_and(|e| subtle::ConstantTimeEq::ct_eq(&e[..], &auth.data[..]).into());
-        if !ok {
-            self.close(format!(
-                "peer {} failed to prove the pre-shared key",
-                self.config.remote_id
-            ));
-            return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-        }
-        let our_id = match IdPayload::from_identity(&self.config.local_id) {
-            Ok(i) => i,
-            Err(e) => {
-                self.close(format!("local identity: {e}"));
-                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-            }
-        };
-        let Some(our_auth) = self.auth_value(true, &our_id) else {
-            return vec![];
-        };
-        self.state = State::Established;
-        self.established_event();
-        let mut out = vec![
-            Payload::IdResponder(our_id),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: our_auth.to_vec(),
-            }),
-        ];
-        out.extend(self.answer_child(payloads));
-        out
-    }
-
-    /// The first child SA, carried in IKE_AUTH (§1.2). A refusal leaves the IKE SA up.
-    fn answer_child(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let sa = payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
-            self.events.push_back(Event::ChildSaFailed {
-                reason: "IKE_AUTH without a child SA".into(),
-            });
-            return vec![];
-        };
-        let Some((number, spi_out, proposal)) =
-            negotiate::choose_esp(&sa.proposals, &self.config.esp_proposals, None)
-        else {
-            let theirs: Vec<String> = sa
-                .proposals
-                .iter()
-                .filter_map(|p| p.to_esp().ok())
-                .map(|p| p.to_string())
-                .collect();
-            self.events.push_back(Event::ChildSaFailed {
-                reason: format!(
-                    "no ESP proposal in common: peer offered {}",
-                    theirs.join(", ")
-                ),
-            });
-            return vec![notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![])];
-        };
-        // the peer's initiator side is our remote side
-        let ts_i = negotiate::narrow(&tsi.selectors, &self.config.remote_ts);
-        let ts_r = negotiate::narrow(&tsr.selectors, &self.config.local_ts);
-        if ts_i.is_empty() || ts_r.is_empty() {
-            self.events.push_back(Event::ChildSaFailed {
-                reason: "peer's traffic selectors do not overlap ours".into(),
-            });
-            return vec![notify(NotifyType::TS_UNACCEPTABLE, vec![])];
-        }
-        let keys = match self.child_keys(&proposal) {
-            Ok(k) => k,
-            Err(e) => {
-                self.events.push_back(Event::ChildSaFailed { reason: e });
-                return vec![notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![])];
-            }
-        };
-        let mut p = Proposal::from_esp(number, self.child_spi, &proposal);
-        p.number = number;
-        self.events
-            .push_back(Event::ChildSaEstablished(Box::new(ChildSa {
-                spi_in: self.child_spi,
-                spi_out,
-                proposal,
-                role: self.role,
-                keys,
-                local_ts: ts_r.clone(),
-                remote_ts: ts_i.clone(),
-                udp_encap: self.natt,
-            })));
-        vec![
-            Payload::Sa(SaPayload { proposals: vec![p] }),
-            Payload::TsInitiator(TsPayload::new(ts_i)),
-            Payload::TsResponder(TsPayload::new(ts_r)),
-        ]
-    }
-
-    /// Liveness checks get an empty answer; deletes are confirmed (§1.4.1).
-    fn answer_informational(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let mut out = Vec::new();
-        for p in payloads {
-            if let Payload::Delete(d) = p {
-                match d {
-                    DeletePayload::Ike => {
-                        self.close("peer deleted the IKE SA".into());
-                        return vec![];
-                    }
-                    DeletePayload::Child { protocol, spis } if *protocol == ProtocolId::ESP => {
-                        for spi in spis {
-                            self.events
-                                .push_back(Event::ChildSaDeleted { spi_out: *spi });
-                        }
-                        out.push(Payload::Delete(DeletePayload::Child {
-                            protocol: *protocol,
-                            spis: vec![self.child_spi],
-                        }));
-                    }
-                    DeletePayload::Child { .. } => {}
-                }
-            }
-        }
-        out
     }
 }
 
