@@ -78,11 +78,29 @@ impl IkeSockets {
     }
 }
 
+/// What the owner of a driven SA can ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Rekey every child SA (CREATE_CHILD_SA).
+    RekeyChildren,
+    /// Send a liveness check.
+    CheckLiveness,
+    /// Delete the IKE SA.
+    Delete,
+}
+
 /// Drives `sa` until it closes, sending its events to `events`.
-pub async fn drive(
+pub async fn drive(sockets: &IkeSockets, sa: IkeSa, events: mpsc::UnboundedSender<Event>) -> IkeSa {
+    let (_keep, commands) = mpsc::unbounded_channel();
+    drive_with(sockets, sa, events, commands).await
+}
+
+/// Drives `sa` until it closes, taking commands from `commands`.
+pub async fn drive_with(
     sockets: &IkeSockets,
     mut sa: IkeSa,
     events: mpsc::UnboundedSender<Event>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
 ) -> IkeSa {
     loop {
         while let Some(t) = sa.poll_transmit() {
@@ -110,6 +128,18 @@ pub async fn drive(
                 Err(e) => tracing::warn!(error = %e, "IKE receive failed"),
             },
             () = sleep => sa.handle_timeout(Instant::now()),
+            Some(c) = commands.recv() => {
+                let now = Instant::now();
+                match c {
+                    Command::RekeyChildren => {
+                        for spi in sa.child_spis() {
+                            sa.rekey_child(spi, now);
+                        }
+                    }
+                    Command::CheckLiveness => sa.check_liveness(now),
+                    Command::Delete => sa.delete(now),
+                }
+            }
         }
     }
 }

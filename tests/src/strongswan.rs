@@ -28,6 +28,8 @@ pub struct PeerConfig {
     pub remote_ts: String,
     /// Child SA rekey time (`rekey_time`), e.g. `"1h"` or `"5s"`.
     pub child_rekey: String,
+    /// IKE SA rekey time of the connection, e.g. `"4h"`.
+    pub ike_rekey: String,
 }
 
 impl PeerConfig {
@@ -50,6 +52,9 @@ impl PeerConfig {
             r#"connections {{
   lab {{
     version = 2
+    rekey_time = {ike_rekey}
+    over_time = 1h
+    rand_time = 0s
     local_addrs = {la}
     remote_addrs = {ra}
     proposals = {ike}
@@ -67,6 +72,8 @@ impl PeerConfig {
         remote_ts = {rts}
         esp_proposals = {esp}
         rekey_time = {rekey}
+        life_time = 2h
+        rand_time = 0s
       }}
     }}
   }}
@@ -88,6 +95,7 @@ secrets {{
             rts = self.remote_ts,
             esp = self.esp_proposal,
             rekey = self.child_rekey,
+            ike_rekey = self.ike_rekey,
         )
     }
 }

@@ -29,6 +29,10 @@ impl Drop for Peer {
 
 impl Peer {
     fn start(ns: &Netns, role: &str, cfg: &PeerConfig) -> Peer {
+        Peer::start_with(ns, role, cfg, &[])
+    }
+
+    fn start_with(ns: &Netns, role: &str, cfg: &PeerConfig, extra: &[&str]) -> Peer {
         let mut child = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, PEER])
             .args([
@@ -55,6 +59,7 @@ impl Peer {
                 "--exit-after",
                 "60",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -105,6 +110,7 @@ fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
         local_ts: "198.18.100.0/24".into(),
         remote_ts: "198.19.0.0/24".into(),
         child_rekey: "1h".into(),
+        ike_rekey: "4h".into(),
     };
     (a, b, ours)
 }
@@ -204,3 +210,110 @@ interop!(
     "aes128-sha256-modp2048",
     "aes128gcm16"
 );
+
+impl Peer {
+    /// Every event until `within` has passed.
+    fn collect(&self, within: Duration) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + within;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(v) => seen.push(v),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        seen
+    }
+}
+
+fn count(events: &[Value], kind: &str) -> usize {
+    events.iter().filter(|e| e["event"] == kind).count()
+}
+
+/// strongSwan rekeys the child SA every ~3 s (with PFS) and the IKE SA every ~7 s; our
+/// responder follows, and the tunnel stays up with the latest SPIs on both ends.
+#[test]
+fn responder_follows_strongswan_rekeys_of_child_and_ike_sa() {
+    if !tests::require_root("responder_follows_strongswan_rekeys_of_child_and_ike_sa") {
+        return;
+    }
+    let (a, b, mut ours) = lab("aes256gcm16-prfsha256-ecp256", "aes256gcm16-ecp256");
+    ours.child_rekey = "3s".into();
+    ours.ike_rekey = "7s".into();
+    let peer = Peer::start(&a, "responder", &ours);
+    let sw = Charon::start(&b, &ours.mirrored());
+    assert!(sw.initiate().contains("initiate completed successfully"));
+    peer.wait_for("child_established", Duration::from_secs(5));
+    let events = peer.collect(Duration::from_secs(12));
+    let rekeyed = events
+        .iter()
+        .filter(|e| e["event"] == "child_established" && !e["rekeys"].is_null())
+        .count();
+    assert!(
+        rekeyed >= 2,
+        "expected ≥2 child rekeys in 12 s: {events:?}\n{}",
+        sw.log()
+    );
+    assert!(count(&events, "child_deleted") >= 2, "{events:?}");
+    assert!(
+        count(&events, "ike_rekeyed") >= 1,
+        "{events:?}\n{}",
+        sw.log()
+    );
+    assert_eq!(count(&events, "closed"), 0, "{events:?}");
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["event"] == "child_established")
+        .unwrap();
+    let sas = sw.list_sas();
+    assert!(sas.contains("state=ESTABLISHED"), "{sas}");
+    assert!(
+        sas.contains(&format!("spi-in={}", last["spi_out"].as_str().unwrap())),
+        "latest {last} not in {sas}"
+    );
+}
+
+/// Our initiator rekeys its child SA every 2 s and checks liveness every second.
+#[test]
+fn initiator_rekeys_children_and_checks_liveness() {
+    if !tests::require_root("initiator_rekeys_children_and_checks_liveness") {
+        return;
+    }
+    let (a, b, ours) = lab(
+        "chacha20poly1305-prfsha256-x25519",
+        "chacha20poly1305-x25519",
+    );
+    let sw = Charon::start(&b, &ours.mirrored());
+    let peer = Peer::start_with(
+        &a,
+        "initiator",
+        &ours,
+        &["--rekey-every", "2", "--dpd-every", "1"],
+    );
+    peer.wait_for("child_established", Duration::from_secs(20));
+    let events = peer.collect(Duration::from_secs(7));
+    let rekeyed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "child_established" && !e["rekeys"].is_null())
+        .collect();
+    assert!(rekeyed.len() >= 2, "{events:?}\n{}", sw.log());
+    assert!(count(&events, "child_deleted") >= 2, "{events:?}");
+    assert!(count(&events, "alive") >= 3, "{events:?}");
+    assert_eq!(
+        count(&events, "child_rekey_failed") + count(&events, "closed"),
+        0,
+        "{events:?}"
+    );
+    let last = rekeyed.last().unwrap();
+    let sas = sw.list_sas();
+    assert!(
+        sas.contains(&format!("spi-in={}", last["spi_out"].as_str().unwrap())),
+        "latest {last} not in {sas}"
+    );
+    assert!(
+        sas.contains(&format!("spi-out={}", last["spi_in"].as_str().unwrap())),
+        "latest {last} not in {sas}"
+    );
+}

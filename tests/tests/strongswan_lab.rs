@@ -26,6 +26,7 @@ fn tunnel(ike: &str, esp: &str) {
         local_ts: "198.18.1.0/24".into(),
         remote_ts: "198.19.0.0/24".into(),
         child_rekey: "1h".into(),
+        ike_rekey: "4h".into(),
     };
     let ca = Charon::start(&a, &cfg);
     let cb = Charon::start(&b, &cfg.mirrored());

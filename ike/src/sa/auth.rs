@@ -198,18 +198,17 @@ impl IkeSa {
             });
         }
         match self.child_keys(&proposal) {
-            Ok(keys) => self
-                .events
-                .push_back(Event::ChildSaEstablished(Box::new(ChildSa {
-                    spi_in: self.child_spi,
-                    spi_out,
-                    proposal,
-                    role: self.role,
-                    keys,
-                    local_ts: tsi.selectors.clone(),
-                    remote_ts: tsr.selectors.clone(),
-                    udp_encap: self.natt,
-                }))),
+            Ok(keys) => self.child_established(ChildSa {
+                spi_in: self.child_spi,
+                spi_out,
+                proposal,
+                role: self.role,
+                keys,
+                local_ts: tsi.selectors.clone(),
+                remote_ts: tsr.selectors.clone(),
+                udp_encap: self.natt,
+                rekeys: None,
+            }),
             Err(e) => self.events.push_back(Event::ChildSaFailed { reason: e }),
         }
     }
@@ -345,17 +344,17 @@ impl IkeSa {
         };
         let mut p = Proposal::from_esp(number, self.child_spi, &proposal);
         p.number = number;
-        self.events
-            .push_back(Event::ChildSaEstablished(Box::new(ChildSa {
-                spi_in: self.child_spi,
-                spi_out,
-                proposal,
-                role: self.role,
-                keys,
-                local_ts: ts_r.clone(),
-                remote_ts: ts_i.clone(),
-                udp_encap: self.natt,
-            })));
+        self.child_established(ChildSa {
+            spi_in: self.child_spi,
+            spi_out,
+            proposal,
+            role: self.role,
+            keys,
+            local_ts: ts_r.clone(),
+            remote_ts: ts_i.clone(),
+            udp_encap: self.natt,
+            rekeys: None,
+        });
         vec![
             Payload::Sa(SaPayload { proposals: vec![p] }),
             Payload::TsInitiator(TsPayload::new(ts_i)),

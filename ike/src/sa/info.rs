@@ -14,14 +14,26 @@ impl IkeSa {
                         return vec![];
                     }
                     DeletePayload::Child { protocol, spis } if *protocol == ProtocolId::ESP => {
+                        // the peer names its inbound SPIs, our outbound ones; we answer with
+                        // ours (§1.4.1)
+                        let mut ours = Vec::new();
                         for spi in spis {
-                            self.events
-                                .push_back(Event::ChildSaDeleted { spi_out: *spi });
+                            if let Some(pos) = self.children.iter().position(|c| c.spi_out == *spi)
+                            {
+                                let c = self.children.remove(pos);
+                                ours.push(c.spi_in);
+                                self.events.push_back(Event::ChildSaDeleted {
+                                    spi_in: c.spi_in,
+                                    spi_out: c.spi_out,
+                                });
+                            }
                         }
-                        out.push(Payload::Delete(DeletePayload::Child {
-                            protocol: *protocol,
-                            spis: vec![self.child_spi],
-                        }));
+                        if !ours.is_empty() {
+                            out.push(Payload::Delete(DeletePayload::Child {
+                                protocol: *protocol,
+                                spis: ours,
+                            }));
+                        }
                     }
                     DeletePayload::Child { .. } => {}
                 }

@@ -14,6 +14,7 @@
 //! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
 
 mod auth;
+mod child;
 mod info;
 mod init;
 mod negotiate;
@@ -91,6 +92,9 @@ pub struct ChildSa {
     pub remote_ts: Vec<TrafficSelector>,
     /// ESP travels in UDP 4500 (a NAT was detected).
     pub udp_encap: bool,
+    /// The inbound SPI of the child SA this one replaces (make-before-break: keep the old one
+    /// until [`Event::ChildSaDeleted`] names it).
+    pub rekeys: Option<u32>,
 }
 
 impl ChildSa {
@@ -126,10 +130,23 @@ pub enum Event {
     ChildSaFailed {
         reason: String,
     },
-    /// The peer deleted a child SA (its outbound SPI, i.e. our `spi_out`).
+    /// A child SA is gone (deleted by the peer, or by us after a rekey).
     ChildSaDeleted {
+        spi_in: u32,
         spi_out: u32,
     },
+    /// A rekey or another CREATE_CHILD_SA failed; the old child SA stays.
+    ChildRekeyFailed {
+        spi_in: u32,
+        reason: String,
+    },
+    /// The peer rekeyed the IKE SA (§2.18): new SPIs, the child SAs carry on.
+    IkeSaRekeyed {
+        spi_i: u64,
+        spi_r: u64,
+    },
+    /// A liveness check was answered.
+    Alive,
     /// The IKE SA is gone (deleted by the peer, or failed).
     Closed {
         reason: String,
@@ -187,6 +204,42 @@ pub struct IkeSa {
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     rng: SystemRandom,
+    /// The child SAs this IKE SA negotiated and that are not deleted.
+    children: Vec<ChildRecord>,
+    /// Requests waiting for the outstanding one to be answered (window size 1, §2.3).
+    ops: VecDeque<Op>,
+    /// What the outstanding request of an established SA is for.
+    outstanding: Option<Outstanding>,
+    /// The IKE SA this one replaced by a rekey, kept to answer the peer's delete of it.
+    old_ike: Option<Box<child::OldIke>>,
+    /// An IKE rekey we answered, switched to once the answer is sent.
+    new_ike: Option<Box<child::NewIke>>,
+}
+
+/// What we remember of a child SA.
+#[derive(Debug, Clone)]
+pub(crate) struct ChildRecord {
+    pub(crate) spi_in: u32,
+    pub(crate) spi_out: u32,
+    pub(crate) local_ts: Vec<TrafficSelector>,
+    pub(crate) remote_ts: Vec<TrafficSelector>,
+}
+
+/// A request an established SA still has to make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    RekeyChild(u32),
+    DeleteChild(u32),
+    Liveness,
+    DeleteIke,
+}
+
+#[derive(Debug)]
+enum Outstanding {
+    RekeyChild(Box<child::RekeyRequest>),
+    DeleteChild(u32),
+    Liveness,
+    DeleteIke,
 }
 
 pub(super) fn random_u64(rng: &dyn SecureRandom) -> u64 {
@@ -257,6 +310,11 @@ impl IkeSa {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             rng,
+            children: Vec::new(),
+            ops: VecDeque::new(),
+            outstanding: None,
+            old_ike: None,
+            new_ike: None,
         }
     }
 
@@ -319,6 +377,44 @@ impl IkeSa {
         self.remote
     }
 
+    /// Inbound SPIs of the live child SAs.
+    pub fn child_spis(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.spi_in).collect()
+    }
+
+    /// Rekeys child SA `spi_in` with CREATE_CHILD_SA (§1.3.3), make-before-break.
+    pub fn rekey_child(&mut self, spi_in: u32, now: Instant) {
+        self.push_op(Op::RekeyChild(spi_in), now);
+    }
+
+    /// Sends a liveness check (an empty INFORMATIONAL, §1.4); an unanswered one closes the SA.
+    pub fn check_liveness(&mut self, now: Instant) {
+        self.push_op(Op::Liveness, now);
+    }
+
+    /// Deletes the IKE SA and its child SAs (§1.4.1).
+    pub fn delete(&mut self, now: Instant) {
+        self.push_op(Op::DeleteIke, now);
+    }
+
+    fn push_op(&mut self, op: Op, now: Instant) {
+        if !self.ops.contains(&op) {
+            self.ops.push_back(op);
+        }
+        self.start_next_op(now);
+    }
+
+    pub(super) fn start_next_op(&mut self, now: Instant) {
+        if self.pending.is_some() || !self.is_established() {
+            return;
+        }
+        while let Some(op) = self.ops.pop_front() {
+            if self.send_op(op, now) {
+                return;
+            }
+        }
+    }
+
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -372,6 +468,13 @@ impl IkeSa {
             }
             Err(_) => return,
         };
+        if self
+            .old_ike
+            .as_ref()
+            .is_some_and(|o| o.spi_i == header.initiator_spi && o.spi_r == header.responder_spi)
+        {
+            return self.handle_old_ike(header, datagram, from);
+        }
         // A retransmitted IKE_SA_INIT request still carries a zero responder SPI.
         let init_retransmit = header.exchange_type == ExchangeType::IKE_SA_INIT
             && !header.flags.response
@@ -480,13 +583,14 @@ impl IkeSa {
             State::AuthSent if header.exchange_type == ExchangeType::IKE_AUTH => {
                 self.auth_response_received(datagram, from)
             }
-            State::Established
-                if self
-                    .cipher_in
-                    .as_ref()
-                    .is_some_and(|c| protect::open(c, datagram).is_ok()) =>
-            {
+            State::Established => {
+                let Some(Ok((_, payloads))) =
+                    self.cipher_in.as_ref().map(|c| protect::open(c, datagram))
+                else {
+                    return;
+                };
                 self.pending = None;
+                self.exchange_answered(&payloads, now);
             }
             _ => {}
         }
@@ -531,7 +635,7 @@ impl IkeSa {
                 self.answer_informational(&payloads)
             }
             (State::Established, ExchangeType::CREATE_CHILD_SA) => {
-                vec![notify(NotifyType::NO_ADDITIONAL_SAS, vec![])]
+                self.answer_create_child(&payloads)
             }
             _ => return,
         };
@@ -541,7 +645,9 @@ impl IkeSa {
             self.expected_request_id = header.message_id.wrapping_add(1);
             self.queue(data);
         }
-        let _ = now;
+        // an IKE SA rekey takes effect once its answer is on its way (§2.18)
+        self.switch_to_rekeyed_ike();
+        self.start_next_op(now);
     }
 }
 

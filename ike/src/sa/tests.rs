@@ -382,3 +382,155 @@ fn garbage_never_panics_and_changes_nothing() {
     }
     assert!(p.i.is_established() && p.r.as_ref().unwrap().is_established());
 }
+
+fn children(events: &[Event]) -> Vec<&ChildSa> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::ChildSaEstablished(c) = e {
+                Some(&**c)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn deleted(events: &[Event]) -> Vec<(u32, u32)> {
+    events
+        .iter()
+        .filter_map(|e| {
+            if let Event::ChildSaDeleted { spi_in, spi_out } = e {
+                Some((*spi_in, *spi_out))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+fn rekey_from(initiator_side: bool, esp: &str) {
+    let mut p = established("aes256gcm16-prfsha256-ecp256", esp);
+    let first_i = Pair::child(&p.events_i).unwrap().spi_in;
+    let first_r = Pair::child(&p.events_r).unwrap().spi_in;
+    let now = p.now;
+    if initiator_side {
+        p.i.rekey_child(first_i, now);
+    } else {
+        p.r.as_mut().unwrap().rekey_child(first_r, now);
+    }
+    p.run();
+    let (ci, cr) = (children(&p.events_i), children(&p.events_r));
+    assert_eq!(
+        (ci.len(), cr.len()),
+        (2, 2),
+        "{:?} / {:?}",
+        p.events_i,
+        p.events_r
+    );
+    let (ni, nr) = (ci[1], cr[1]);
+    assert_eq!(ni.rekeys, Some(first_i));
+    assert_eq!(nr.rekeys, Some(first_r));
+    assert_eq!(ni.spi_out, nr.spi_in);
+    assert_eq!(ni.spi_in, nr.spi_out);
+    assert_ne!(ni.spi_in, first_i);
+    // both ends agree on the new keys in each direction
+    assert!(ni.outbound().is_ok());
+    let key = |c: &ChildSa, out: bool| {
+        let k = match (c.role, out) {
+            (Role::Initiator, true) | (Role::Responder, false) => &c.keys.initiator_to_responder,
+            _ => &c.keys.responder_to_initiator,
+        };
+        k.encryption.as_bytes().to_vec()
+    };
+    assert_eq!(key(ni, true), key(nr, false));
+    assert_eq!(key(ni, false), key(nr, true));
+    assert_ne!(
+        key(ni, true),
+        key(ci[0], true),
+        "rekeyed SA reuses the old keys"
+    );
+    // the old SA is deleted on both ends, the new one stays
+    assert_eq!(
+        deleted(&p.events_i),
+        vec![(first_i, Pair::child(&p.events_i).unwrap().spi_out)]
+    );
+    assert_eq!(
+        deleted(&p.events_r),
+        vec![(first_r, Pair::child(&p.events_r).unwrap().spi_out)]
+    );
+    assert_eq!(p.i.child_spis(), vec![ni.spi_in]);
+    assert_eq!(p.r.as_ref().unwrap().child_spis(), vec![nr.spi_in]);
+    assert_eq!(ni.proposal.dh.is_empty(), !esp.contains("ecp"));
+}
+
+#[test]
+fn child_rekey_from_the_initiator_without_pfs() {
+    rekey_from(true, "aes256gcm16");
+}
+
+#[test]
+fn child_rekey_from_the_responder_with_pfs() {
+    rekey_from(false, "aes256gcm16-ecp256");
+}
+
+#[test]
+fn repeated_rekeys_keep_one_child_sa() {
+    let mut p = established("chacha20poly1305-prfsha256-x25519", "chacha20poly1305");
+    for n in 0..5 {
+        let spi = p.i.child_spis()[0];
+        let now = p.now;
+        if n % 2 == 0 {
+            p.i.rekey_child(spi, now);
+        } else {
+            let rspi = p.r.as_ref().unwrap().child_spis()[0];
+            p.r.as_mut().unwrap().rekey_child(rspi, now);
+        }
+        p.run();
+        assert_eq!(
+            p.i.child_spis().len(),
+            1,
+            "after rekey {n}: {:?}",
+            p.events_i
+        );
+        assert_ne!(p.i.child_spis()[0], spi);
+    }
+    assert_eq!(children(&p.events_i).len(), 6);
+    assert_eq!(deleted(&p.events_r).len(), 5);
+}
+
+#[test]
+fn liveness_checks_are_answered_and_delete_closes_both_ends() {
+    let mut p = established("aes256gcm16-prfsha256-ecp256", "aes256gcm16");
+    let now = p.now;
+    p.i.check_liveness(now);
+    p.run();
+    assert!(p.events_i.iter().any(|e| matches!(e, Event::Alive)));
+    p.r.as_mut().unwrap().check_liveness(now);
+    p.run();
+    assert!(p.events_r.iter().any(|e| matches!(e, Event::Alive)));
+    p.i.delete(now);
+    p.run();
+    assert!(p.i.is_closed() && p.r.as_ref().unwrap().is_closed());
+    assert_eq!(Pair::closed(&p.events_r), Some("peer deleted the IKE SA"));
+}
+
+#[test]
+fn a_dead_peer_is_noticed_by_the_liveness_check() {
+    let mut p = established("aes256gcm16-prfsha256-ecp256", "aes256gcm16");
+    let now = p.now;
+    p.i.check_liveness(now);
+    // the peer is gone: nothing is delivered, the timers run out
+    while !p.i.is_closed() {
+        while p.i.poll_transmit().is_some() {}
+        let at = p.i.poll_timeout().unwrap();
+        p.i.handle_timeout(at);
+    }
+    let mut reason = None;
+    while let Some(e) = p.i.poll_event() {
+        if let Event::Closed { reason: r } = e {
+            reason = Some(r);
+        }
+    }
+    assert!(reason.unwrap().contains("did not answer"));
+}

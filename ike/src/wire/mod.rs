@@ -23,7 +23,7 @@ mod payload;
 mod payloads;
 mod sa;
 mod sk;
-mod suite;
+pub(crate) mod suite;
 mod ts;
 
 pub use dn::{dn_from_der, dn_to_der};

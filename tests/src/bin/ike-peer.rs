@@ -8,7 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
 use ike::crypto::SecretBytes;
-use ike::driver::{accept, drive, IkeSockets};
+use ike::driver::{accept, drive_with, Command, IkeSockets};
 use ike::sa::{Event, IkeSa, SaConfig, IKE_PORT};
 use ike::wire::{AddressRange, TrafficSelector};
 use ike::{EspProposal, Identity, IkeProposal};
@@ -100,13 +100,18 @@ async fn main() {
                 Event::ChildSaEstablished(c) => json!({
                     "event": "child_established", "spi_in": format!("{:08x}", c.spi_in), "spi_out": format!("{:08x}", c.spi_out),
                     "proposal": c.proposal.to_string(), "udp_encap": c.udp_encap,
+                    "rekeys": c.rekeys.map(|s| format!("{s:08x}")),
                     "local_ts": describe(&c.local_ts), "remote_ts": describe(&c.remote_ts)}),
                 Event::ChildSaFailed { reason } => {
                     json!({"event": "child_failed", "reason": reason})
                 }
-                Event::ChildSaDeleted { spi_out } => {
-                    json!({"event": "child_deleted", "spi_out": format!("{spi_out:08x}")})
-                }
+                Event::ChildSaDeleted { spi_in, spi_out } => json!({"event": "child_deleted",
+                    "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}")}),
+                Event::ChildRekeyFailed { spi_in, reason } => json!({"event": "child_rekey_failed",
+                    "spi_in": format!("{spi_in:08x}"), "reason": reason}),
+                Event::IkeSaRekeyed { spi_i, spi_r } => json!({"event": "ike_rekeyed",
+                    "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}")}),
+                Event::Alive => json!({"event": "alive"}),
                 Event::Closed { reason } => json!({"event": "closed", "reason": reason}),
             };
             println!("{line}");
@@ -116,6 +121,27 @@ async fn main() {
         .get("exit-after")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(600);
-    let _ = tokio::time::timeout(Duration::from_secs(exit_after), drive(&sockets, sa, tx)).await;
+    let (ctl, commands) = tokio::sync::mpsc::unbounded_channel();
+    for (key, command) in [
+        ("rekey-every", Command::RekeyChildren),
+        ("dpd-every", Command::CheckLiveness),
+    ] {
+        if let Some(secs) = opt.get(key).and_then(|s| s.parse::<u64>().ok()) {
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(secs));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if ctl.send(command).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+    drop(ctl);
+    let driven = drive_with(&sockets, sa, tx, commands);
+    let _ = tokio::time::timeout(Duration::from_secs(exit_after), driven).await;
     let _ = printer.await;
 }

@@ -1,0 +1,629 @@
+//! CREATE_CHILD_SA (RFC 7296 §1.3): rekeying child SAs in both roles, with or without PFS
+//! (§1.3.3, §2.17), and the peer's rekey of the IKE SA (§1.3.2, §2.18); plus the requests an
+//! established SA makes (liveness checks, deletes).
+//!
+//! Not yet: rekeying the IKE SA on our own initiative, and resolving simultaneous rekeys by
+//! nonce (§2.8.1) — both sides' new SAs are kept until the old one is deleted.
+
+use super::*;
+use crate::crypto::keys::rekey_skeyseed;
+
+/// A child rekey we asked for.
+#[derive(Debug)]
+pub(crate) struct RekeyRequest {
+    old_spi_in: u32,
+    new_spi_in: u32,
+    ni: Vec<u8>,
+    ke: Option<KeyExchange>,
+}
+
+/// The previous IKE SA after the peer rekeyed it, until the peer deletes it.
+#[derive(Debug)]
+pub(crate) struct OldIke {
+    pub(crate) spi_i: u64,
+    pub(crate) spi_r: u64,
+    initiator_flag: bool,
+    cipher_in: SaCipher,
+    cipher_out: SaCipher,
+    expected_request_id: u32,
+}
+
+/// A new IKE SA agreed in a CREATE_CHILD_SA we answered, switched to after the answer.
+#[derive(Debug)]
+pub(crate) struct NewIke {
+    spi_i: u64,
+    spi_r: u64,
+    chosen: IkeProposal,
+    keys: IkeSaKeys,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+}
+
+fn find<'p, T>(payloads: &'p [Payload], f: impl Fn(&'p Payload) -> Option<T>) -> Option<T> {
+    payloads.iter().find_map(f)
+}
+
+impl IkeSa {
+    pub(super) fn child_established(&mut self, child: ChildSa) {
+        self.children.push(ChildRecord {
+            spi_in: child.spi_in,
+            spi_out: child.spi_out,
+            local_ts: child.local_ts.clone(),
+            remote_ts: child.remote_ts.clone(),
+        });
+        self.events
+            .push_back(Event::ChildSaEstablished(Box::new(child)));
+    }
+
+    fn child_keys_pfs(
+        &self,
+        proposal: &EspProposal,
+        g_ir: Option<&[u8]>,
+        ni: &[u8],
+        nr: &[u8],
+    ) -> Result<ChildSaKeys, String> {
+        let keys = self.keys.as_ref().ok_or("no IKE SA keys")?;
+        let suite = ChildSuite::new(proposal.encryption[0], proposal.integrity.first().copied())
+            .map_err(|e| e.to_string())?;
+        ChildSaKeys::derive(keys, suite, g_ir, ni, nr).map_err(|e| e.to_string())
+    }
+
+    /// Sends the request for `op`; false when there was nothing to send.
+    pub(super) fn send_op(&mut self, op: Op, now: Instant) -> bool {
+        let id = self.next_request_id;
+        let (exchange, inner, outstanding) = match op {
+            Op::Liveness => (ExchangeType::INFORMATIONAL, vec![], Outstanding::Liveness),
+            Op::DeleteIke => (
+                ExchangeType::INFORMATIONAL,
+                vec![Payload::Delete(DeletePayload::Ike)],
+                Outstanding::DeleteIke,
+            ),
+            Op::DeleteChild(spi_in) => {
+                if !self.children.iter().any(|c| c.spi_in == spi_in) {
+                    return false;
+                }
+                let d = DeletePayload::Child {
+                    protocol: ProtocolId::ESP,
+                    spis: vec![spi_in],
+                };
+                (
+                    ExchangeType::INFORMATIONAL,
+                    vec![Payload::Delete(d)],
+                    Outstanding::DeleteChild(spi_in),
+                )
+            }
+            Op::RekeyChild(old) => {
+                let Some(rec) = self.children.iter().find(|c| c.spi_in == old).cloned() else {
+                    return false;
+                };
+                let new_spi_in = random_spi(&self.rng);
+                let ni = self.nonce();
+                // PFS with the first group our ESP proposals name (§1.3.1)
+                let group = self
+                    .config
+                    .esp_proposals
+                    .iter()
+                    .find_map(|p| p.dh.first().copied());
+                let ke = match group.map(|g| KeyExchange::generate(g, &self.rng)) {
+                    Some(Ok(k)) => Some(k),
+                    Some(Err(e)) => {
+                        self.events.push_back(Event::ChildRekeyFailed {
+                            spi_in: old,
+                            reason: format!("key generation: {e}"),
+                        });
+                        return false;
+                    }
+                    None => None,
+                };
+                let proposals = self
+                    .config
+                    .esp_proposals
+                    .iter()
+                    .enumerate()
+                    .map(|(i, p)| {
+                        Proposal::from_esp(u8::try_from(i + 1).unwrap_or(u8::MAX), new_spi_in, p)
+                    })
+                    .collect();
+                let mut inner = vec![
+                    Payload::Notify(NotifyPayload::child(
+                        ProtocolId::ESP,
+                        old,
+                        NotifyType::REKEY_SA,
+                        vec![],
+                    )),
+                    Payload::Sa(SaPayload { proposals }),
+                    Payload::Nonce(NoncePayload { data: ni.clone() }),
+                ];
+                if let Some(k) = &ke {
+                    inner.push(Payload::Ke(KePayload::new(
+                        k.group(),
+                        k.public_value().to_vec(),
+                    )));
+                }
+                inner.push(Payload::TsInitiator(TsPayload::new(rec.local_ts)));
+                inner.push(Payload::TsResponder(TsPayload::new(rec.remote_ts)));
+                let req = RekeyRequest {
+                    old_spi_in: old,
+                    new_spi_in,
+                    ni,
+                    ke,
+                };
+                (
+                    ExchangeType::CREATE_CHILD_SA,
+                    inner,
+                    Outstanding::RekeyChild(Box::new(req)),
+                )
+            }
+        };
+        let header = self.header(exchange, id, false);
+        match self.seal(&header, &inner) {
+            Some(data) => {
+                self.send_request(data, id, now);
+                self.next_request_id = id.wrapping_add(1);
+                self.outstanding = Some(outstanding);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The answer to our outstanding request arrived (already decrypted).
+    pub(super) fn exchange_answered(&mut self, payloads: &[Payload], now: Instant) {
+        match self.outstanding.take() {
+            Some(Outstanding::Liveness) => self.events.push_back(Event::Alive),
+            Some(Outstanding::DeleteIke) => self.close("deleted".into()),
+            Some(Outstanding::DeleteChild(spi_in)) => self.forget_child(spi_in),
+            Some(Outstanding::RekeyChild(req)) => self.rekey_answered(*req, payloads),
+            None => {}
+        }
+        self.start_next_op(now);
+    }
+
+    fn forget_child(&mut self, spi_in: u32) {
+        if let Some(pos) = self.children.iter().position(|c| c.spi_in == spi_in) {
+            let c = self.children.remove(pos);
+            self.events.push_back(Event::ChildSaDeleted {
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
+        }
+    }
+
+    fn rekey_answered(&mut self, req: RekeyRequest, payloads: &[Payload]) {
+        let old = req.old_spi_in;
+        let fail = |sa: &mut IkeSa, reason: String| {
+            sa.events.push_back(Event::ChildRekeyFailed {
+                spi_in: old,
+                reason,
+            })
+        };
+        if let Some(err) = error_notify(payloads) {
+            return fail(
+                self,
+                format!("peer refused the rekey: {}", notify_name(err)),
+            );
+        }
+        let sa = find(payloads, |p| {
+            if let Payload::Sa(s) = p {
+                Some(s)
+            } else {
+                None
+            }
+        });
+        let nonce = find(payloads, |p| {
+            if let Payload::Nonce(n) = p {
+                Some(n)
+            } else {
+                None
+            }
+        });
+        let ke = find(payloads, |p| {
+            if let Payload::Ke(k) = p {
+                Some(k)
+            } else {
+                None
+            }
+        });
+        let tsi = find(payloads, |p| {
+            if let Payload::TsInitiator(t) = p {
+                Some(t)
+            } else {
+                None
+            }
+        });
+        let tsr = find(payloads, |p| {
+            if let Payload::TsResponder(t) = p {
+                Some(t)
+            } else {
+                None
+            }
+        });
+        let (Some(sa), Some(nonce), Some(tsi), Some(tsr)) = (sa, nonce, tsi, tsr) else {
+            return fail(
+                self,
+                "CREATE_CHILD_SA response lacks SA, Nonce or TS".into(),
+            );
+        };
+        let chosen = match sa.proposals.as_slice() {
+            [one] => one.to_esp().ok().zip(one.child_spi()),
+            _ => None,
+        };
+        let Some((proposal, spi_out)) =
+            chosen.filter(|(c, _)| negotiate::esp_acceptable(c, &self.config.esp_proposals))
+        else {
+            return fail(self, "peer chose an ESP proposal we did not offer".into());
+        };
+        let g_ir = match (&req.ke, ke) {
+            (Some(ours), Some(theirs)) if theirs.group == ours.group().transform_id() => {
+                match ours.compute(&theirs.data) {
+                    Ok(g) => Some(g),
+                    Err(e) => return fail(self, format!("peer's KE payload: {e}")),
+                }
+            }
+            (None, None) => None,
+            _ => return fail(self, "PFS key exchange does not match".into()),
+        };
+        let Some(rec) = self.children.iter().find(|c| c.spi_in == old).cloned() else {
+            return fail(self, "the child SA disappeared during its rekey".into());
+        };
+        if !negotiate::within(&tsi.selectors, &rec.local_ts)
+            || !negotiate::within(&tsr.selectors, &rec.remote_ts)
+        {
+            return fail(
+                self,
+                "peer's traffic selectors are not within the rekeyed SA's".into(),
+            );
+        }
+        match self.child_keys_pfs(
+            &proposal,
+            g_ir.as_deref().map(|v| &v[..]),
+            &req.ni,
+            &nonce.data,
+        ) {
+            Ok(keys) => {
+                self.child_established(ChildSa {
+                    spi_in: req.new_spi_in,
+                    spi_out,
+                    proposal,
+                    // §2.17: keys follow the roles of this exchange
+                    role: Role::Initiator,
+                    keys,
+                    local_ts: tsi.selectors.clone(),
+                    remote_ts: tsr.selectors.clone(),
+                    udp_encap: self.natt,
+                    rekeys: Some(old),
+                });
+                // make-before-break: the new SA is up; now retire the old one (§1.3.3)
+                self.ops.push_front(Op::DeleteChild(old));
+            }
+            Err(e) => fail(self, e),
+        }
+    }
+
+    /// A CREATE_CHILD_SA request from the peer: a child rekey, a new child SA, or an IKE rekey.
+    pub(super) fn answer_create_child(&mut self, payloads: &[Payload]) -> Vec<Payload> {
+        let sa = find(payloads, |p| {
+            if let Payload::Sa(s) = p {
+                Some(s)
+            } else {
+                None
+            }
+        });
+        let nonce = find(payloads, |p| {
+            if let Payload::Nonce(n) = p {
+                Some(n)
+            } else {
+                None
+            }
+        });
+        let (Some(sa), Some(nonce)) = (sa, nonce) else {
+            return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
+        };
+        if sa
+            .proposals
+            .first()
+            .is_some_and(|p| p.protocol == ProtocolId::IKE)
+        {
+            return self.answer_rekey_ike(payloads);
+        }
+        let ke = find(payloads, |p| {
+            if let Payload::Ke(k) = p {
+                Some(k)
+            } else {
+                None
+            }
+        });
+        let tsi = find(payloads, |p| {
+            if let Payload::TsInitiator(t) = p {
+                Some(t)
+            } else {
+                None
+            }
+        });
+        let tsr = find(payloads, |p| {
+            if let Payload::TsResponder(t) = p {
+                Some(t)
+            } else {
+                None
+            }
+        });
+        let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
+            return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
+        };
+        let rekeyed = match find_notify(payloads, NotifyType::REKEY_SA).map(|n| n.child_spi()) {
+            // the SPI the peer receives on, i.e. our outbound SPI (§1.3.3)
+            Some(Some(spi)) => match self.children.iter().find(|c| c.spi_out == spi) {
+                Some(c) => Some(c.spi_in),
+                None => {
+                    return vec![Payload::Notify(NotifyPayload::child(
+                        ProtocolId::ESP,
+                        spi,
+                        NotifyType::CHILD_SA_NOT_FOUND,
+                        vec![],
+                    ))]
+                }
+            },
+            Some(None) => return vec![notify(NotifyType::INVALID_SYNTAX, vec![])],
+            None => None,
+        };
+        let pfs = match ke {
+            Some(k) => match crate::wire::suite::dh_group(k.group) {
+                Some(g) => Some(g),
+                None => {
+                    return vec![Payload::Notify(NotifyPayload::invalid_ke(
+                        self.preferred_pfs_group().map_or(0, |g| g.transform_id()),
+                    ))]
+                }
+            },
+            None => None,
+        };
+        let Some((number, spi_out, proposal)) =
+            negotiate::choose_esp(&sa.proposals, &self.config.esp_proposals, pfs)
+        else {
+            if pfs.is_some() {
+                if let Some(g) = self.preferred_pfs_group() {
+                    if negotiate::choose_esp(&sa.proposals, &self.config.esp_proposals, Some(g))
+                        .is_some()
+                    {
+                        return vec![Payload::Notify(NotifyPayload::invalid_ke(g.transform_id()))];
+                    }
+                }
+            }
+            return vec![notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![])];
+        };
+        let (ts_i, ts_r) = (
+            negotiate::narrow(&tsi.selectors, &self.config.remote_ts),
+            negotiate::narrow(&tsr.selectors, &self.config.local_ts),
+        );
+        if ts_i.is_empty() || ts_r.is_empty() {
+            return vec![notify(NotifyType::TS_UNACCEPTABLE, vec![])];
+        }
+        let nr = self.nonce();
+        let (our_ke, g_ir) = match (pfs, ke) {
+            (Some(g), Some(theirs)) => match KeyExchange::generate(g, &self.rng)
+                .and_then(|k| k.compute(&theirs.data).map(|s| (k, s)))
+            {
+                Ok((k, s)) => (Some(k), Some(s)),
+                Err(_) => return vec![notify(NotifyType::INVALID_SYNTAX, vec![])],
+            },
+            _ => (None, None),
+        };
+        let keys =
+            match self.child_keys_pfs(&proposal, g_ir.as_deref().map(|v| &v[..]), &nonce.data, &nr)
+            {
+                Ok(k) => k,
+                Err(_) => return vec![notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![])],
+            };
+        let spi_in = random_spi(&self.rng);
+        let mut p = Proposal::from_esp(number, spi_in, &proposal);
+        p.number = number;
+        self.child_established(ChildSa {
+            spi_in,
+            spi_out,
+            proposal,
+            role: Role::Responder,
+            keys,
+            local_ts: ts_r.clone(),
+            remote_ts: ts_i.clone(),
+            udp_encap: self.natt,
+            rekeys: rekeyed,
+        });
+        let mut out = vec![
+            Payload::Sa(SaPayload { proposals: vec![p] }),
+            Payload::Nonce(NoncePayload { data: nr }),
+        ];
+        if let Some(k) = our_ke {
+            out.push(Payload::Ke(KePayload::new(
+                k.group(),
+                k.public_value().to_vec(),
+            )));
+        }
+        out.push(Payload::TsInitiator(TsPayload::new(ts_i)));
+        out.push(Payload::TsResponder(TsPayload::new(ts_r)));
+        out
+    }
+
+    fn preferred_pfs_group(&self) -> Option<DhGroup> {
+        self.config
+            .esp_proposals
+            .iter()
+            .find_map(|p| p.dh.first().copied())
+    }
+
+    /// The peer rekeys the IKE SA (§1.3.2): answer on this SA, then continue on the new one.
+    fn answer_rekey_ike(&mut self, payloads: &[Payload]) -> Vec<Payload> {
+        let sa = find(payloads, |p| {
+            if let Payload::Sa(s) = p {
+                Some(s)
+            } else {
+                None
+            }
+        });
+        let nonce = find(payloads, |p| {
+            if let Payload::Nonce(n) = p {
+                Some(n)
+            } else {
+                None
+            }
+        });
+        let ke = find(payloads, |p| {
+            if let Payload::Ke(k) = p {
+                Some(k)
+            } else {
+                None
+            }
+        });
+        let (Some(sa), Some(nonce), Some(ke)) = (sa, nonce, ke) else {
+            return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
+        };
+        let Some((number, mut chosen, groups)) =
+            negotiate::choose_ike(&sa.proposals, &self.config.ike_proposals)
+        else {
+            return vec![notify(NotifyType::NO_PROPOSAL_CHOSEN, vec![])];
+        };
+        let Some(group) = groups
+            .iter()
+            .copied()
+            .find(|g| g.transform_id() == ke.group)
+        else {
+            return vec![Payload::Notify(NotifyPayload::invalid_ke(
+                groups[0].transform_id(),
+            ))];
+        };
+        chosen.dh = vec![group];
+        let spi_i = sa
+            .proposals
+            .iter()
+            .find(|p| p.number == number)
+            .and_then(|p| <[u8; 8]>::try_from(p.spi.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .filter(|s| *s != 0);
+        let Some(spi_i) = spi_i else {
+            return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
+        };
+        let spi_r = random_u64(&self.rng);
+        let nr = self.nonce();
+        let Some(old_keys) = self.keys.as_ref() else {
+            return vec![];
+        };
+        let derived = KeyExchange::generate(group, &self.rng)
+            .map_err(|e| e.to_string())
+            .and_then(|k| {
+                let g_ir = k.compute(&ke.data).map_err(|e| e.to_string())?;
+                let seed = rekey_skeyseed(old_keys, &g_ir, &nonce.data, &nr);
+                let suite = IkeSuite::new(
+                    chosen.encryption[0],
+                    chosen.integrity.first().copied(),
+                    chosen.prf[0],
+                )
+                .map_err(|e| e.to_string())?;
+                let keys = IkeSaKeys::derive(
+                    suite,
+                    &seed,
+                    &nonce.data,
+                    &nr,
+                    &spi_i.to_be_bytes(),
+                    &spi_r.to_be_bytes(),
+                )
+                .map_err(|e| e.to_string())?;
+                Ok((k, keys))
+            });
+        let (our_ke, keys) = match derived {
+            Ok(v) => v,
+            Err(_) => return vec![notify(NotifyType::INVALID_SYNTAX, vec![])],
+        };
+        let mut p = Proposal::from_ike(number, &spi_r.to_be_bytes(), &chosen);
+        p.number = number;
+        self.new_ike = Some(Box::new(NewIke {
+            spi_i,
+            spi_r,
+            chosen,
+            keys,
+            ni: nonce.data.clone(),
+            nr: nr.clone(),
+        }));
+        vec![
+            Payload::Sa(SaPayload { proposals: vec![p] }),
+            Payload::Nonce(NoncePayload { data: nr }),
+            Payload::Ke(KePayload::new(group, our_ke.public_value().to_vec())),
+        ]
+    }
+
+    /// After answering an IKE rekey: the peer initiated it, so it is the initiator of the new
+    /// IKE SA (§2.18); message IDs start again from zero.
+    pub(super) fn switch_to_rekeyed_ike(&mut self) {
+        let Some(new) = self.new_ike.take() else {
+            return;
+        };
+        let (Ok(cipher_in), Ok(cipher_out)) =
+            (new.keys.initiator_cipher(), new.keys.responder_cipher())
+        else {
+            return;
+        };
+        let old_in = self.cipher_in.replace(cipher_in);
+        let old_out = self.cipher_out.replace(cipher_out);
+        if let (Some(cipher_in), Some(cipher_out)) = (old_in, old_out) {
+            self.old_ike = Some(Box::new(OldIke {
+                spi_i: self.spi_i,
+                spi_r: self.spi_r,
+                initiator_flag: self.role == Role::Initiator,
+                cipher_in,
+                cipher_out,
+                expected_request_id: self.expected_request_id,
+            }));
+        }
+        self.role = Role::Responder;
+        self.spi_i = new.spi_i;
+        self.spi_r = new.spi_r;
+        self.chosen = Some(new.chosen);
+        self.keys = Some(new.keys);
+        self.ni = new.ni;
+        self.nr = new.nr;
+        self.next_request_id = 0;
+        self.expected_request_id = 0;
+        self.last_response = None;
+        self.pending = None;
+        self.outstanding = None;
+        self.events.push_back(Event::IkeSaRekeyed {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+        });
+    }
+
+    /// Requests on the replaced IKE SA: the peer's delete of it, and liveness checks.
+    pub(super) fn handle_old_ike(&mut self, header: HeaderRepr, datagram: &[u8], from: SocketAddr) {
+        let Some(old) = self.old_ike.as_mut() else {
+            return;
+        };
+        if header.flags.response || header.message_id < old.expected_request_id {
+            return;
+        }
+        let Ok((_, payloads)) = protect::open(&old.cipher_in, datagram) else {
+            return;
+        };
+        let deleted = payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Delete(DeletePayload::Ike)));
+        let h = HeaderRepr {
+            initiator_spi: old.spi_i,
+            responder_spi: old.spi_r,
+            next_payload: PayloadType::NONE,
+            exchange_type: header.exchange_type,
+            flags: Flags {
+                initiator: old.initiator_flag,
+                version: false,
+                response: true,
+            },
+            message_id: header.message_id,
+            length: 0,
+        };
+        old.expected_request_id = header.message_id.wrapping_add(1);
+        if let Ok(data) = protect::seal(&old.cipher_out, &h, &[], &self.rng) {
+            self.remote = from;
+            self.queue(data);
+        }
+        if deleted {
+            self.old_ike = None;
+        }
+    }
+}
