@@ -8,6 +8,8 @@
 //! - [`sequence`]: the send-side counter that never cycles (§3.3.3).
 //! - [`inner`]: just enough of the inner IPv4/IPv6 packet to check it against the Child SA's
 //!   traffic selectors.
+//! - [`sa`]: the data path of one child SA, sans-IO: [`OutboundEsp::seal`] and
+//!   [`InboundEsp::open`] run the whole of each direction for every suite, with counters.
 //!
 //! Receive path, in order: [`EspPacket::new_checked`] → [`ReplayWindow::check`] →
 //! [`EspPacket::split`] → decrypt and verify the ICV (crypto) → [`ReplayWindow::accept`] →
@@ -17,6 +19,7 @@
 pub mod inner;
 pub mod packet;
 pub mod replay;
+pub mod sa;
 pub mod sequence;
 
 pub use inner::{within, InnerPacket, Ports};
@@ -25,6 +28,10 @@ pub use packet::{
     ESP_HEADER_LEN,
 };
 pub use replay::{ReplayError, ReplayWindow};
+pub use sa::{
+    negotiated_esn, EspCounters, EspLimits, EspSa, EspSaError, InboundEsp, Opened, OutboundEsp,
+    SealInfo,
+};
 pub use sequence::OutboundSequence;
 
 /// Why an ESP packet, or a send, was refused.
