@@ -43,6 +43,16 @@ impl IkeSockets {
         })
     }
 
+    /// The port-500 socket.
+    pub fn ike_socket(&self) -> &UdpSocket {
+        &self.ike
+    }
+
+    /// The port-4500 socket (IKE after a NAT, and UDP-encapsulated ESP).
+    pub fn natt_socket(&self) -> &UdpSocket {
+        &self.natt
+    }
+
     pub fn local(&self, port: u16) -> SocketAddr {
         SocketAddr::new(self.local, port)
     }

@@ -25,6 +25,7 @@ pub mod esp;
 pub mod identity;
 pub mod proposal;
 pub mod sa;
+pub mod tunnel;
 pub mod wire;
 
 pub use identity::{Identity, IdentityError};

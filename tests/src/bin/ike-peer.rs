@@ -10,6 +10,7 @@
 use ike::crypto::SecretBytes;
 use ike::driver::{accept, drive_with, Command, IkeSockets};
 use ike::sa::{Event, IkeSa, SaConfig, IKE_PORT};
+use ike::tunnel::TunDevice;
 use ike::wire::{AddressRange, TrafficSelector};
 use ike::{EspProposal, Identity, IkeProposal};
 use serde_json::json;
@@ -70,9 +71,14 @@ async fn main() {
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
     let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");
+    // --tun NAME: carry ESP between that TUN device and the peer
+    let tun = opt
+        .get("tun")
+        .map(|name| TunDevice::create(name).expect("TUN device"));
+    let tun_name = tun.as_ref().map(|t| t.name().to_string());
     println!(
         "{}",
-        json!({"event": "listening", "local": local.to_string()})
+        json!({"event": "listening", "local": local.to_string(), "tun": tun_name})
     );
     let sa = if get("role") == "initiator" {
         IkeSa::initiate(
@@ -141,7 +147,17 @@ async fn main() {
         }
     }
     drop(ctl);
-    let driven = drive_with(&sockets, sa, tx, commands);
-    let _ = tokio::time::timeout(Duration::from_secs(exit_after), driven).await;
+    let limit = Duration::from_secs(exit_after);
+    match &tun {
+        Some(tun) => {
+            let run = ike::tunnel::run(&sockets, tun, sa, tx, commands);
+            if let Ok((_, counters)) = tokio::time::timeout(limit, run).await {
+                eprintln!("ike-peer: tunnel closed: {counters:?}");
+            }
+        }
+        None => {
+            let _ = tokio::time::timeout(limit, drive_with(&sockets, sa, tx, commands)).await;
+        }
+    }
     let _ = printer.await;
 }

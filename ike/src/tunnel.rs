@@ -1,0 +1,225 @@
+//! One tunnel's data plane in tokio: a TUN device, the IKE sockets, the IKE SA and its ESP SAs.
+//! Packets the kernel routes into the TUN device leave encrypted in UDP 4500 (RFC 3948); ESP
+//! that arrives is checked (replay, ICV, traffic selectors) and written back into the TUN
+//! device. Child SAs are installed make-before-break as the IKE SA rekeys them, and a child SA
+//! reaching its soft limit is rekeyed.
+//!
+//! The TUN device comes from the `tun-tap` crate (named by the product card); it does the one
+//! `TUNSETIFF` ioctl, so this crate needs no `unsafe`. Its blocking file descriptor is set
+//! non-blocking and driven by tokio's `AsyncFd`. tun-tap has no multi-queue or offloads; a
+//! faster data path will need them.
+//!
+//! Not yet: raw ESP (IP protocol 50) when no NAT is on the path — only UDP encapsulation,
+//! which every peer here (strongSwan with kernel-libipsec always encapsulates) uses; routes via
+//! rtnetlink (the caller routes the remote selectors into the device).
+
+use crate::driver::{Command, IkeSockets};
+use crate::esp::{InboundEsp, InnerPacket, Opened, OutboundEsp};
+use crate::sa::{Event, IkeSa};
+use crate::wire::{classify_udp4500, TrafficSelector, Udp4500};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+/// Packet and drop counts of a tunnel's data plane.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub packets_out: u64,
+    pub packets_in: u64,
+    /// Packets from the TUN device that no child SA covers.
+    pub no_sa: u64,
+    /// ESP for an SPI we do not have.
+    pub unknown_spi: u64,
+    /// ESP refused by its SA (replay, ICV, selectors, malformed).
+    pub esp_dropped: u64,
+    pub send_errors: u64,
+}
+
+/// A TUN device for one tunnel.
+#[derive(Debug)]
+pub struct TunDevice {
+    fd: AsyncFd<tun_tap::Iface>,
+}
+
+impl TunDevice {
+    /// Creates (or opens) the TUN device `name`, without packet information headers.
+    pub fn create(name: &str) -> std::io::Result<TunDevice> {
+        let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tun)?;
+        iface.set_non_blocking()?;
+        // `AsyncFd::new` is deprecated for lack of I/O safety; it holds here: the `Iface` owns
+        // its descriptor and lives inside the `AsyncFd` until both are dropped together. The
+        // replacement (`register`) is `unsafe`, which this crate does not allow.
+        #[allow(deprecated)]
+        let fd = AsyncFd::new(iface)?;
+        Ok(TunDevice { fd })
+    }
+
+    pub fn name(&self) -> &str {
+        self.fd.get_ref().name()
+    }
+
+    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            match guard.try_io(|fd| fd.get_ref().recv(buf)) {
+                Ok(result) => return result,
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn write(&self, packet: &[u8]) -> std::io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| fd.get_ref().send(packet)) {
+                Ok(result) => return result.map(|_| ()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+struct Outbound {
+    esp: OutboundEsp,
+    remote_ts: Vec<TrafficSelector>,
+    spi_in: u32,
+}
+
+fn covers(selectors: &[TrafficSelector], addr: IpAddr) -> bool {
+    selectors.iter().any(|t| t.addresses.contains(addr))
+}
+
+/// Runs the tunnel until its IKE SA closes. Events go to `events` after the data plane acted
+/// on them; `commands` work as in [`crate::driver::drive_with`].
+pub async fn run(
+    sockets: &IkeSockets,
+    tun: &TunDevice,
+    mut sa: IkeSa,
+    events: mpsc::UnboundedSender<Event>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) -> (IkeSa, TunnelCounters) {
+    let mut counters = TunnelCounters::default();
+    let mut inbound: HashMap<u32, InboundEsp> = HashMap::new();
+    let mut outbound: Vec<Outbound> = Vec::new();
+    let mut tun_buf = vec![0u8; 65_535];
+    let mut udp_buf = vec![0u8; 65_535];
+    let mut ike_buf = vec![0u8; 65_535];
+    let mut sealed = Vec::with_capacity(2048);
+    loop {
+        while let Some(t) = sa.poll_transmit() {
+            if sockets.send(&t).await.is_err() {
+                counters.send_errors += 1;
+            }
+        }
+        while let Some(e) = sa.poll_event() {
+            match &e {
+                Event::ChildSaEstablished(child) => match (
+                    OutboundEsp::from_child(child),
+                    InboundEsp::from_child(child),
+                ) {
+                    (Ok(out), Ok(inn)) => {
+                        inbound.insert(child.spi_in, inn);
+                        // make-before-break: the new SA takes over sending at once; the old
+                        // inbound SA stays until its delete
+                        outbound.retain(|o| Some(o.spi_in) != child.rekeys);
+                        outbound.push(Outbound {
+                            esp: out,
+                            remote_ts: child.remote_ts.clone(),
+                            spi_in: child.spi_in,
+                        });
+                    }
+                    (Err(err), _) | (_, Err(err)) => {
+                        tracing::warn!(error = %err, "cannot install child SA")
+                    }
+                },
+                Event::ChildSaDeleted { spi_in, .. } => {
+                    inbound.remove(spi_in);
+                    outbound.retain(|o| o.spi_in != *spi_in);
+                }
+                _ => {}
+            }
+            let _ = events.send(e);
+        }
+        if sa.is_closed() {
+            return (sa, counters);
+        }
+        let timeout = sa.poll_timeout();
+        let sleep = async {
+            match timeout {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = tun.read(&mut tun_buf) => {
+                let Ok(n) = r else { continue };
+                let packet = &tun_buf[..n];
+                let Ok(inner) = InnerPacket::parse(packet) else { continue };
+                let Some(o) = outbound.iter_mut().rev().find(|o| covers(&o.remote_ts, inner.dst)) else {
+                    counters.no_sa += 1;
+                    continue;
+                };
+                sealed.clear();
+                match o.esp.seal(packet, &mut sealed) {
+                    Ok(info) => {
+                        if info.rekey_due {
+                            sa.rekey_child(o.spi_in, Instant::now());
+                        }
+                        if sockets.natt_socket().send_to(&sealed, sa.remote()).await.is_ok() {
+                            counters.packets_out += 1;
+                        } else {
+                            counters.send_errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        // past the hard limit: rekey, and drop until the new SA is up
+                        sa.rekey_child(o.spi_in, Instant::now());
+                        counters.no_sa += 1;
+                    }
+                }
+            }
+            r = sockets.natt_socket().recv_from(&mut udp_buf) => {
+                let Ok((n, from)) = r else { continue };
+                match classify_udp4500(&udp_buf[..n]) {
+                    Udp4500::Ike(ike) => sa.handle(ike, from, Instant::now()),
+                    Udp4500::Esp(_) => {
+                        let spi = u32::from_be_bytes([udp_buf[0], udp_buf[1], udp_buf[2], udp_buf[3]]);
+                        let Some(esp) = inbound.get_mut(&spi) else {
+                            counters.unknown_spi += 1;
+                            continue;
+                        };
+                        match esp.open_in_place(&mut udp_buf[..n]) {
+                            Ok(Opened::Packet { at, .. }) => {
+                                counters.packets_in += 1;
+                                let _ = tun.write(&udp_buf[at]).await;
+                            }
+                            Ok(Opened::Dummy { .. }) => {}
+                            Err(_) => counters.esp_dropped += 1,
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            r = sockets.ike_socket().recv_from(&mut ike_buf) => {
+                if let Ok((n, from)) = r {
+                    sa.handle(&ike_buf[..n], from, Instant::now());
+                }
+            }
+            () = sleep => sa.handle_timeout(Instant::now()),
+            Some(c) = commands.recv() => {
+                let now = Instant::now();
+                match c {
+                    Command::RekeyChildren => {
+                        for spi in sa.child_spis() {
+                            sa.rekey_child(spi, now);
+                        }
+                    }
+                    Command::CheckLiveness => sa.check_liveness(now),
+                    Command::Delete => sa.delete(now),
+                }
+            }
+        }
+    }
+}
