@@ -5,10 +5,16 @@ use super::*;
 
 impl IkeSa {
     pub(super) fn nat_notifies(&self) -> [Payload; 2] {
+        // With forced encapsulation we claim a source the peer cannot see, so it detects a
+        // NAT too and both ends move to UDP 4500 (strongSwan's `encap = yes` does the same).
+        let mut source = self.local;
+        if self.config.force_udp_encap {
+            source.set_port(0);
+        }
         [
             notify(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
-                negotiate::nat_hash(self.spi_i, self.spi_r, self.local),
+                negotiate::nat_hash(self.spi_i, self.spi_r, source),
             ),
             notify(
                 NotifyType::NAT_DETECTION_DESTINATION_IP,
@@ -24,7 +30,7 @@ impl IkeSa {
         if let (Some(src), Some(dst)) = (theirs_src, theirs_dst) {
             let peer_behind_nat = src.data != negotiate::nat_hash(self.spi_i, self.spi_r, from);
             let we_behind_nat = dst.data != negotiate::nat_hash(self.spi_i, self.spi_r, self.local);
-            self.nat_detected = peer_behind_nat || we_behind_nat;
+            self.nat_detected = peer_behind_nat || we_behind_nat || self.config.force_udp_encap;
         }
     }
 

@@ -59,6 +59,9 @@ pub struct SaConfig {
     pub retransmit_timeout: Duration,
     /// Requests sent at most this many times.
     pub retransmit_tries: u32,
+    /// Carry ESP in UDP 4500 even without a NAT (RFC 3948), making the peer see one. Needed
+    /// until raw ESP (IP protocol 50) is implemented.
+    pub force_udp_encap: bool,
 }
 
 /// Which end started the IKE SA.

@@ -35,6 +35,7 @@ fn config(ike: &str, esp: &str, psk: &str, initiator: bool) -> Arc<SaConfig> {
         remote_ts: if initiator { rts } else { lts },
         retransmit_timeout: Duration::from_secs(1),
         retransmit_tries: 4,
+        force_udp_encap: false,
     })
 }
 
@@ -533,4 +534,20 @@ fn a_dead_peer_is_noticed_by_the_liveness_check() {
         }
     }
     assert!(reason.unwrap().contains("did not answer"));
+}
+
+#[test]
+fn forced_encapsulation_makes_both_ends_use_udp_4500() {
+    let mut i = (*config("aes256gcm16-prfsha256-ecp256", "aes256gcm16", "s", true)).clone();
+    i.force_udp_encap = true;
+    let mut p = Pair::new(
+        Arc::new(i),
+        config("aes256gcm16-prfsha256-ecp256", "aes256gcm16", "s", false),
+    );
+    p.run();
+    assert!(Pair::child(&p.events_i).unwrap().udp_encap);
+    assert!(
+        Pair::child(&p.events_r).unwrap().udp_encap,
+        "the responder did not see the faked NAT"
+    );
 }

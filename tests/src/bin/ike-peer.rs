@@ -67,6 +67,8 @@ async fn main() {
         remote_ts: get("remote-ts").split(',').map(ts).collect(),
         retransmit_timeout: Duration::from_millis(500),
         retransmit_tries: 6,
+        // the data plane only speaks UDP-encapsulated ESP so far
+        force_udp_encap: true,
     });
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
