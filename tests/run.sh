@@ -27,6 +27,10 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+if ! python3 -c "import aioquic" 2>/dev/null; then
+  python3 -m pip install -q aioquic==1.7.2
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

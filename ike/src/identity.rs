@@ -126,7 +126,7 @@ fn email(text: &str) -> Result<Identity, IdentityError> {
 
 fn parse_hex(hex: &str) -> Option<Vec<u8>> {
     let hex = hex.trim_start_matches("0x");
-    if hex.is_empty() || hex.len() % 2 != 0 {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
         return None;
     }
     (0..hex.len())

@@ -1,11 +1,79 @@
-//! The MASQUE relay terminator: HTTP/3 (quinn + h3) and HTTP/2 (h2 + tokio-rustls) listeners with
-//! mutual TLS, classic CONNECT and connect-udp (RFC 9298), revocable flows.
+//! The MASQUE relay terminator: the front door every managed Apple device talks to.
 //!
-//! Not written yet (issue 4). Today this crate holds only the seam the appliance will implement:
-//! the identity the relay extracts from a device certificate and the [`Authorizer`] question it
-//! asks for every request. Nothing here listens or relays.
+//! # What is built
+//!
+//! - An HTTP/3 listener ([`Relay::bind`]) on quinn 0.11 + h3 0.0.8 with mutual TLS
+//!   ([`tls`]): the device CA bundles (and optional CRL files) verify the client certificate
+//!   during the handshake (rustls `WebPkiClientVerifier`, client authentication mandatory,
+//!   TLS 1.3 only, ALPN `h3`, 0-RTT off). Handshake failures are counted and logged with the
+//!   reason.
+//! - Device identity ([`identity`]) from the verified end-entity certificate, in the configured
+//!   order of [`IdentitySource`]s: the RFC 4043 PermanentIdentifier SAN, Apple's attested serial
+//!   extension, the subject CN or serialNumber; plus the attested UDID and OS version when
+//!   present, and the validity window.
+//! - Classic `CONNECT host:port` (RFC 9114 §4.4): every request is decided by the
+//!   [`Authorizer`] the appliance implements; a forwarded request is dialled through an
+//!   [`Egress`] first and answered `200` only once the TCP connection is up, then spliced byte
+//!   for byte both ways with backpressure and half-close. Refusals and failures carry a
+//!   `Proxy-Status` field (RFC 9209, [`proxy_status`]).
+//! - connect-udp over HTTP/3 ([`connect_udp`], RFC 9298): extended CONNECT with
+//!   `:protocol = connect-udp` on the well-known URI template or a configured one, answered
+//!   `200` with `capsule-protocol: ?1` once the egress's UDP socket is open; UDP payloads in
+//!   QUIC DATAGRAM frames (context ID 0) or in DATAGRAM capsules on the stream, through the
+//!   relay's own Capsule Protocol codec ([`capsule`], RFC 9297 §3.2).
+//! - [`RelayStats`] counters and a graceful [`RelayHandle::shutdown`].
+//!
+//! # What is not built yet (issue 4 continues)
+//!
+//! - The HTTP/2 listener (h2 + tokio-rustls) with CONNECT and connect-udp over capsules;
+//!   [`tls::TlsMaterial::h2_server_config`] is ready for it.
+//! - The flow registry, `revoke(device)` and `attestgate flows`; per-device connection
+//!   limits; the optional shared header secret; per-egress DNS resolvers (hickory, static
+//!   hosts: [`DirectEgress`] uses the system resolver).
+//! - The peer's SETTINGS_H3_DATAGRAM is not checked before datagrams are sent (h3 0.0.8 keeps
+//!   the peer's settings behind its unstable API); the QUIC `max_datagram_frame_size` is.
+//! - Handshake-failure logs are not rate-limited; malformed-request counters exist, but
+//!   per-connection abuse limits do not.
+//!
+//! HTTP Datagrams are read from and written to the quinn connection directly rather than
+//! through h3-datagram: one reader per connection routes them by stream to the flows, and no
+//! request task needs the h3 connection object.
+//!
+//! # Benchmark
+//!
+//! `cargo run --release -p relay --example relay_bench` prints one CONNECT stream's throughput
+//! next to a TCP loopback copy and quinn's raw stream, and mTLS handshakes per second.
+//!
+//! # Tests
+//!
+//! `tests/h3_connect.rs` drives the relay with aioquic (`tests/h3_client.py`, an independent
+//! HTTP/3 client): it needs `python3 -m pip install aioquic`.
 
+pub mod capsule;
+mod connect_tcp;
+pub mod connect_udp;
+mod egress;
+mod h3;
+pub mod identity;
+pub mod proxy_status;
+mod server;
+mod target;
+pub mod tls;
+
+#[cfg(test)]
+#[path = "../tests/support/certs.rs"]
+mod test_certs;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
 use std::time::SystemTime;
+
+pub use egress::{DirectEgress, Egress, EgressError};
+pub use server::{
+    Relay, RelayConfig, RelayError, RelayHandle, RelayLimits, RelayStats, RelayStatsSnapshot,
+};
+pub use target::{Target, TargetError};
 
 /// Where a device's identity is read from in its client certificate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,7 +88,49 @@ pub enum IdentitySource {
     SubjectSerialNumber,
 }
 
-/// A device as the relay knows it from its certificate.
+impl IdentitySource {
+    /// Every source, in the order the configuration documents them.
+    pub const ALL: [IdentitySource; 4] = [
+        IdentitySource::PermanentIdentifier,
+        IdentitySource::AppleSerialOid,
+        IdentitySource::SubjectCn,
+        IdentitySource::SubjectSerialNumber,
+    ];
+
+    /// The name used in the configuration file (`relay.identity`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::PermanentIdentifier => "permanent-identifier",
+            IdentitySource::AppleSerialOid => "apple-serial",
+            IdentitySource::SubjectCn => "subject-cn",
+            IdentitySource::SubjectSerialNumber => "subject-serial",
+        }
+    }
+}
+
+impl fmt::Display for IdentitySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An identity source name that is not one of [`IdentitySource::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown identity source `{0}` (expected one of: permanent-identifier, apple-serial, subject-cn, subject-serial)")]
+pub struct UnknownIdentitySource(pub String);
+
+impl FromStr for IdentitySource {
+    type Err = UnknownIdentitySource;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        IdentitySource::ALL
+            .into_iter()
+            .find(|source| source.as_str() == s)
+            .ok_or_else(|| UnknownIdentitySource(s.to_string()))
+    }
+}
+
+/// A device as the relay knows it from its verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceIdentity {
     /// The serial number (devices are keyed by serial: on Macs the attested UDID differs from
@@ -28,21 +138,114 @@ pub struct DeviceIdentity {
     pub serial: String,
     /// Which certificate field it came from.
     pub source: IdentitySource,
+    /// The attested UDID (OID 1.2.840.113635.100.8.9.2), when the certificate carries it.
+    pub udid: Option<String>,
+    /// The attested OS version (OID 1.2.840.113635.100.8.10.1), when the certificate carries it.
+    pub os_version: Option<String>,
     /// The certificate's validity window.
     pub not_before: SystemTime,
     pub not_after: SystemTime,
 }
 
+/// The transport a request asks to reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Classic CONNECT (RFC 9114 §4.4).
+    Tcp,
+    /// connect-udp (RFC 9298).
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// One request, as the [`Authorizer`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayRequest<'a> {
+    /// The device, from its verified certificate.
+    pub device: &'a DeviceIdentity,
+    /// The target host: a DNS name (ASCII lowercase) or an IP address literal (no brackets).
+    pub host: &'a str,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// The device's address as the relay sees it (the QUIC path's remote address).
+    pub peer: SocketAddr,
+    /// When the request is decided.
+    pub now: SystemTime,
+}
+
+/// Where a forwarded request leaves the appliance.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct EgressRoute {
+    /// The egress's name, for logs and the flow list; opaque to the relay.
+    pub name: String,
+    /// The source address to bind the outgoing socket to; `None` lets the kernel choose.
+    pub source: Option<IpAddr>,
+}
+
+/// The status a refused request is answered with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyStatus {
+    /// `403 Forbidden`.
+    Forbidden,
+    /// `502 Bad Gateway`: what Apple's relay client treats as "blocked".
+    BadGateway,
+}
+
+impl DenyStatus {
+    /// The HTTP status code.
+    pub fn code(self) -> u16 {
+        match self {
+            DenyStatus::Forbidden => 403,
+            DenyStatus::BadGateway => 502,
+        }
+    }
+}
+
+/// What the appliance decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayDecision {
+    /// Dial the target through this egress.
+    Forward { egress: EgressRoute },
+    /// Refuse: the status, with `Proxy-Status: …; error=connection_refused`.
+    Deny { status: DenyStatus },
+    /// Tell the device to go direct: `503` with `Proxy-Status: …; error=destination_unavailable`.
+    Direct,
+}
+
 /// The question the relay asks for every CONNECT / connect-udp. Implemented by the appliance.
+///
+/// Called on the relay's async runtime for every request: it must answer from memory and not
+/// block. It must not panic (a panic ends that request without an answer).
 pub trait Authorizer: Send + Sync + 'static {
-    /// What the appliance decided; opaque to the relay except for how to answer.
-    type Decision: Send;
-    /// Decides one request for `device` to `host:port`.
-    fn authorize(
-        &self,
-        device: &DeviceIdentity,
-        host: &str,
-        port: u16,
-        now: SystemTime,
-    ) -> Self::Decision;
+    /// Decides one request.
+    fn authorize(&self, request: &RelayRequest<'_>) -> RelayDecision;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_source_names_round_trip() {
+        for source in IdentitySource::ALL {
+            assert_eq!(source.as_str().parse::<IdentitySource>(), Ok(source));
+        }
+        let err = "subject".parse::<IdentitySource>().unwrap_err();
+        assert!(err
+            .to_string()
+            .contains("unknown identity source `subject`"));
+    }
+
+    #[test]
+    fn deny_status_codes() {
+        assert_eq!(DenyStatus::Forbidden.code(), 403);
+        assert_eq!(DenyStatus::BadGateway.code(), 502);
+    }
 }

@@ -116,7 +116,7 @@ impl CbcKey {
 }
 
 fn check_blocks(buf: &[u8]) -> Result<(), CryptoError> {
-    if buf.len() % BLOCK_LEN != 0 {
+    if !buf.len().is_multiple_of(BLOCK_LEN) {
         return Err(CryptoError::NotBlockAligned(buf.len()));
     }
     Ok(())

@@ -183,7 +183,7 @@ pub(crate) mod test_util {
             .bytes()
             .filter(|b| !b.is_ascii_whitespace() && *b != b':')
             .collect();
-        assert!(digits.len() % 2 == 0, "odd number of hex digits");
+        assert!(digits.len().is_multiple_of(2), "odd number of hex digits");
         digits
             .chunks(2)
             .map(|pair| {

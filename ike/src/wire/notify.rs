@@ -134,7 +134,8 @@ impl NotifyPayload {
 
     /// The hash algorithm IDs of SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4).
     pub fn signature_hashes(&self) -> Option<Vec<u16>> {
-        if self.kind != NotifyType::SIGNATURE_HASH_ALGORITHMS || self.data.len() % 2 != 0 {
+        if self.kind != NotifyType::SIGNATURE_HASH_ALGORITHMS || !self.data.len().is_multiple_of(2)
+        {
             return None;
         }
         Some(
@@ -168,7 +169,7 @@ impl NotifyPayload {
             }
             NotifyType::COOKIE => (1..=64).contains(&data.len()),
             NotifyType::INVALID_KE_PAYLOAD => data.len() == 2,
-            NotifyType::SIGNATURE_HASH_ALGORITHMS => data.len() % 2 == 0,
+            NotifyType::SIGNATURE_HASH_ALGORITHMS => data.len().is_multiple_of(2),
             _ => true,
         };
         if !ok {

@@ -123,7 +123,10 @@ impl CertPayload {
     /// The 20-octet CA key hashes of a CERTREQ (§3.7); `None` if the data is not a whole
     /// number of hashes.
     pub fn authorities(&self) -> Option<impl Iterator<Item = &[u8]>> {
-        (self.data.len() % 20 == 0).then(|| self.data.chunks_exact(20))
+        self.data
+            .len()
+            .is_multiple_of(20)
+            .then(|| self.data.chunks_exact(20))
     }
 }
 

@@ -201,7 +201,7 @@ pub fn encrypted_message(
     framing: &SkFraming,
     ciphertext_len: usize,
 ) -> Result<(Vec<u8>, SkLayout), WireError> {
-    if ciphertext_len == 0 || ciphertext_len % framing.block() != 0 {
+    if ciphertext_len == 0 || !ciphertext_len.is_multiple_of(framing.block()) {
         return Err(WireError::Invalid {
             what: "Encrypted payload",
             why: "ciphertext is not a whole, non-empty number of cipher blocks",

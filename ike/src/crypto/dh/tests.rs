@@ -419,7 +419,7 @@ fn garbage_peer_values_never_panic() {
         let good = public_value_len(group);
         let rounds = if group == DhGroup::Modp2048 { 8 } else { 200 };
         for _ in 0..rounds {
-            let len = if g.next_u64() % 2 == 0 {
+            let len = if g.next_u64().is_multiple_of(2) {
                 good
             } else {
                 (g.next_u64() % 300) as usize

@@ -787,7 +787,7 @@ fn fuzz_open_never_panics() {
             _ => {
                 let cut = (rng.next_u64() % original.len() as u64) as usize;
                 let mut p = original[..cut].to_vec();
-                if rng.next_u64() % 2 == 0 {
+                if rng.next_u64().is_multiple_of(2) {
                     p.extend_from_slice(&rng.bytes(40));
                 }
                 p

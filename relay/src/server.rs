@@ -1,0 +1,418 @@
+//! The relay as the appliance starts it: configuration, the QUIC endpoints, counters and
+//! shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::connect_udp::{UdpPathTemplate, WELL_KNOWN_UDP_PATH};
+use crate::tls::{TlsError, TlsFiles, TlsMaterial};
+use crate::{Authorizer, Egress, IdentitySource};
+
+/// H3_NO_ERROR (RFC 9114 §8.1), the code a graceful close uses.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// Limits of the HTTP/3 listener (`[relay.limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// QUIC PING interval on quiet connections, so NATs keep the path open.
+    pub keepalive_interval: Duration,
+    /// A connection with no traffic (keepalives count) for this long is closed (RFC 9000
+    /// §10.1). There is no per-stream idle timeout: push channels keep CONNECT streams idle
+    /// for hours.
+    pub connection_idle_timeout: Duration,
+    /// Concurrent request streams per connection (QUIC MAX_STREAMS, RFC 9000 §4.6).
+    pub max_streams_per_connection: u32,
+    /// The largest request header section accepted (SETTINGS_MAX_FIELD_SECTION_SIZE, RFC 9114
+    /// §7.2.4.1); larger ones get 431.
+    pub max_header_bytes: u64,
+    /// How long a forwarded request may take to reach its target before it is answered 504.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            keepalive_interval: Duration::from_secs(25),
+            connection_idle_timeout: Duration::from_secs(600),
+            max_streams_per_connection: 256,
+            max_header_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the relay is started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// UDP addresses of the HTTP/3 listener.
+    pub http3_listen: Vec<SocketAddr>,
+    pub tls: TlsFiles,
+    /// Where the device serial is read, in order.
+    pub identity: Vec<IdentitySource>,
+    pub limits: RelayLimits,
+    /// The name the relay gives itself in Proxy-Status (RFC 9209 §2).
+    pub proxy_name: String,
+    /// A connect-udp URI template path (RFC 9298 §2) accepted besides the well-known
+    /// `/.well-known/masque/udp/{target_host}/{target_port}/`.
+    pub udp_path: Option<String>,
+}
+
+impl RelayConfig {
+    /// A configuration with the documented defaults: identity from the PermanentIdentifier,
+    /// then Apple's serial extension; default limits; Proxy-Status name `attestgate`.
+    pub fn new(http3_listen: Vec<SocketAddr>, tls: TlsFiles) -> RelayConfig {
+        RelayConfig {
+            http3_listen,
+            tls,
+            identity: vec![
+                IdentitySource::PermanentIdentifier,
+                IdentitySource::AppleSerialOid,
+            ],
+            limits: RelayLimits::default(),
+            proxy_name: "attestgate".to_string(),
+            udp_path: None,
+        }
+    }
+}
+
+/// Why the relay did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("relay TLS: {0}")]
+    Tls(#[from] TlsError),
+    #[error("relay TLS: QUIC refused the TLS configuration: {0}")]
+    Quic(String),
+    #[error("relay.http3_listen: binding UDP {address}: {error}")]
+    Bind {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("relay.http3_listen: no address configured")]
+    NoListener,
+    #[error("relay.identity: no identity source configured")]
+    NoIdentitySource,
+    #[error("relay.udp_path: {0}")]
+    UdpPath(String),
+    #[error("relay.limits.{key}: {detail}")]
+    Limits { key: &'static str, detail: String },
+    #[error("the relay must be started inside a tokio runtime")]
+    NoRuntime,
+}
+
+/// Counters, updated as the relay runs. Read them with [`RelayStats::snapshot`].
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    pub(crate) handshake_failures: AtomicU64,
+    pub(crate) identity_failures: AtomicU64,
+    pub(crate) connections_accepted: AtomicU64,
+    pub(crate) connections_active: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) malformed_requests: AtomicU64,
+    pub(crate) unsupported_requests: AtomicU64,
+    pub(crate) denied: AtomicU64,
+    pub(crate) direct: AtomicU64,
+    pub(crate) egress_failures: AtomicU64,
+    pub(crate) flows_opened: AtomicU64,
+    pub(crate) flows_active: AtomicU64,
+    pub(crate) bytes_from_devices: AtomicU64,
+    pub(crate) bytes_to_devices: AtomicU64,
+    pub(crate) datagrams_dropped: AtomicU64,
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayStatsSnapshot {
+    /// TLS/QUIC handshakes that failed (no, foreign, expired or revoked client certificate,
+    /// ALPN mismatch, a client that gave up).
+    pub handshake_failures: u64,
+    /// Verified certificates that carried no device identity; the connection was closed.
+    pub identity_failures: u64,
+    pub connections_accepted: u64,
+    pub connections_active: u64,
+    pub requests: u64,
+    /// Requests answered 400, or reset by the HTTP/3 layer as malformed (RFC 9114 §4.1.2).
+    pub malformed_requests: u64,
+    /// Requests answered 501 (methods other than CONNECT, extended CONNECT other than
+    /// connect-udp).
+    pub unsupported_requests: u64,
+    pub denied: u64,
+    pub direct: u64,
+    /// Forwarded requests whose egress could not reach the target.
+    pub egress_failures: u64,
+    pub flows_opened: u64,
+    pub flows_active: u64,
+    pub bytes_from_devices: u64,
+    pub bytes_to_devices: u64,
+    /// HTTP Datagrams dropped: for no open flow, an unknown context ID, a full queue, or too
+    /// large for the path.
+    pub datagrams_dropped: u64,
+}
+
+impl RelayStats {
+    pub fn snapshot(&self) -> RelayStatsSnapshot {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        RelayStatsSnapshot {
+            handshake_failures: get(&self.handshake_failures),
+            identity_failures: get(&self.identity_failures),
+            connections_accepted: get(&self.connections_accepted),
+            connections_active: get(&self.connections_active),
+            requests: get(&self.requests),
+            malformed_requests: get(&self.malformed_requests),
+            unsupported_requests: get(&self.unsupported_requests),
+            denied: get(&self.denied),
+            direct: get(&self.direct),
+            egress_failures: get(&self.egress_failures),
+            flows_opened: get(&self.flows_opened),
+            flows_active: get(&self.flows_active),
+            bytes_from_devices: get(&self.bytes_from_devices),
+            bytes_to_devices: get(&self.bytes_to_devices),
+            datagrams_dropped: get(&self.datagrams_dropped),
+        }
+    }
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared<A, E> {
+    pub authorizer: Arc<A>,
+    pub egress: Arc<E>,
+    pub stats: Arc<RelayStats>,
+    pub identity: Vec<IdentitySource>,
+    pub limits: RelayLimits,
+    pub proxy_name: String,
+    /// connect-udp templates: the well-known one, then the configured one.
+    pub udp_paths: Vec<UdpPathTemplate>,
+}
+
+/// The relay.
+#[derive(Debug)]
+pub struct Relay;
+
+impl Relay {
+    /// Loads TLS, binds every HTTP/3 address and starts serving. Must be called inside a tokio
+    /// runtime; the relay runs on it until [`RelayHandle::shutdown`] or until the handle is
+    /// dropped.
+    pub fn bind<A: Authorizer, E: Egress>(
+        config: RelayConfig,
+        authorizer: Arc<A>,
+        egress: Arc<E>,
+    ) -> Result<RelayHandle, RelayError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RelayError::NoRuntime)?;
+        if config.http3_listen.is_empty() {
+            return Err(RelayError::NoListener);
+        }
+        if config.identity.is_empty() {
+            return Err(RelayError::NoIdentitySource);
+        }
+        let mut udp_paths =
+            vec![UdpPathTemplate::parse(WELL_KNOWN_UDP_PATH).map_err(RelayError::UdpPath)?];
+        if let Some(template) = &config.udp_path {
+            udp_paths.push(UdpPathTemplate::parse(template).map_err(RelayError::UdpPath)?);
+        }
+        let server_config = quic_server_config(&config)?;
+
+        let mut endpoints = Vec::new();
+        let mut local_addrs = Vec::new();
+        for address in &config.http3_listen {
+            let bind_error = |error| RelayError::Bind {
+                address: *address,
+                error,
+            };
+            let endpoint = {
+                // quinn looks the runtime up from the calling context.
+                let _guard = runtime.enter();
+                quinn::Endpoint::server(server_config.clone(), *address)
+            }
+            .map_err(bind_error)?;
+            local_addrs.push(endpoint.local_addr().map_err(bind_error)?);
+            endpoints.push(endpoint);
+        }
+
+        let stats = Arc::new(RelayStats::default());
+        let shared = Arc::new(Shared {
+            authorizer,
+            egress,
+            stats: stats.clone(),
+            identity: config.identity,
+            limits: config.limits,
+            proxy_name: config.proxy_name,
+            udp_paths,
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let accept_loops = endpoints
+            .iter()
+            .map(|endpoint| {
+                runtime.spawn(accept_loop(
+                    endpoint.clone(),
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
+        for address in &local_addrs {
+            tracing::info!(listen = %address, "relay: HTTP/3 listening");
+        }
+        Ok(RelayHandle {
+            local_addrs,
+            stats,
+            endpoints,
+            shutdown,
+            accept_loops,
+        })
+    }
+}
+
+fn quic_server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+    let limits = &config.limits;
+    if limits.keepalive_interval >= limits.connection_idle_timeout {
+        return Err(RelayError::Limits {
+            key: "connection_idle_timeout",
+            detail: format!(
+                "{:?} must exceed keepalive_interval ({:?})",
+                limits.connection_idle_timeout, limits.keepalive_interval
+            ),
+        });
+    }
+    if limits.max_streams_per_connection == 0 {
+        return Err(RelayError::Limits {
+            key: "max_streams_per_connection",
+            detail: "must be at least 1".into(),
+        });
+    }
+    let material = TlsMaterial::load(&config.tls)?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(material.h3_server_config()?)
+        .map_err(|e| RelayError::Quic(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(limits.keepalive_interval));
+    let idle = quinn::IdleTimeout::try_from(limits.connection_idle_timeout).map_err(|_| {
+        RelayError::Limits {
+            key: "connection_idle_timeout",
+            detail: "too long for QUIC".into(),
+        }
+    })?;
+    transport.max_idle_timeout(Some(idle));
+    transport
+        .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams_per_connection));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}
+
+async fn accept_loop<A: Authorizer, E: Egress>(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared<A, E>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                // While stopping, new connections get CONNECTION_REFUSED (RFC 9000 §20.1)
+                // at once instead of waiting for a handshake that never comes.
+                Some(incoming) if stopping => incoming.refuse(),
+                Some(incoming) => {
+                    connections.spawn(crate::h3::serve_connection(
+                        incoming,
+                        shared.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+                None => break,
+            },
+            // Connections see the shutdown too: they send GOAWAY and end when the device
+            // closes them (or when the endpoint is closed after the grace period).
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                if connections.is_empty() {
+                    break;
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {
+                if stopping && connections.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A running relay.
+#[derive(Debug)]
+pub struct RelayHandle {
+    local_addrs: Vec<SocketAddr>,
+    stats: Arc<RelayStats>,
+    endpoints: Vec<quinn::Endpoint>,
+    shutdown: watch::Sender<bool>,
+    accept_loops: Vec<JoinHandle<()>>,
+}
+
+impl RelayHandle {
+    /// The first HTTP/3 address (with the port the kernel chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        // `bind` refuses an empty listen list, so there is always one.
+        self.local_addrs
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// Every HTTP/3 address, in configuration order.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    /// The live counters.
+    pub fn stats(&self) -> &Arc<RelayStats> {
+        &self.stats
+    }
+
+    /// Graceful stop: new connections are refused (CONNECTION_REFUSED), every connection gets
+    /// GOAWAY (RFC 9114 §5.2) and keeps its open requests until the device closes it; after
+    /// `grace`, whatever is left is closed with H3_NO_ERROR.
+    pub async fn shutdown(mut self, grace: Duration) {
+        tracing::info!("relay: shutting down");
+        let _ = self.shutdown.send(true);
+        let loops = std::mem::take(&mut self.accept_loops);
+        let abort_handles: Vec<_> = loops.iter().map(|l| l.abort_handle()).collect();
+        let all = async {
+            for accept_loop in loops {
+                let _ = accept_loop.await;
+            }
+        };
+        tokio::pin!(all);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            for endpoint in &self.endpoints {
+                endpoint.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"relay shutting down");
+            }
+            if tokio::time::timeout(Duration::from_secs(2), &mut all)
+                .await
+                .is_err()
+            {
+                abort_handles.iter().for_each(|h| h.abort());
+            }
+        }
+        for endpoint in &self.endpoints {
+            endpoint.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"relay shutting down");
+            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        }
+    }
+}
+
+impl Drop for RelayHandle {
+    /// Dropping the handle stops the relay at once.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for endpoint in &self.endpoints {
+            endpoint.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"relay stopped");
+        }
+        for accept_loop in &self.accept_loops {
+            accept_loop.abort();
+        }
+    }
+}

@@ -1,0 +1,347 @@
+#!/usr/bin/env python3
+"""An independent HTTP/3 MASQUE client for the relay tests, built on aioquic.
+
+It plays the Apple relay client: HTTP/3 with a client certificate, classic CONNECT
+(`:method CONNECT`, `:authority host:port`, no `:scheme` / `:path`, RFC 9114 section 4.4),
+then raw bytes in DATA frames. It prints one JSON object on stdout that the Rust tests check.
+
+Modes:
+  connect     one CONNECT; send --send bytes (deterministic, --seed), end the stream, read
+              until the relay ends its side. --wait-end-first reads until the relay ends its
+              side *before* sending (the target closes first).
+  concurrent  --streams CONNECTs at once on one connection, each echoing --send bytes.
+  udp         connect-udp (RFC 9298) to --path; --datagrams datagrams and one capsule out,
+              echoes counted, then the stream is closed.
+
+Needs aioquic: python3 -m pip install aioquic
+"""
+
+import argparse
+import asyncio
+import hashlib
+import json
+import random
+import ssl
+import sys
+
+from aioquic.asyncio.client import connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import DatagramReceived, DataReceived, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, StreamReset
+
+CHUNK = 64 * 1024
+
+
+class StreamState:
+    def __init__(self, loop):
+        self.headers = None
+        self.response = loop.create_future()
+        self.ended = loop.create_future()
+        self.received = 0
+        self.digest = hashlib.sha256()
+        self.data = bytearray()
+        self.reset = None
+        self.datagrams = []
+
+
+class Client(QuicConnectionProtocol):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # enable_webtransport makes aioquic announce SETTINGS_H3_DATAGRAM (RFC 9297 §2.1.1).
+        self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        self.streams = {}
+        self.terminated = None
+
+    def _settle(self, future, value):
+        if not future.done():
+            future.set_result(value)
+
+    def quic_event_received(self, event):
+        if isinstance(event, ConnectionTerminated):
+            self.terminated = {
+                "error_code": event.error_code,
+                "frame_type": event.frame_type,
+                "reason": event.reason_phrase,
+            }
+            for state in self.streams.values():
+                self._settle(state.response, None)
+                self._settle(state.ended, False)
+            return
+        if isinstance(event, StreamReset):
+            state = self.streams.get(event.stream_id)
+            if state is not None:
+                state.reset = event.error_code
+                self._settle(state.response, None)
+                self._settle(state.ended, False)
+        for h3_event in self.h3.handle_event(event):
+            state = self.streams.get(h3_event.stream_id)
+            if state is None:
+                continue
+            if isinstance(h3_event, HeadersReceived):
+                if state.headers is None:
+                    state.headers = [(k.decode(), v.decode()) for k, v in h3_event.headers]
+                    self._settle(state.response, state.headers)
+                if h3_event.stream_ended:
+                    self._settle(state.ended, True)
+            elif isinstance(h3_event, DatagramReceived):
+                state.datagrams.append(h3_event.data)
+            elif isinstance(h3_event, DataReceived):
+                state.received += len(h3_event.data)
+                state.digest.update(h3_event.data)
+                if len(state.data) < 1 << 20:
+                    state.data.extend(h3_event.data)
+                if h3_event.stream_ended:
+                    self._settle(state.ended, True)
+
+    def open_connect(self, authority, extra=None):
+        stream_id = self._quic.get_next_available_stream_id()
+        state = StreamState(asyncio.get_running_loop())
+        self.streams[stream_id] = state
+        if self.terminated is not None:
+            self._settle(state.response, None)
+            self._settle(state.ended, False)
+            return stream_id, state
+        extra = extra or {}
+        headers = [(b":method", extra.get("method", "CONNECT").encode())]
+        for name in ("scheme", "protocol"):
+            if extra.get(name):
+                headers.append((f":{name}".encode(), extra[name].encode()))
+        headers.append((b":authority", authority.encode()))
+        if extra.get("path"):
+            headers.append((b":path", extra["path"].encode()))
+        if extra.get("protocol") == "connect-udp":
+            headers.append((b"capsule-protocol", b"?1"))
+        self.h3.send_headers(stream_id, headers, end_stream=False)
+        self.transmit()
+        return stream_id, state
+
+    async def wait_sent(self, stream_id, timeout):
+        """Waits until everything sent on the stream, FIN included, was acknowledged, so that
+        closing the connection afterwards loses nothing."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and self.terminated is None:
+            stream = self._quic._streams.get(stream_id)
+            if stream is None or stream.sender.is_finished:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    def send(self, stream_id, data, end):
+        for offset in range(0, max(len(data), 1), CHUNK):
+            chunk = data[offset : offset + CHUNK]
+            last = offset + CHUNK >= len(data)
+            self.h3.send_data(stream_id, chunk, end_stream=end and last)
+        self.transmit()
+
+
+def status_of(headers):
+    if headers is None:
+        return None
+    for name, value in headers:
+        if name == ":status":
+            return int(value)
+    return None
+
+
+def header(headers, wanted):
+    for name, value in headers or []:
+        if name == wanted:
+            return value
+    return None
+
+
+async def one_connect(client, authority, payload, wait_end_first, timeout, extra=None):
+    stream_id, state = client.open_connect(authority, extra)
+    result = {"stream_id": stream_id}
+    headers = await asyncio.wait_for(state.response, timeout)
+    result["status"] = status_of(headers)
+    result["proxy_status"] = header(headers, "proxy-status")
+    result["reset"] = state.reset
+    if result["status"] != 200:
+        result["ended"] = await asyncio.wait_for(state.ended, timeout)
+        return result
+    if wait_end_first:
+        result["ended_before_send"] = await asyncio.wait_for(state.ended, timeout)
+        result["received_before_send"] = state.received
+    client.send(stream_id, payload, end=True)
+    result["sent"] = len(payload)
+    result["sent_sha256"] = hashlib.sha256(payload).hexdigest()
+    result["ended"] = await asyncio.wait_for(state.ended, timeout)
+    result["received"] = state.received
+    result["received_sha256"] = state.digest.hexdigest()
+    result["reset"] = state.reset
+    result["send_acknowledged"] = await client.wait_sent(stream_id, timeout)
+    return result
+
+
+def varint(value):
+    """A QUIC variable-length integer (RFC 9000 section 16)."""
+    if value < 1 << 6:
+        return value.to_bytes(1, "big")
+    if value < 1 << 14:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 1 << 30:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")
+
+
+def capsule(capsule_type, value):
+    """A capsule (RFC 9297 section 3.2)."""
+    return varint(capsule_type) + varint(len(value)) + value
+
+
+async def udp_session(client, args):
+    """connect-udp (RFC 9298): datagrams out as QUIC DATAGRAM frames with context ID 0, one
+    more as a DATAGRAM capsule on the stream after an unknown capsule; count the echoes."""
+    extra = {"protocol": "connect-udp", "scheme": "https", "path": args.path}
+    stream_id, state = client.open_connect(args.authority, extra)
+    result = {"stream_id": stream_id}
+    headers = await asyncio.wait_for(state.response, args.timeout)
+    result["status"] = status_of(headers)
+    result["proxy_status"] = header(headers, "proxy-status")
+    result["capsule_protocol"] = header(headers, "capsule-protocol")
+    if result["status"] != 200:
+        result["ended"] = await asyncio.wait_for(state.ended, args.timeout)
+        return result
+    payloads = [f"datagram {i} ".encode() * (i + 1) for i in range(args.datagrams)]
+    loop = asyncio.get_running_loop()
+    for payload in payloads:
+        client.h3.send_datagram(stream_id, b"\x00" + payload)
+        client.transmit()
+        await asyncio.sleep(0.005)
+    # A datagram with an unknown context ID: dropped by the relay (RFC 9298 section 4).
+    client.h3.send_datagram(stream_id, b"\x07ignored")
+    # An unknown capsule type, then a DATAGRAM capsule (RFC 9297 section 3.2, 3.5).
+    via_capsule = b"sent as a capsule"
+    client.send(stream_id, capsule(0x2B1D, b"unknown") + capsule(0, b"\x00" + via_capsule), end=False)
+    expected = set(payloads) | {via_capsule}
+    deadline = loop.time() + args.timeout
+    while loop.time() < deadline:
+        echoed = {d[1:] for d in state.datagrams if d[:1] == b"\x00"}
+        if expected <= echoed:
+            break
+        await asyncio.sleep(0.01)
+    echoed = [d[1:] for d in state.datagrams if d[:1] == b"\x00"]
+    result["sent"] = len(payloads) + 1
+    result["echoed"] = len(set(echoed) & expected)
+    result["capsule_echoed"] = via_capsule in echoed
+    result["unexpected"] = len([d for d in state.datagrams if d[:1] != b"\x00"])
+    # Closing the stream ends the UDP association (RFC 9298 section 3).
+    client.send(stream_id, b"", end=True)
+    result["ended"] = await asyncio.wait_for(state.ended, args.timeout)
+    result["send_acknowledged"] = await client.wait_sent(stream_id, args.timeout)
+    return result
+
+
+async def run(args):
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        server_name=args.server_name,
+        max_datagram_frame_size=65536,
+    )
+    configuration.verify_mode = ssl.CERT_REQUIRED
+    configuration.load_verify_locations(args.ca)
+    if args.cert:
+        configuration.load_cert_chain(args.cert, args.key)
+
+    output = {"connected": False}
+    try:
+        async with connect(
+            args.host,
+            args.port,
+            configuration=configuration,
+            create_protocol=Client,
+            wait_connected=True,
+        ) as client:
+            output["connected"] = True
+            try:
+                if args.mode == "udp":
+                    output.update(await udp_session(client, args))
+                elif args.mode == "connect":
+                    payload = random.Random(args.seed).randbytes(args.send)
+                    extra = {
+                        "method": args.method,
+                        "scheme": args.scheme,
+                        "path": args.path,
+                        "protocol": args.protocol,
+                    }
+                    output.update(
+                        await one_connect(
+                            client,
+                            args.authority,
+                            payload,
+                            args.wait_end_first,
+                            args.timeout,
+                            extra,
+                        )
+                    )
+                else:
+                    tasks = []
+                    for i in range(args.streams):
+                        payload = random.Random(args.seed + i).randbytes(args.send)
+                        tasks.append(
+                            one_connect(client, args.authority, payload, False, args.timeout)
+                        )
+                    results = await asyncio.gather(*tasks, return_exceptions=True)
+                    ok = 0
+                    statuses = {}
+                    for r in results:
+                        if isinstance(r, BaseException):
+                            statuses["exception"] = statuses.get("exception", 0) + 1
+                            continue
+                        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+                        if (
+                            r.get("status") == 200
+                            and r.get("ended") is True
+                            and r.get("received") == args.send
+                            and r.get("received_sha256") == r.get("sent_sha256")
+                        ):
+                            ok += 1
+                    output["streams"] = args.streams
+                    output["ok"] = ok
+                    output["statuses"] = statuses
+                    output["distinct_stream_ids"] = len(
+                        {r["stream_id"] for r in results if isinstance(r, dict)}
+                    )
+            except asyncio.TimeoutError:
+                output["timeout"] = True
+            output["terminated"] = client.terminated
+    except ConnectionError as error:
+        output["connect_error"] = str(error)
+    except asyncio.TimeoutError:
+        output["connect_error"] = "timeout"
+    return output
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=["connect", "concurrent", "udp"])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--server-name", default="localhost")
+    parser.add_argument("--ca", required=True, help="CA that issued the relay's certificate")
+    parser.add_argument("--cert", help="client certificate (PEM)")
+    parser.add_argument("--key", help="client key (PEM)")
+    parser.add_argument("--authority", required=True)
+    parser.add_argument("--send", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--wait-end-first", action="store_true")
+    parser.add_argument("--datagrams", type=int, default=10)
+    parser.add_argument("--method", default="CONNECT")
+    parser.add_argument("--scheme", help="send :scheme (not part of a classic CONNECT)")
+    parser.add_argument("--path", help="send :path (not part of a classic CONNECT)")
+    parser.add_argument("--protocol", help="send :protocol (extended CONNECT, RFC 9220)")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    args = parser.parse_args()
+    output = asyncio.run(asyncio.wait_for(run(args), args.timeout * 2))
+    json.dump(output, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+//! The lab for the HTTP/3 relay tests: certificates on disk, a test authorizer, the relay
+//! with the real `DirectEgress`, TCP and UDP target servers on 127.0.0.1, and the aioquic
+//! client (`tests/h3_client.py`) run as a child process that is killed if it hangs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use relay::tls::TlsFiles;
+use relay::{
+    Authorizer, DenyStatus, DirectEgress, EgressRoute, Protocol, Relay, RelayConfig, RelayDecision,
+    RelayHandle, RelayRequest, RelayStatsSnapshot,
+};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::certs::{write_file, DeviceCert, TestCa, Validity};
+
+pub const GOOD: &str = "C02GOOD0001";
+pub const DENIED: &str = "C02DENY0001";
+
+/// Certificates on disk for one test.
+pub struct Pki {
+    _dir: tempfile::TempDir,
+    pub server_ca: PathBuf,
+    pub files: TlsFiles,
+    /// name → (certificate, key)
+    pub devices: HashMap<&'static str, (PathBuf, PathBuf)>,
+    /// A CRL of the device CA that revokes the `revoked` device.
+    pub crl: PathBuf,
+}
+
+pub fn pki() -> Pki {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let server_ca = TestCa::new("Relay Server CA");
+    let device_ca = TestCa::new("Device CA");
+    let foreign_ca = TestCa::new("Foreign CA");
+    let server = server_ca.issue_server();
+    let files = TlsFiles {
+        certificate: write_file(path, "relay.pem", &server.cert_pem),
+        private_key: write_file(path, "relay.key", &server.key_pem),
+        device_ca: vec![write_file(path, "device-ca.pem", &device_ca.cert_pem())],
+        crl: vec![],
+    };
+    let issued = [
+        ("good", device_ca.issue_device(&DeviceCert::attested(GOOD))),
+        (
+            "denied",
+            device_ca.issue_device(&DeviceCert::attested(DENIED)),
+        ),
+        (
+            "foreign",
+            foreign_ca.issue_device(&DeviceCert::attested("C02FRGN0001")),
+        ),
+        (
+            "expired",
+            device_ca.issue_device(&DeviceCert {
+                validity: Validity::Expired,
+                ..DeviceCert::attested("C02EXPD0001")
+            }),
+        ),
+        (
+            "revoked",
+            device_ca.issue_device(&DeviceCert::attested("C02RVKD0001")),
+        ),
+        (
+            "no-identity",
+            device_ca.issue_device(&DeviceCert {
+                common_name: Some("just a name".into()),
+                ..DeviceCert::default()
+            }),
+        ),
+    ];
+    let revoked = issued
+        .iter()
+        .find(|(name, _)| *name == "revoked")
+        .map(|(_, cert)| cert.serial_number.clone())
+        .unwrap();
+    let crl = write_file(path, "device-ca.crl", &device_ca.crl_pem(&[&revoked]));
+    let devices = issued
+        .into_iter()
+        .map(|(name, cert)| {
+            let cert_path = write_file(path, &format!("{name}.pem"), &cert.cert_pem);
+            let key_path = write_file(path, &format!("{name}.key"), &cert.key_pem);
+            (name, (cert_path, key_path))
+        })
+        .collect();
+    Pki {
+        server_ca: write_file(path, "server-ca.pem", &server_ca.cert_pem()),
+        _dir: dir,
+        files,
+        devices,
+        crl,
+    }
+}
+
+/// What the test authorizer was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub serial: String,
+    pub host: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub peer: IpAddr,
+}
+
+/// Denies the `DENIED` device and `blocked.test`, answers 403 for `forbidden.test`, go-direct
+/// for `direct.test`, and forwards the rest from 127.0.0.1.
+#[derive(Debug, Default)]
+pub struct TestPolicy {
+    pub asked: Mutex<Vec<Asked>>,
+}
+
+impl Authorizer for TestPolicy {
+    fn authorize(&self, request: &RelayRequest<'_>) -> RelayDecision {
+        self.asked.lock().unwrap().push(Asked {
+            serial: request.device.serial.clone(),
+            host: request.host.to_string(),
+            port: request.port,
+            protocol: request.protocol,
+            peer: request.peer.ip(),
+        });
+        if request.device.serial == DENIED || request.host == "blocked.test" {
+            RelayDecision::Deny {
+                status: DenyStatus::BadGateway,
+            }
+        } else if request.host == "forbidden.test" {
+            RelayDecision::Deny {
+                status: DenyStatus::Forbidden,
+            }
+        } else if request.host == "direct.test" {
+            RelayDecision::Direct
+        } else {
+            RelayDecision::Forward {
+                egress: EgressRoute {
+                    name: "lab".into(),
+                    source: Some("127.0.0.1".parse().unwrap()),
+                },
+            }
+        }
+    }
+}
+
+pub struct Lab {
+    pub pki: Pki,
+    pub relay: RelayHandle,
+    pub policy: Arc<TestPolicy>,
+}
+
+pub async fn lab() -> Lab {
+    lab_with(|_| {}).await
+}
+
+/// A lab whose relay configuration `adjust` may change.
+pub async fn lab_with(adjust: impl FnOnce(&mut RelayConfig)) -> Lab {
+    let pki = pki();
+    let policy = Arc::new(TestPolicy::default());
+    let mut config = RelayConfig::new(vec!["127.0.0.1:0".parse().unwrap()], pki.files.clone());
+    config.tls.crl = vec![pki.crl.clone()];
+    adjust(&mut config);
+    let relay = Relay::bind(config, policy.clone(), Arc::new(DirectEgress::default())).unwrap();
+    Lab { pki, relay, policy }
+}
+
+impl Lab {
+    /// Runs the aioquic client as `device` (or without a certificate for `None`) and returns
+    /// its JSON. The process is killed if it outlives the test's patience.
+    pub async fn client(&self, device: Option<&str>, args: &[&str]) -> Value {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h3_client.py");
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .arg(script)
+            .args(args)
+            .arg("--port")
+            .arg(self.relay.local_addr().port().to_string())
+            .arg("--ca")
+            .arg(&self.pki.server_ca)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        if let Some(device) = device {
+            let (cert, key) = &self.pki.devices[device];
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs (with aioquic: python3 -m pip install aioquic)");
+        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+            .await
+            .expect("the aioquic client finishes within 120 s (killed)")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "aioquic client failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+            output.status
+        );
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("aioquic client output is not JSON ({e}): {stdout}\nstderr: {stderr}")
+        })
+    }
+
+    /// Waits until the counters satisfy `done` (they are updated by the relay's tasks).
+    pub async fn stats_until(
+        &self,
+        done: impl Fn(&RelayStatsSnapshot) -> bool,
+    ) -> RelayStatsSnapshot {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let stats = self.relay.stats().snapshot();
+            if done(&stats) || Instant::now() > deadline {
+                return stats;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What a target server received on one connection: byte count and SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum TargetKind {
+    /// Echoes as it reads; closes its side after the client's FIN.
+    Echo,
+    /// Reads to end of file, then sends everything back and closes.
+    EchoAfterEof,
+    /// Sends a greeting and closes its side first, then reads to end of file.
+    TalksFirst,
+}
+
+pub const GREETING: &[u8] = b"hello from the target\n";
+
+/// A TCP server on 127.0.0.1 that reports what each connection received.
+pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+                let mut total = 0u64;
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut kept = Vec::new();
+                if let TargetKind::TalksFirst = kind {
+                    stream.write_all(GREETING).await.unwrap();
+                    stream.shutdown().await.unwrap();
+                }
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    digest.update(&buf[..n]);
+                    total += n as u64;
+                    match kind {
+                        TargetKind::Echo => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        TargetKind::EchoAfterEof => kept.extend_from_slice(&buf[..n]),
+                        TargetKind::TalksFirst => {}
+                    }
+                }
+                match kind {
+                    TargetKind::Echo => {
+                        let _ = stream.shutdown().await;
+                    }
+                    TargetKind::EchoAfterEof => {
+                        let _ = stream.write_all(&kept).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    TargetKind::TalksFirst => {}
+                }
+                let _ = tx.send(Received {
+                    bytes: total,
+                    sha256: hex(digest.finish().as_ref()),
+                });
+            });
+        }
+    });
+    (address, rx)
+}
+
+/// The next report of a target server, or a panic after 30 s.
+pub async fn next(received: &mut mpsc::UnboundedReceiver<Received>) -> Received {
+    tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("the target reports within 30 s")
+        .expect("the target server runs")
+}
+
+pub fn authority(address: SocketAddr) -> String {
+    address.to_string()
+}
+
+/// A UDP echo server on 127.0.0.1; reports each datagram's source address.
+pub async fn udp_echo() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let address = socket.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = tx.send(from);
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    (address, rx)
+}
