@@ -23,6 +23,9 @@ use std::time::Instant;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
+/// How often a NAT-keepalive is sent (RFC 3948 §4 suggests 20 s).
+pub const NAT_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Packet and drop counts of a tunnel's data plane.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelCounters {
@@ -107,6 +110,9 @@ pub async fn run(
     let mut udp_buf = vec![0u8; 65_535];
     let mut ike_buf = vec![0u8; 65_535];
     let mut sealed = Vec::with_capacity(2048);
+    // RFC 3948 §2.3: keep the NAT's mapping alive while nothing else is sent
+    let mut keepalive = tokio::time::interval(NAT_KEEPALIVE_INTERVAL);
+    keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(t) = sa.poll_transmit() {
             if sockets.send(&t).await.is_err() {
@@ -208,6 +214,11 @@ pub async fn run(
                 }
             }
             () = sleep => sa.handle_timeout(Instant::now()),
+            _ = keepalive.tick() => {
+                if sa.is_established() && sa.remote().port() == crate::sa::NATT_PORT {
+                    let _ = sockets.natt_socket().send_to(&crate::wire::NAT_KEEPALIVE, sa.remote()).await;
+                }
+            }
             Some(c) = commands.recv() => {
                 let now = Instant::now();
                 match c {

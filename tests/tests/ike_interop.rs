@@ -309,3 +309,108 @@ fn esp_traffic_initiator(ike: &str, esp: &str) {
 fn esp_traffic_responder(ike: &str, esp: &str) {
     esp_traffic(ike, esp, "responder");
 }
+
+/// attestgate behind an nftables masquerading NAT box: NAT detection moves IKE and ESP to
+/// UDP 4500, strongSwan sees the NAT's address, and ping and iperf3 cross the tunnel.
+#[test]
+fn initiator_behind_a_masquerading_nat() {
+    if !tests::require_root("initiator_behind_a_masquerading_nat") {
+        return;
+    }
+    let a = Netns::new("ag");
+    let nat = Netns::new("nat");
+    let b = Netns::new("sw");
+    veth(&a, "198.51.100.10/24", &nat, "198.51.100.1/24");
+    let (nat_out, _) = veth(&nat, "203.0.113.1/24", &b, "203.0.113.20/24");
+    a.ip(&["route", "add", "default", "via", "198.51.100.1"]);
+    a.addr("lo", "198.18.100.1/24");
+    b.addr("lo", "198.19.0.1/24");
+    nat.ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    nat.ok(&["nft", "add", "table", "ip", "lab"]);
+    nat.ok(&[
+        "nft",
+        "add",
+        "chain",
+        "ip",
+        "lab",
+        "post",
+        "{ type nat hook postrouting priority 100 ; }",
+    ]);
+    nat.ok(&[
+        "nft",
+        "add",
+        "rule",
+        "ip",
+        "lab",
+        "post",
+        "oifname",
+        &nat_out,
+        "masquerade",
+    ]);
+    let ours = PeerConfig {
+        local_addr: "198.51.100.10".into(),
+        remote_addr: "203.0.113.20".into(),
+        local_id: "gw.attestgate.lab".into(),
+        remote_id: "vpn.corp.lab".into(),
+        auth: Auth::Psk("nat-psk-9d2c4e1f".into()),
+        ike_proposal: "aes256gcm16-prfsha256-ecp256".into(),
+        esp_proposal: "aes256gcm16".into(),
+        local_ts: "198.18.100.0/24".into(),
+        remote_ts: "198.19.0.0/24".into(),
+        child_rekey: "1h".into(),
+        ike_rekey: "4h".into(),
+    };
+    let mut theirs = ours.mirrored();
+    theirs.remote_addr = "%any".into();
+    let sw = Charon::start(&b, &theirs);
+    let tun = tests::netns::unique("t");
+    let peer = Peer::start_with(&a, "initiator", &ours, &["--tun", &tun]);
+    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
+    a.ip(&[
+        "route",
+        "add",
+        "198.19.0.0/24",
+        "dev",
+        &tun,
+        "src",
+        "198.18.100.1",
+    ]);
+    let ike_up = peer.wait_for("ike_established", Duration::from_secs(20));
+    assert_eq!(ike_up["nat"], true, "{ike_up}");
+    let child = peer.wait_for("child_established", Duration::from_secs(5));
+    assert_eq!(child["udp_encap"], true);
+    let sas = sw.list_sas();
+    assert!(
+        sas.contains("remote-host=203.0.113.1"),
+        "strongSwan should see the NAT's address: {sas}"
+    );
+    assert!(
+        sas.contains("nat-local=yes")
+            || sas.contains("nat-remote=yes")
+            || sas.contains("nat-any=yes"),
+        "{sas}"
+    );
+    let ping = a.run(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        "198.18.100.1",
+        "198.19.0.1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains(" 3 received"),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 2);
+    eprintln!(
+        "attestgate behind NAT ↔ strongSwan: {:.3} Gbit/s",
+        bps / 1e9
+    );
+    assert!(bps > 1e6);
+}
