@@ -101,7 +101,7 @@ pub async fn run(
     tun: &TunDevice,
     mut sa: IkeSa,
     events: mpsc::UnboundedSender<Event>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> (IkeSa, TunnelCounters) {
     let mut counters = TunnelCounters::default();
     let mut inbound: HashMap<u32, InboundEsp> = HashMap::new();
@@ -231,6 +231,36 @@ pub async fn run(
                     Command::Delete => sa.delete(now),
                 }
             }
+        }
+    }
+}
+
+/// Keeps a tunnel up as its initiator: whenever the IKE SA closes (the peer deleted it, stopped
+/// answering liveness checks, or refused us), a new one is initiated after a delay that doubles
+/// up to `max_delay` and resets once an SA is established — the `dpd_action = restart`
+/// behaviour. Returns when `commands` is closed.
+pub async fn supervise(
+    sockets: &IkeSockets,
+    tun: &TunDevice,
+    config: std::sync::Arc<crate::sa::SaConfig>,
+    (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
+    events: mpsc::UnboundedSender<Event>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    max_delay: std::time::Duration,
+) {
+    let mut delay = std::time::Duration::from_millis(500);
+    loop {
+        let sa = IkeSa::initiate(config.clone(), local, remote, Instant::now());
+        let (sa, counters) = run(sockets, tun, sa, events.clone(), commands).await;
+        tracing::info!(remote = %remote, ?counters, "IKE SA closed; initiating again in {delay:?}");
+        delay = if sa.was_established() {
+            std::time::Duration::from_millis(500)
+        } else {
+            (delay * 2).min(max_delay)
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            c = commands.recv() => if c.is_none() { return },
         }
     }
 }

@@ -414,3 +414,75 @@ fn initiator_behind_a_masquerading_nat() {
     );
     assert!(bps > 1e6);
 }
+
+/// strongSwan is killed in the middle of a session and started again: attestgate notices with
+/// its liveness checks and brings the tunnel back by itself; traffic flows again.
+#[test]
+fn tunnel_comes_back_after_strongswan_restarts() {
+    if !tests::require_root("tunnel_comes_back_after_strongswan_restarts") {
+        return;
+    }
+    let (a, b, ours) = lab("aes256gcm16-prfsha256-ecp256", "aes256gcm16");
+    let sw = Charon::start(&b, &ours.mirrored());
+    let tun = tests::netns::unique("t");
+    let peer = Peer::start_with(
+        &a,
+        "initiator",
+        &ours,
+        &[
+            "--tun",
+            &tun,
+            "--restart",
+            "yes",
+            "--dpd-every",
+            "1",
+            "--retransmit-tries",
+            "3",
+        ],
+    );
+    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
+    a.ip(&[
+        "route",
+        "add",
+        "198.19.0.0/24",
+        "dev",
+        &tun,
+        "src",
+        "198.18.100.1",
+    ]);
+    let first = peer.wait_for("child_established", Duration::from_secs(20));
+    let ping = |n: &str| {
+        a.run(&[
+            "ping",
+            "-c",
+            n,
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            "-I",
+            "198.18.100.1",
+            "198.19.0.1",
+        ])
+    };
+    assert!(String::from_utf8_lossy(&ping("2").stdout).contains(" 2 received"));
+    drop(sw); // killed: no delete, no goodbye
+    let closed = peer.wait_for("closed", Duration::from_secs(15));
+    assert!(
+        closed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer"),
+        "{closed}"
+    );
+    let sw = Charon::start(&b, &ours.mirrored());
+    let second = peer.wait_for("child_established", Duration::from_secs(30));
+    assert_ne!(first["spi_in"], second["spi_in"]);
+    let out = ping("3");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(" 3 received"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    check_strongswan(&sw, &second);
+}

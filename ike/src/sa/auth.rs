@@ -136,6 +136,7 @@ impl IkeSa {
     }
 
     pub(super) fn established_event(&mut self) {
+        self.ever_established = true;
         if let Some(p) = self.chosen.clone() {
             self.events.push_back(Event::IkeSaEstablished {
                 spi_i: self.spi_i,

@@ -217,6 +217,7 @@ pub struct IkeSa {
     old_ike: Option<Box<child::OldIke>>,
     /// An IKE rekey we answered, switched to once the answer is sent.
     new_ike: Option<Box<child::NewIke>>,
+    ever_established: bool,
 }
 
 /// What we remember of a child SA.
@@ -318,6 +319,7 @@ impl IkeSa {
             outstanding: None,
             old_ike: None,
             new_ike: None,
+            ever_established: false,
         }
     }
 
@@ -373,6 +375,11 @@ impl IkeSa {
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
+    /// True once IKE_AUTH completed, even after the SA closed.
+    pub fn was_established(&self) -> bool {
+        self.ever_established
+    }
+
     pub fn is_established(&self) -> bool {
         matches!(self.state, State::Established)
     }

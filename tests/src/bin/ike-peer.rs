@@ -66,7 +66,10 @@ async fn main() {
         local_ts: get("local-ts").split(',').map(ts).collect(),
         remote_ts: get("remote-ts").split(',').map(ts).collect(),
         retransmit_timeout: Duration::from_millis(500),
-        retransmit_tries: 6,
+        retransmit_tries: opt
+            .get("retransmit-tries")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(6),
         // the data plane only speaks UDP-encapsulated ESP so far
         force_udp_encap: true,
     });
@@ -84,13 +87,13 @@ async fn main() {
     );
     let sa = if get("role") == "initiator" {
         IkeSa::initiate(
-            config,
+            config.clone(),
             SocketAddr::new(local, IKE_PORT),
             SocketAddr::new(remote, IKE_PORT),
             Instant::now(),
         )
     } else {
-        accept(&sockets, config).await.expect("receive")
+        accept(&sockets, config.clone()).await.expect("receive")
     };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
@@ -129,7 +132,7 @@ async fn main() {
         .get("exit-after")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(600);
-    let (ctl, commands) = tokio::sync::mpsc::unbounded_channel();
+    let (ctl, mut commands) = tokio::sync::mpsc::unbounded_channel();
     for (key, command) in [
         ("rekey-every", Command::RekeyChildren),
         ("dpd-every", Command::CheckLiveness),
@@ -151,8 +154,22 @@ async fn main() {
     drop(ctl);
     let limit = Duration::from_secs(exit_after);
     match &tun {
+        // --restart: keep the tunnel up as initiator (dpd_action = restart)
+        Some(tun) if opt.contains_key("restart") => {
+            let (local, remote) = (SocketAddr::new(local, IKE_PORT), sa.remote());
+            let run = ike::tunnel::supervise(
+                &sockets,
+                tun,
+                config,
+                (local, remote),
+                tx,
+                &mut commands,
+                Duration::from_secs(5),
+            );
+            let _ = tokio::time::timeout(limit, run).await;
+        }
         Some(tun) => {
-            let run = ike::tunnel::run(&sockets, tun, sa, tx, commands);
+            let run = ike::tunnel::run(&sockets, tun, sa, tx, &mut commands);
             if let Ok((_, counters)) = tokio::time::timeout(limit, run).await {
                 eprintln!("ike-peer: tunnel closed: {counters:?}");
             }
