@@ -64,6 +64,15 @@ pub enum Command {
     Whatif(WhatifArgs),
     /// List the devices the compliance sources know.
     Devices,
+    /// Show the IPsec tunnels: IKE and child SAs, algorithms, selectors, rekeys, last liveness check.
+    Tunnels,
+    /// Bring a tunnel up or down, or rekey its child SAs now.
+    Tunnel {
+        #[arg(value_enum)]
+        action: TunnelAction,
+        /// The tunnel egress's name.
+        name: String,
+    },
     /// Print the version.
     Version,
     /// Print shell completions.
@@ -95,6 +104,23 @@ pub enum ConfigCommand {
     /// Validate a file and make it the running configuration atomically (installing it as the
     /// daemon's configuration file when FILE is given). An invalid file changes nothing.
     Apply { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TunnelAction {
+    Up,
+    Down,
+    Rekey,
+}
+
+impl TunnelAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelAction::Up => "up",
+            TunnelAction::Down => "down",
+            TunnelAction::Rekey => "rekey",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

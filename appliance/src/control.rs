@@ -33,6 +33,12 @@ pub enum Request {
         protocol: Protocol,
     },
     Devices {},
+    Tunnels {},
+    /// `up`, `down` or `rekey`.
+    Tunnel {
+        name: String,
+        action: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,10 +8,12 @@
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
+use crate::egress::tunnel::{Control, TunnelHandle};
 use crate::events::EventLog;
 use crate::policy::{DeviceState, PolicyEngine, Target};
 use config::{ConfigError, FileChecks, Loaded};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -53,7 +55,8 @@ pub struct Shared {
     config_path: PathBuf,
     running: RwLock<Arc<Running>>,
     devices: RwLock<DeviceTable>,
-    events: EventLog,
+    events: Arc<EventLog>,
+    tunnels: Mutex<BTreeMap<String, (String, TunnelHandle)>>,
     started: SystemTime,
     apply_lock: tokio::sync::Mutex<()>,
     last_apply: Mutex<Option<ApplyRecord>>,
@@ -153,6 +156,7 @@ impl Shared {
         }
         self.events.set_file(new.loaded.config.events.file.clone());
         self.sync_devices();
+        self.reconcile_tunnels();
         let msg = format!(
             "generation {} ({}) applied",
             new.generation, new.loaded.digest
@@ -189,6 +193,9 @@ impl Shared {
             Err(_) => (Vec::new(), 0),
         };
         let last = self.last_apply.lock().ok().and_then(|l| l.clone());
+        let statuses = self.tunnel_statuses();
+        let tunnel_states: BTreeMap<String, &str> =
+            statuses.iter().map(|t| (t.name.clone(), t.state)).collect();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "appliance": cfg.appliance.name,
@@ -203,7 +210,7 @@ impl Shared {
                 "warnings": run.loaded.warnings.0.len(),
                 "egresses": cfg.egresses.iter().map(|e| json!({
                     "name": e.name.value, "type": e.type_name(), "trusted": e.is_trusted(),
-                    "state": "not-started",
+                    "state": tunnel_states.get(&e.name.value).copied().unwrap_or("not-started"),
                 })).collect::<Vec<_>>(),
                 "apps": cfg.apps.len(),
                 "policies": cfg.policies.iter().map(|p| p.name.value.clone()).collect::<Vec<_>>(),
@@ -273,6 +280,77 @@ impl Shared {
         json!({ "devices": list })
     }
 
+    fn tunnel_statuses(&self) -> Vec<crate::egress::tunnel::TunnelStatus> {
+        match self.tunnels.lock() {
+            Ok(t) => t.values().filter_map(|(_, h)| h.snapshot()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    fn tunnel_control(&self, name: &str, action: &str) -> Response {
+        let control = match action {
+            "up" => Control::Up,
+            "down" => Control::Down,
+            "rekey" => Control::Rekey,
+            other => {
+                return Response::err(
+                    "bad-request",
+                    format!("unknown tunnel action `{other}` (up, down, rekey)"),
+                    vec![],
+                )
+            }
+        };
+        let Ok(tunnels) = self.tunnels.lock() else {
+            return Response::err("internal", "tunnel table unavailable", vec![]);
+        };
+        match tunnels.get(name) {
+            Some((_, h)) if h.send(control) => {
+                Response::ok(json!({"tunnel": name, "action": action}))
+            }
+            Some(_) => Response::err("internal", format!("tunnel {name} is not running"), vec![]),
+            None => {
+                let names: Vec<&String> = tunnels.keys().collect();
+                Response::err(
+                    "not-found",
+                    format!("no tunnel named `{name}` (tunnels: {names:?})"),
+                    vec![],
+                )
+            }
+        }
+    }
+
+    /// Starts, restarts and stops tunnels so they match the running configuration. Tunnels
+    /// whose settings did not change keep their SAs.
+    fn reconcile_tunnels(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let Ok(mut tunnels) = self.tunnels.lock() else {
+            return;
+        };
+        let wanted: BTreeMap<String, String> = cfg
+            .egresses
+            .iter()
+            .filter_map(|e| match &e.kind {
+                config::EgressKind::Tunnel(t) => Some((e.name.value.clone(), format!("{t:?}"))),
+                _ => None,
+            })
+            .collect();
+        tunnels.retain(|name, (fingerprint, _)| wanted.get(name) == Some(fingerprint));
+        let missing: Vec<String> = wanted
+            .keys()
+            .filter(|n| !tunnels.contains_key(*n))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let mut subset = cfg.clone();
+        subset.egresses.retain(|e| missing.contains(&e.name.value));
+        for (name, handle) in crate::egress::tunnel::start_all(&subset, self.events.clone()) {
+            let fingerprint = wanted.get(&name).cloned().unwrap_or_default();
+            tunnels.insert(name, (fingerprint, handle));
+        }
+    }
+
     async fn handle(&self, request: Request) -> Response {
         match request {
             Request::Status {} => Response::ok(self.status()),
@@ -283,6 +361,8 @@ impl Shared {
                 protocol,
             } => self.whatif(&device, &target, protocol),
             Request::Devices {} => Response::ok(self.devices()),
+            Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
+            Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
         }
     }
 }
@@ -416,7 +496,8 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             loaded: Arc::new(loaded),
         })),
         devices: RwLock::new(DeviceTable::default()),
-        events: EventLog::default(),
+        events: Arc::new(EventLog::default()),
+        tunnels: Mutex::new(BTreeMap::new()),
         started: SystemTime::now(),
         apply_lock: tokio::sync::Mutex::new(()),
         last_apply: Mutex::new(None),
@@ -427,6 +508,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         tracing::warn!("{w}");
     }
     shared.sync_devices();
+    shared.reconcile_tunnels();
     shared.events.emit(
         "daemon.started",
         json!({
@@ -486,6 +568,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         }
     };
     refresher.abort();
+    if let Ok(mut t) = shared.tunnels.lock() {
+        t.clear(); // aborts the tunnel tasks; their TUN devices go with them
+    }
     drop(listener);
     let _ = std::fs::remove_file(&cfg.appliance.control_socket);
     shared

@@ -7,6 +7,7 @@ mod cli;
 mod compliance;
 mod control;
 mod daemon;
+mod egress;
 mod events;
 mod output;
 mod policy;
@@ -261,6 +262,11 @@ fn client(cli: &Cli) -> u8 {
     let request = match &cli.command {
         Command::Status => Request::Status {},
         Command::Devices => Request::Devices {},
+        Command::Tunnels => Request::Tunnels {},
+        Command::Tunnel { action, name } => Request::Tunnel {
+            name: name.clone(),
+            action: action.as_str().to_string(),
+        },
         Command::Config(ConfigCommand::Apply { file }) => {
             let file = match file {
                 Some(f) => match std::fs::canonicalize(f) {
@@ -326,6 +332,10 @@ fn client(cli: &Cli) -> u8 {
         match &cli.command {
             Command::Status => print!("{}", output::status(&result)),
             Command::Devices => print!("{}", output::devices(&result)),
+            Command::Tunnels => print!("{}", output::tunnels(&result)),
+            Command::Tunnel { action, name } => {
+                println!("tunnel {name}: {} requested", action.as_str())
+            }
             Command::Config(_) => print!("{}", output::applied(&result)),
             Command::Whatif(_) => print!("{}", output::whatif(&result)),
             _ => {}

@@ -200,6 +200,79 @@ pub fn devices(r: &Value) -> String {
     )
 }
 
+pub fn tunnels(r: &Value) -> String {
+    let list = r["tunnels"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no tunnel egress configured\n".into();
+    }
+    let mut o = String::new();
+    for t in &list {
+        let _ = writeln!(
+            o,
+            "{}  {}  {} → {}{}",
+            s(&t["name"]),
+            s(&t["state"]).to_uppercase(),
+            s(&t["local"]),
+            s(&t["remote"]),
+            if t["nat_detected"].as_bool() == Some(true) {
+                "  (NAT, UDP 4500)"
+            } else {
+                ""
+            }
+        );
+        if let Some(p) = t["ike_proposal"].as_str() {
+            let _ = writeln!(
+                o,
+                "  IKE SA {}_i {}_r  {p}  up {}  rekeys {}  last liveness {}",
+                s(&t["ike_spi_i"]),
+                s(&t["ike_spi_r"]),
+                since_unix(&t["established_at"]).trim_end_matches(" ago"),
+                s(&t["rekeys"]),
+                since_unix(&t["last_alive"]),
+            );
+        }
+        let rows: Vec<Vec<String>> = t["children"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        let list = |v: &Value| {
+                            v.as_array()
+                                .map(|x| x.iter().map(s).collect::<Vec<_>>().join(","))
+                                .unwrap_or_default()
+                        };
+                        vec![
+                            format!("  {}", s(&c["spi_in"])),
+                            s(&c["spi_out"]),
+                            s(&c["proposal"]),
+                            list(&c["local_ts"]),
+                            list(&c["remote_ts"]),
+                            since_unix(&c["established_at"]),
+                        ]
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !rows.is_empty() {
+            o.push_str(&table(
+                &[
+                    "  SPI IN",
+                    "SPI OUT",
+                    "ESP",
+                    "LOCAL TS",
+                    "REMOTE TS",
+                    "INSTALLED",
+                ],
+                &rows,
+            ));
+        }
+        if let Some(e) = t["last_event"].as_str() {
+            let _ = writeln!(o, "  last event: {e}");
+        }
+    }
+    o
+}
+
 pub fn applied(r: &Value) -> String {
     let mut o = String::new();
     for w in r["warnings"].as_array().into_iter().flatten() {

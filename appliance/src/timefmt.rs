@@ -33,6 +33,15 @@ pub fn rfc3339(secs: i64) -> String {
     )
 }
 
+pub mod unix_serde {
+    use serde::Serializer;
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(super::unix(*t))
+    }
+}
+
 pub mod opt_unix {
     use serde::Serializer;
     use std::time::SystemTime;

@@ -235,28 +235,43 @@ pub async fn run(
     }
 }
 
+/// How [`supervise`] keeps a tunnel up.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    pub config: std::sync::Arc<crate::sa::SaConfig>,
+    pub local: std::net::SocketAddr,
+    pub remote: std::net::SocketAddr,
+    /// The longest wait between two attempts.
+    pub max_delay: std::time::Duration,
+    /// While false, no IKE SA is initiated (an operator brought the tunnel down).
+    pub enabled: tokio::sync::watch::Receiver<bool>,
+}
+
 /// Keeps a tunnel up as its initiator: whenever the IKE SA closes (the peer deleted it, stopped
 /// answering liveness checks, or refused us), a new one is initiated after a delay that doubles
-/// up to `max_delay` and resets once an SA is established — the `dpd_action = restart`
+/// up to `max_delay` and resets once an SA was established — the `dpd_action = restart`
 /// behaviour. Returns when `commands` is closed.
 pub async fn supervise(
     sockets: &IkeSockets,
     tun: &TunDevice,
-    config: std::sync::Arc<crate::sa::SaConfig>,
-    (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
+    mut plan: Supervision,
     events: mpsc::UnboundedSender<Event>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
-    max_delay: std::time::Duration,
 ) {
     let mut delay = std::time::Duration::from_millis(500);
     loop {
-        let sa = IkeSa::initiate(config.clone(), local, remote, Instant::now());
+        while !*plan.enabled.borrow_and_update() {
+            if plan.enabled.changed().await.is_err() {
+                return;
+            }
+        }
+        let sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
         let (sa, counters) = run(sockets, tun, sa, events.clone(), commands).await;
-        tracing::info!(remote = %remote, ?counters, "IKE SA closed; initiating again in {delay:?}");
+        tracing::info!(remote = %plan.remote, ?counters, "IKE SA closed");
         delay = if sa.was_established() {
             std::time::Duration::from_millis(500)
         } else {
-            (delay * 2).min(max_delay)
+            (delay * 2).min(plan.max_delay)
         };
         tokio::select! {
             () = tokio::time::sleep(delay) => {}

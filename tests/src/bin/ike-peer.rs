@@ -157,15 +157,15 @@ async fn main() {
         // --restart: keep the tunnel up as initiator (dpd_action = restart)
         Some(tun) if opt.contains_key("restart") => {
             let (local, remote) = (SocketAddr::new(local, IKE_PORT), sa.remote());
-            let run = ike::tunnel::supervise(
-                &sockets,
-                tun,
+            let (_on, enabled) = tokio::sync::watch::channel(true);
+            let plan = ike::tunnel::Supervision {
                 config,
-                (local, remote),
-                tx,
-                &mut commands,
-                Duration::from_secs(5),
-            );
+                local,
+                remote,
+                max_delay: Duration::from_secs(5),
+                enabled,
+            };
+            let run = ike::tunnel::supervise(&sockets, tun, plan, tx, &mut commands);
             let _ = tokio::time::timeout(limit, run).await;
         }
         Some(tun) => {

@@ -1,0 +1,384 @@
+//! The daemon's IPsec tunnels: one task per `tunnel` egress that keeps an IKE SA and its ESP
+//! SAs up (initiator, re-initiating after failures), its TUN device, and a status the CLI shows
+//! (`attestgate tunnels`) and controls (`attestgate tunnel up|down|rekey NAME`).
+//!
+//! Not yet: responder-only tunnels (`initiate = false`), certificate authentication, the
+//! routes from the NAT pool into the TUN device (issue 6).
+
+use config::{EgressKind, Tunnel, TunnelAuth};
+use ike::driver::{Command, IkeSockets};
+use ike::sa::{Event, SaConfig, IKE_PORT};
+use ike::tunnel::TunDevice;
+use ike::wire::{AddressRange, TrafficSelector};
+use ipnet::IpNet;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::mpsc;
+
+/// One child SA as the CLI shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChildStatus {
+    pub spi_in: String,
+    pub spi_out: String,
+    pub proposal: String,
+    pub local_ts: Vec<String>,
+    pub remote_ts: Vec<String>,
+    pub udp_encap: bool,
+    #[serde(with = "crate::timefmt::unix_serde")]
+    pub established_at: SystemTime,
+}
+
+/// A tunnel's state for `attestgate tunnels`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TunnelStatus {
+    pub name: String,
+    pub local: String,
+    pub remote: String,
+    /// `connecting`, `established`, `down`, `error`.
+    pub state: &'static str,
+    pub tun: Option<String>,
+    pub ike_spi_i: Option<String>,
+    pub ike_spi_r: Option<String>,
+    pub ike_proposal: Option<String>,
+    pub nat_detected: bool,
+    #[serde(with = "crate::timefmt::opt_unix")]
+    pub established_at: Option<SystemTime>,
+    pub children: Vec<ChildStatus>,
+    pub rekeys: u64,
+    pub last_alive: Option<i64>,
+    pub last_event: Option<String>,
+}
+
+type Shared = Arc<Mutex<TunnelStatus>>;
+
+/// A running tunnel task and its controls.
+#[derive(Debug)]
+pub struct TunnelHandle {
+    pub status: Shared,
+    control: mpsc::UnboundedSender<Control>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the CLI can ask of a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Up,
+    Down,
+    Rekey,
+}
+
+impl Drop for TunnelHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl TunnelHandle {
+    pub fn send(&self, c: Control) -> bool {
+        self.control.send(c).is_ok()
+    }
+    pub fn snapshot(&self) -> Option<TunnelStatus> {
+        self.status.lock().ok().map(|s| s.clone())
+    }
+}
+
+fn selectors(nets: &[config::Spanned<IpNet>]) -> Vec<TrafficSelector> {
+    nets.iter()
+        .filter_map(|n| AddressRange::from_prefix(n.value.network(), n.value.prefix_len()))
+        .map(TrafficSelector::new)
+        .collect()
+}
+
+/// The IKE configuration of a tunnel egress; reads the PSK file.
+pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
+    let psk = match &t.auth {
+        TunnelAuth::Psk { file } => {
+            let text = std::fs::read(&file.value)
+                .map_err(|e| format!("cannot read {}: {e}", file.value.display()))?;
+            // a trailing newline is not part of the key
+            let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
+            ike::crypto::SecretBytes::from_slice(trimmed.strip_suffix(b"\r").unwrap_or(trimmed))
+        }
+        TunnelAuth::Certificate { .. } => {
+            return Err("certificate authentication is not implemented yet".into())
+        }
+    };
+    Ok(SaConfig {
+        local_id: t.local_id.clone(),
+        remote_id: t.remote_id.clone(),
+        psk,
+        ike_proposals: t.ike_proposals.clone(),
+        esp_proposals: t.esp_proposals.clone(),
+        local_ts: selectors(&t.local_ts),
+        remote_ts: selectors(&t.remote_ts),
+        retransmit_timeout: Duration::from_millis(500),
+        retransmit_tries: 5,
+        force_udp_encap: true,
+    })
+}
+
+/// The TUN device name of a tunnel egress (at most 15 octets).
+pub fn tun_name(egress: &str) -> String {
+    let mut n = format!("ag-{egress}");
+    n.truncate(15);
+    n
+}
+
+fn describe(ts: &[TrafficSelector]) -> Vec<String> {
+    ts.iter()
+        .map(|t| match t.addresses {
+            AddressRange::V4 { start, end } => format!("{start}-{end}"),
+            AddressRange::V6 { start, end } => format!("{start}-{end}"),
+        })
+        .collect()
+}
+
+/// Starts every `tunnel` egress of `cfg` that initiates.
+pub fn start_all(
+    cfg: &config::Config,
+    events: Arc<crate::events::EventLog>,
+) -> BTreeMap<String, TunnelHandle> {
+    let mut out = BTreeMap::new();
+    for e in &cfg.egresses {
+        let EgressKind::Tunnel(t) = &e.kind else {
+            continue;
+        };
+        let name = e.name.value.clone();
+        let status = Arc::new(Mutex::new(TunnelStatus {
+            name: name.clone(),
+            local: t.local_address.to_string(),
+            remote: t.remote_address.value.to_string(),
+            state: "connecting",
+            tun: None,
+            ike_spi_i: None,
+            ike_spi_r: None,
+            ike_proposal: None,
+            nat_detected: false,
+            established_at: None,
+            children: Vec::new(),
+            rekeys: 0,
+            last_alive: None,
+            last_event: None,
+        }));
+        let (control, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run_tunnel(
+            name.clone(),
+            (**t).clone(),
+            status.clone(),
+            rx,
+            events.clone(),
+        ));
+        out.insert(
+            name,
+            TunnelHandle {
+                status,
+                control,
+                task,
+            },
+        );
+    }
+    out
+}
+
+fn set(status: &Shared, f: impl FnOnce(&mut TunnelStatus)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+async fn run_tunnel(
+    name: String,
+    t: Tunnel,
+    status: Shared,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    log: Arc<crate::events::EventLog>,
+) {
+    // an error is logged when it changes, not every time it repeats
+    let fail = |why: String| {
+        let mut changed = false;
+        set(&status, |s| {
+            s.state = "error";
+            changed = s.last_event.as_deref() != Some(why.as_str());
+            s.last_event = Some(why.clone());
+        });
+        if changed {
+            log.emit("tunnel.error", json!({"tunnel": name, "error": why}));
+        }
+    };
+    if !t.initiate {
+        return fail("responder-only tunnels (initiate = false) are not implemented yet".into());
+    }
+    let config = match sa_config(&t) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return fail(e),
+    };
+    // bind and create the device, retrying while the address or device is not there yet
+    let (sockets, tun) = loop {
+        let bound = IkeSockets::bind(t.local_address)
+            .await
+            .map_err(|e| format!("cannot bind {}:{IKE_PORT}/4500: {e}", t.local_address));
+        let tun = TunDevice::create(&tun_name(&name))
+            .map_err(|e| format!("cannot create TUN device {}: {e}", tun_name(&name)));
+        match (bound, tun) {
+            (Ok(s), Ok(d)) => break (s, d),
+            (Err(e), _) | (_, Err(e)) => {
+                fail(format!("{e}; retrying in 10 s"));
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    c = control.recv() => if c.is_none() { return },
+                }
+            }
+        }
+    };
+    set(&status, |s| {
+        s.tun = Some(tun.name().to_string());
+        s.state = "connecting";
+    });
+    let local = SocketAddr::new(t.local_address, IKE_PORT);
+    let remote = SocketAddr::new(t.remote_address.value, IKE_PORT);
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
+    let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
+    // liveness checks (DPD) at the configured interval
+    {
+        let cmd_tx = cmd_tx.clone();
+        let every = t.dpd_interval.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if cmd_tx.send(Command::CheckLiveness).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    // events → status and the event log
+    {
+        let status = status.clone();
+        let name = name.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Some(e) = ev_rx.recv().await {
+                on_event(&name, &status, &log, e);
+            }
+        });
+    }
+    // the operator's controls: rekey and down go to the SA, up/down gate the supervisor
+    let (enabled_tx, enabled) = tokio::sync::watch::channel(true);
+    {
+        let status = status.clone();
+        let name = name.clone();
+        let log = log.clone();
+        tokio::spawn(async move {
+            while let Some(c) = control.recv().await {
+                match c {
+                    Control::Rekey => {
+                        let _ = cmd_tx.send(Command::RekeyChildren);
+                    }
+                    Control::Down => {
+                        let _ = enabled_tx.send(false);
+                        let _ = cmd_tx.send(Command::Delete);
+                        set(&status, |s| {
+                            s.state = "down";
+                            s.last_event = Some("brought down by the operator".into());
+                        });
+                        log.emit("tunnel.down", json!({"tunnel": name, "reason": "operator"}));
+                    }
+                    Control::Up => {
+                        let _ = enabled_tx.send(true);
+                        set(&status, |s| s.state = "connecting");
+                        log.emit("tunnel.up", json!({"tunnel": name, "reason": "operator"}));
+                    }
+                }
+            }
+        });
+    }
+    let plan = ike::tunnel::Supervision {
+        config,
+        local,
+        remote,
+        max_delay: Duration::from_secs(30),
+        enabled,
+    };
+    ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
+}
+
+fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event) {
+    let now = SystemTime::now();
+    match e {
+        Event::IkeSaEstablished {
+            spi_i,
+            spi_r,
+            proposal,
+            nat_detected,
+            remote,
+        } => {
+            set(status, |s| {
+                s.state = "established";
+                s.ike_spi_i = Some(format!("{spi_i:016x}"));
+                s.ike_spi_r = Some(format!("{spi_r:016x}"));
+                s.ike_proposal = Some(proposal.to_string());
+                s.nat_detected = nat_detected;
+                s.established_at = Some(now);
+                s.children.clear();
+            });
+            log.emit("tunnel.ike_established", json!({"tunnel": name, "proposal": proposal.to_string(), "remote": remote.to_string(), "nat": nat_detected}));
+        }
+        Event::ChildSaEstablished(c) => {
+            let child = ChildStatus {
+                spi_in: format!("{:08x}", c.spi_in),
+                spi_out: format!("{:08x}", c.spi_out),
+                proposal: c.proposal.to_string(),
+                local_ts: describe(&c.local_ts),
+                remote_ts: describe(&c.remote_ts),
+                udp_encap: c.udp_encap,
+                established_at: now,
+            };
+            set(status, |s| {
+                if c.rekeys.is_some() {
+                    s.rekeys += 1;
+                }
+                s.children.push(child.clone());
+            });
+            log.emit("tunnel.child_established", json!({"tunnel": name, "spi_in": child.spi_in, "spi_out": child.spi_out, "proposal": child.proposal, "rekeys": c.rekeys.map(|r| format!("{r:08x}"))}));
+        }
+        Event::ChildSaDeleted { spi_in, spi_out } => {
+            let spi = format!("{spi_in:08x}");
+            set(status, |s| s.children.retain(|c| c.spi_in != spi));
+            log.emit(
+                "tunnel.child_deleted",
+                json!({"tunnel": name, "spi_in": spi, "spi_out": format!("{spi_out:08x}")}),
+            );
+        }
+        Event::ChildSaFailed { reason } | Event::ChildRekeyFailed { reason, .. } => {
+            set(status, |s| s.last_event = Some(reason.clone()));
+            log.emit(
+                "tunnel.child_failed",
+                json!({"tunnel": name, "reason": reason}),
+            );
+        }
+        Event::IkeSaRekeyed { spi_i, spi_r } => {
+            set(status, |s| {
+                s.ike_spi_i = Some(format!("{spi_i:016x}"));
+                s.ike_spi_r = Some(format!("{spi_r:016x}"));
+            });
+            log.emit("tunnel.ike_rekeyed", json!({"tunnel": name}));
+        }
+        Event::Alive => set(status, |s| s.last_alive = Some(crate::timefmt::unix(now))),
+        Event::Closed { reason } => {
+            set(status, |s| {
+                if s.state != "down" {
+                    s.state = "connecting";
+                }
+                s.children.clear();
+                s.last_event = Some(reason.clone());
+            });
+            log.emit("tunnel.closed", json!({"tunnel": name, "reason": reason}));
+        }
+    }
+}

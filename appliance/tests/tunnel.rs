@@ -1,0 +1,204 @@
+//! The daemon runs the `corp` tunnel of the lab configuration against a real strongSwan peer
+//! in a namespace, shows it in `attestgate tunnels`, carries ping through it, and obeys
+//! `attestgate tunnel rekey|down|up corp`.
+
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tests::netns::{veth, Netns};
+use tests::strongswan::{Auth, Charon, PeerConfig};
+
+const BIN: &str = env!("CARGO_BIN_EXE_attestgate");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cli(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("-c")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tunnels(config: &Path) -> Value {
+    let out = cli(config, &["--json", "tunnels"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["result"]["tunnels"][0].clone()
+}
+
+fn wait_until(config: &Path, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let t = tunnels(config);
+        if ok(&t) {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not reached within {within:?}: {t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
+    if !tests::require_root("daemon_tunnel_to_strongswan_with_rekey_down_and_up") {
+        return;
+    }
+    let a = Netns::new("gw");
+    let b = Netns::new("corp");
+    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
+    a.addr("lo", "198.18.100.1/24");
+    b.addr("lo", "198.19.0.1/24");
+
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(Command::new("bash")
+        .arg(root.join("tests/lab/files.sh"))
+        .arg(dir.path())
+        .status()
+        .unwrap()
+        .success());
+    let text = std::fs::read_to_string(root.join("config/examples/lab.toml")).unwrap();
+    let config = dir.path().join("attestgate.toml");
+    std::fs::write(
+        &config,
+        text.replace("/run/attestgate-lab", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let psk = std::fs::read_to_string(dir.path().join("corp.psk"))
+        .unwrap()
+        .trim_end()
+        .to_string();
+
+    // the enterprise side, as the lab configuration expects it
+    let peer = PeerConfig {
+        local_addr: "203.0.113.20".into(),
+        remote_addr: "203.0.113.10".into(),
+        local_id: "vpn.corp.lab".into(),
+        remote_id: "gw.attestgate.lab".into(),
+        auth: Auth::Psk(psk),
+        ike_proposal: "aes256gcm16-prfsha256-ecp256".into(),
+        esp_proposal: "aes256gcm16".into(),
+        local_ts: "198.19.0.0/24".into(),
+        remote_ts: "198.18.100.0/24".into(),
+        child_rekey: "1h".into(),
+        ike_rekey: "4h".into(),
+    };
+    let sw = Charon::start(&b, &peer);
+
+    let _daemon = Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", &a.name, BIN, "-c"])
+            .arg(&config)
+            .arg("run")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let up = wait_until(&config, "established", Duration::from_secs(30), |t| {
+        t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
+    });
+    assert_eq!(up["name"], "corp");
+    assert_eq!(up["ike_proposal"], "aes256gcm16-prfsha256-ecp256");
+    assert_eq!(up["children"][0]["proposal"], "aes256gcm16-noesn");
+    let sas = sw.list_sas();
+    let first_out = up["children"][0]["spi_out"].as_str().unwrap().to_string();
+    assert!(sas.contains(&format!("spi-in={first_out}")), "{sas}");
+    let human = String::from_utf8_lossy(&cli(&config, &["tunnels"]).stdout).to_string();
+    assert!(
+        human.contains("corp  ESTABLISHED  203.0.113.10 → 203.0.113.20"),
+        "{human}"
+    );
+    let status: Value =
+        serde_json::from_slice(&cli(&config, &["--json", "status"]).stdout).unwrap();
+    let corp = status["result"]["config"]["egresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "corp")
+        .unwrap()
+        .clone();
+    assert_eq!(corp["state"], "established");
+
+    // traffic through the daemon's tunnel
+    let tun = up["tun"].as_str().unwrap();
+    a.ip(&["link", "set", tun, "mtu", "1400", "up"]);
+    a.ip(&[
+        "route",
+        "add",
+        "198.19.0.0/24",
+        "dev",
+        tun,
+        "src",
+        "198.18.100.1",
+    ]);
+    let ping = a.run(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        "-I",
+        "198.18.100.1",
+        "198.19.0.1",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&ping.stdout).contains(" 3 received"),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+
+    // rekey from the CLI: a new child SA replaces the old one
+    assert!(cli(&config, &["tunnel", "rekey", "corp"]).status.success());
+    let rekeyed = wait_until(&config, "rekeyed", Duration::from_secs(10), |t| {
+        t["rekeys"] == 1
+            && t["children"]
+                .as_array()
+                .is_some_and(|c| c.len() == 1 && c[0]["spi_out"] != first_out.as_str())
+    });
+    let new_out = rekeyed["children"][0]["spi_out"].as_str().unwrap();
+    let sas = sw.list_sas();
+    assert!(sas.contains(&format!("spi-in={new_out}")), "{sas}");
+
+    // down: the SA is deleted on both ends and stays down
+    assert!(cli(&config, &["tunnel", "down", "corp"]).status.success());
+    wait_until(&config, "down", Duration::from_secs(10), |t| {
+        t["state"] == "down" && t["children"].as_array().is_some_and(|c| c.is_empty())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sw.list_sas().contains("state=ESTABLISHED") {
+        assert!(
+            Instant::now() < deadline,
+            "strongSwan still has the SA: {}",
+            sw.list_sas()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tunnels(&config)["state"], "down");
+
+    // up again
+    assert!(cli(&config, &["tunnel", "up", "corp"]).status.success());
+    wait_until(&config, "re-established", Duration::from_secs(20), |t| {
+        t["state"] == "established" && !t["children"].as_array().is_none_or(|c| c.is_empty())
+    });
+    let unknown = cli(&config, &["tunnel", "rekey", "nope"]);
+    assert_eq!(unknown.status.code(), Some(5));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no tunnel named `nope`"));
+}
