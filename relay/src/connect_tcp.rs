@@ -1,29 +1,29 @@
-//! The byte-exact splice between a CONNECT stream and its TCP connection (RFC 9114 §4.4).
+//! The byte-exact splice between a CONNECT stream and its TCP connection (RFC 9114 §4.4,
+//! RFC 9113 §8.5), the same for both listeners.
 //!
 //! - Bytes go through unchanged in both directions, one chunk at a time: a direction reads
-//!   its next chunk only once the previous one was accepted by the other side, so QUIC flow
-//!   control and the TCP window push back on the sender (backpressure) and memory stays
+//!   its next chunk only once the previous one was accepted by the other side, so flow
+//!   control (QUIC's, or HTTP/2 WINDOW_UPDATEs released only once the bytes were written to
+//!   TCP) and the TCP window push back on the sender (backpressure), and memory stays
 //!   bounded by one chunk per direction.
-//! - Half-close: the device finishing its side of the stream (FIN) becomes a TCP FIN
-//!   (`shutdown(Write)`), and TCP end of file finishes the relay's side of the stream; the
-//!   other direction keeps flowing until it ends too.
-//! - Errors: a TCP error resets the stream with `H3_CONNECT_ERROR` both ways; a stream reset
-//!   or a lost connection closes the TCP connection with RST ("the proxy SHOULD close the TCP
-//!   connection with the RST bit set", RFC 9114 §4.4).
+//! - Half-close: the device finishing its side of the stream (FIN / END_STREAM) becomes a
+//!   TCP FIN (`shutdown(Write)`), and TCP end of file finishes the relay's side of the
+//!   stream; the other direction keeps flowing until it ends too.
+//! - Errors: a TCP error resets the stream with CONNECT_ERROR both ways; a stream reset or a
+//!   lost connection closes the TCP connection with RST ("the proxy SHOULD close the TCP
+//!   connection with the RST bit set", RFC 9114 §4.4; RFC 9113 §8.5).
+//! - Revocation: the stream is reset with H3_REQUEST_CANCELLED / CANCEL and the TCP
+//!   connection with RST, at once.
 
-use std::future::poll_fn;
-use std::sync::atomic::Ordering;
+use std::future::{poll_fn, Future};
 use std::task::Poll;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use h3::error::{Code, StreamError};
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::server::RelayStats;
-
-/// The request stream of one CONNECT.
-pub(crate) type RequestStream = h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+use crate::flows::Meter;
+use crate::stream::{DeviceError, DeviceRecv, DeviceSend, ResetReason};
 
 /// How much is read from TCP before it is handed to the stream.
 const CHUNK: usize = 64 * 1024;
@@ -34,25 +34,28 @@ pub(crate) enum SpliceEnd {
     /// Both directions finished cleanly.
     Finished { up: u64, down: u64 },
     /// The device side failed (stream reset, connection lost); TCP was reset.
-    Device(StreamError),
-    /// The target side failed; the stream was reset with H3_CONNECT_ERROR.
+    Device(DeviceError),
+    /// The target side failed; the stream was reset with CONNECT_ERROR.
     Target(std::io::Error),
+    /// The flow was revoked; the stream was cancelled and TCP reset.
+    Revoked,
 }
 
 enum Failure {
-    Device(StreamError),
+    Device(DeviceError),
     Target(std::io::Error),
 }
 
-/// Relays between `stream` (already answered 200) and `tcp` until both directions end or one
-/// fails.
-pub(crate) async fn splice(
-    stream: RequestStream,
+/// Relays between the device's stream (already answered 2xx) and `tcp` until both
+/// directions end, one fails, or `revoked` resolves.
+pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
+    mut send: S,
+    mut recv: R,
     mut tcp: TcpStream,
-    stats: &RelayStats,
+    meter: Meter<'_>,
+    revoked: impl Future<Output = ()>,
 ) -> SpliceEnd {
-    let (mut send, mut recv) = stream.split();
-    let result = {
+    let outcome = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
         let up = async {
             let mut total = 0u64;
@@ -61,26 +64,28 @@ pub(crate) async fn splice(
             while !finished {
                 // Wait for data, then take whatever else is already there (QUIC hands over
                 // about one packet per chunk): one TCP write per batch, not per packet.
-                match recv.recv_data().await {
+                match poll_fn(|cx| recv.poll_data(cx)).await {
                     Ok(Some(chunk)) => buf.put(chunk),
                     Ok(None) => finished = true,
                     Err(error) => return Err(Failure::Device(error)),
                 }
                 while !finished && buf.len() < CHUNK {
-                    match poll_fn(|cx| Poll::Ready(recv.poll_recv_data(cx))).await {
+                    match poll_fn(|cx| Poll::Ready(recv.poll_data(cx))).await {
                         Poll::Ready(Ok(Some(chunk))) => buf.put(chunk),
                         Poll::Ready(Ok(None)) => finished = true,
                         Poll::Ready(Err(error)) => return Err(Failure::Device(error)),
                         Poll::Pending => break,
                     }
                 }
-                let n = buf.len() as u64;
+                let n = buf.len();
                 tcp_write
                     .write_all_buf(&mut buf)
                     .await
                     .map_err(Failure::Target)?;
-                total += n;
-                stats.bytes_from_devices.fetch_add(n, Ordering::Relaxed);
+                // Only now may the device send more (HTTP/2 flow control).
+                recv.release(n).map_err(Failure::Device)?;
+                total += n as u64;
+                meter.add_from_device(n as u64);
             }
             // The device finished its side: half-close towards the target.
             tcp_write.shutdown().await.map_err(Failure::Target)?;
@@ -91,36 +96,48 @@ pub(crate) async fn splice(
             let mut buf = BytesMut::with_capacity(CHUNK);
             loop {
                 buf.reserve(CHUNK);
-                let n = tcp_read.read_buf(&mut buf).await.map_err(Failure::Target)?;
+                let n = tokio::select! {
+                    read = tcp_read.read_buf(&mut buf) => read.map_err(Failure::Target)?,
+                    error = poll_fn(|cx| send.poll_device_reset(cx)) => {
+                        return Err(Failure::Device(error));
+                    }
+                };
                 if n == 0 {
                     // Target end of file: finish the relay's side of the stream.
                     send.finish().await.map_err(Failure::Device)?;
                     return Ok::<u64, Failure>(total);
                 }
-                send.send_data(buf.split().freeze())
+                send.send(buf.split().freeze())
                     .await
                     .map_err(Failure::Device)?;
                 total += n as u64;
-                stats
-                    .bytes_to_devices
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                meter.add_to_device(n as u64);
             }
         };
-        tokio::try_join!(up, down)
+        tokio::select! {
+            result = async { tokio::try_join!(up, down) } => Some(result),
+            () = revoked => None,
+        }
     };
-    match result {
-        Ok((up, down)) => SpliceEnd::Finished { up, down },
-        Err(Failure::Device(error)) => {
+    match outcome {
+        Some(Ok((up, down))) => SpliceEnd::Finished { up, down },
+        Some(Err(Failure::Device(error))) => {
             // Best effort: the socket is dropped right after either way.
             let _ = tcp.set_zero_linger();
-            send.stop_stream(Code::H3_CONNECT_ERROR);
-            recv.stop_sending(Code::H3_CONNECT_ERROR);
+            send.reset(ResetReason::ConnectError);
+            recv.abort(ResetReason::ConnectError);
             SpliceEnd::Device(error)
         }
-        Err(Failure::Target(error)) => {
-            send.stop_stream(Code::H3_CONNECT_ERROR);
-            recv.stop_sending(Code::H3_CONNECT_ERROR);
+        Some(Err(Failure::Target(error))) => {
+            send.reset(ResetReason::ConnectError);
+            recv.abort(ResetReason::ConnectError);
             SpliceEnd::Target(error)
+        }
+        None => {
+            let _ = tcp.set_zero_linger();
+            send.reset(ResetReason::Cancelled);
+            recv.abort(ResetReason::Cancelled);
+            SpliceEnd::Revoked
         }
     }
 }

@@ -1,14 +1,16 @@
-//! connect-udp (RFC 9298) over HTTP/3: UDP payloads travel as HTTP Datagrams (RFC 9297) in
-//! QUIC DATAGRAM frames (RFC 9221), or as DATAGRAM capsules on the request stream.
+//! connect-udp (RFC 9298) on both listeners: UDP payloads travel as HTTP Datagrams (RFC 9297)
+//! in QUIC DATAGRAM frames (RFC 9221) on HTTP/3, or as DATAGRAM capsules on the request
+//! stream (RFC 9297 §3.5) on HTTP/2, and on HTTP/3 when the device prefers them.
 //!
 //! ```text
 //! QUIC DATAGRAM payload = Quarter Stream ID (i)   RFC 9297 §2.1
 //!                         Context ID (i)          RFC 9298 §4: 0 = a UDP payload
 //!                         UDP payload (..)
+//! DATAGRAM capsule      = Type 0x00 (i), Length (i), Context ID (i), UDP payload (..)
 //! ```
 //!
-//! HTTP Datagrams are read from the QUIC connection directly (one reader per connection,
-//! `read_datagrams`) and routed by stream to the flow that registered it
+//! On HTTP/3, HTTP Datagrams are read from the QUIC connection directly (one reader per
+//! connection, `read_datagrams`) and routed by stream to the flow that registered it
 //! (`DatagramRoutes`); datagrams for no open flow are dropped and counted (RFC 9297 §2.1
 //! allows dropping). Towards the device the relay sends QUIC DATAGRAM frames when the
 //! connection negotiated them (`max_datagram_frame_size`, RFC 9221 §3), DATAGRAM capsules on
@@ -16,18 +18,19 @@
 //! expose the peer's settings outside its unstable API.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use h3::error::{Code, StreamError};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::capsule::{encode_datagram, read_varint, write_varint, Capsule, CapsuleDecoder};
-use crate::connect_tcp::RequestStream;
+use crate::flows::Meter;
 use crate::server::RelayStats;
+use crate::stream::{DeviceError, DeviceRecv, DeviceSend, ResetReason};
 use crate::target::{Target, TargetError};
 
 /// The well-known URI template (RFC 9298 §3).
@@ -37,8 +40,6 @@ pub const WELL_KNOWN_UDP_PATH: &str = "/.well-known/masque/udp/{target_host}/{ta
 const MAX_UDP_PAYLOAD: usize = 65_527;
 /// Datagrams queued per flow before the relay drops (UDP semantics: never block the reader).
 const FLOW_QUEUE: usize = 256;
-/// H3_DATAGRAM_ERROR (RFC 9297 §2.1): a malformed capsule or datagram on the stream.
-const H3_DATAGRAM_ERROR: u64 = 0x33;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -219,45 +220,80 @@ pub(crate) async fn read_datagrams(
     }
 }
 
+/// The QUIC side of a connect-udp flow on HTTP/3: its datagrams from the device, and how
+/// to send datagrams back.
+#[derive(Debug)]
+pub(crate) struct QuicDatagrams {
+    pub receiver: mpsc::Receiver<Bytes>,
+    /// Keeps the stream's datagrams routed to `receiver` while the flow lives.
+    pub route: Route,
+    pub connection: quinn::Connection,
+    /// The request stream's ID (RFC 9297 §2.1: datagrams carry it divided by four).
+    pub stream_id: u64,
+}
+
 /// How a connect-udp flow ended.
 #[derive(Debug)]
 pub(crate) enum UdpEnd {
     /// The device finished its side of the stream.
     Finished,
     /// The stream or the connection failed.
-    Device(StreamError),
-    /// The device sent a malformed capsule; the stream was reset with H3_DATAGRAM_ERROR.
+    Device(DeviceError),
+    /// The device sent a malformed capsule; the stream was reset (RFC 9297 §3.3).
     Malformed(String),
+    /// The flow was revoked; the stream was cancelled.
+    Revoked,
 }
 
-/// Relays UDP payloads between the device (datagrams routed to `datagrams`, capsules on
-/// `stream`) and `socket` (connected to the target) until the device ends the stream.
-pub(crate) async fn relay_udp(
-    stream: RequestStream,
+/// The next datagram of the flow, if it has a QUIC side.
+async fn next_datagram(receiver: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Relays UDP payloads between the device (QUIC datagrams on HTTP/3, DATAGRAM capsules on
+/// the stream on either listener) and `socket` (connected to the target) until the device
+/// ends the stream or `revoked` resolves.
+///
+/// Towards the device: QUIC DATAGRAM frames when the flow has a QUIC side that negotiated
+/// them (RFC 9221 §3), DATAGRAM capsules on the stream otherwise (RFC 9297 §3.5), which is
+/// always the case on HTTP/2.
+pub(crate) async fn relay_udp<S: DeviceSend, R: DeviceRecv>(
+    mut send: S,
+    mut recv: R,
     socket: UdpSocket,
-    mut datagrams: mpsc::Receiver<Bytes>,
-    connection: quinn::Connection,
-    stats: &RelayStats,
+    quic: Option<QuicDatagrams>,
+    meter: Meter<'_>,
+    revoked: impl Future<Output = ()>,
 ) -> UdpEnd {
-    let quarter = stream.id().into_inner() / 4;
-    let (mut send, mut recv) = stream.split();
-    let mut prefix = BytesMut::new();
-    // A u64 / 4 fits a varint (2^62 - 1), and context ID 0 means "UDP payload".
-    let _ = write_varint(quarter, &mut prefix);
-    let datagram_prefix = prefix.freeze();
+    let stats = meter.stats;
+    let (mut datagrams, quic_out) = match quic {
+        Some(quic) => {
+            let mut prefix = BytesMut::new();
+            // A u64 / 4 fits a varint (2^62 - 1); context ID 0 means "UDP payload".
+            let _ = write_varint(quic.stream_id / 4, &mut prefix);
+            prefix.put_u8(0);
+            (
+                Some(quic.receiver),
+                Some((quic.connection, prefix.freeze(), quic.route)),
+            )
+        }
+        None => (None, None),
+    };
+    let mut datagrams_open = datagrams.is_some();
     let mut decoder = CapsuleDecoder::new(MAX_UDP_PAYLOAD as u64 + 8);
     let mut capsules = BytesMut::new();
     let mut udp_buf = vec![0u8; MAX_UDP_PAYLOAD];
-    let mut datagrams_open = true;
+    tokio::pin!(revoked);
 
     let to_target = |payload: Bytes| {
         // RFC 9298 §4: context ID 0 carries a UDP payload; other IDs are dropped.
         match read_varint(&payload) {
             Some((0, n)) => {
                 let udp = payload.slice(n..);
-                stats
-                    .bytes_from_devices
-                    .fetch_add(udp.len() as u64, Ordering::Relaxed);
+                meter.add_from_device(udp.len() as u64);
                 // A connected UDP socket may report an earlier ICMP error here; UDP is lossy.
                 if let Err(error) = socket.try_send(&udp) {
                     debug!(%error, "relay: UDP payload not sent to the target");
@@ -271,12 +307,22 @@ pub(crate) async fn relay_udp(
 
     loop {
         tokio::select! {
-            payload = datagrams.recv(), if datagrams_open => match payload {
+            () = &mut revoked => {
+                send.reset(ResetReason::Cancelled);
+                recv.abort(ResetReason::Cancelled);
+                return UdpEnd::Revoked;
+            }
+            payload = next_datagram(&mut datagrams), if datagrams_open => match payload {
                 Some(payload) => to_target(payload),
                 None => datagrams_open = false,
             },
-            received = recv.recv_data() => match received {
+            received = poll_fn(|cx| recv.poll_data(cx)) => match received {
                 Ok(Some(chunk)) => {
+                    // UDP needs no backpressure: the window reopens as soon as the capsules
+                    // are read (the decoder bounds what is buffered).
+                    if let Err(error) = recv.release(chunk.len()) {
+                        return UdpEnd::Device(error);
+                    }
                     capsules.put(chunk);
                     loop {
                         match decoder.decode(&mut capsules) {
@@ -284,14 +330,18 @@ pub(crate) async fn relay_udp(
                             Ok(None) => break,
                             Err(error) => {
                                 // RFC 9297 §3.3: a malformed capsule aborts the stream.
-                                send.stop_stream(Code::from(H3_DATAGRAM_ERROR));
-                                recv.stop_sending(Code::from(H3_DATAGRAM_ERROR));
+                                send.reset(ResetReason::MalformedCapsule);
+                                recv.abort(ResetReason::MalformedCapsule);
                                 return UdpEnd::Malformed(error.to_string());
                             }
                         }
                     }
                 }
                 Ok(None) => {
+                    if let Err(error) = decoder.finish(&capsules) {
+                        send.reset(ResetReason::MalformedCapsule);
+                        return UdpEnd::Malformed(error.to_string());
+                    }
                     // RFC 9298 §3: the UDP association lives as long as the stream.
                     if let Err(error) = send.finish().await {
                         return UdpEnd::Device(error);
@@ -299,7 +349,7 @@ pub(crate) async fn relay_udp(
                     return UdpEnd::Finished;
                 }
                 Err(error) => {
-                    send.stop_stream(Code::H3_NO_ERROR);
+                    send.reset(ResetReason::NoError);
                     return UdpEnd::Device(error);
                 }
             },
@@ -312,24 +362,26 @@ pub(crate) async fn relay_udp(
                     }
                 };
                 let udp = udp_buf.get(..n).unwrap_or_default();
-                stats.bytes_to_devices.fetch_add(n as u64, Ordering::Relaxed);
-                if connection.max_datagram_size().is_some() {
-                    let mut datagram = BytesMut::with_capacity(datagram_prefix.len() + 1 + n);
-                    datagram.put_slice(&datagram_prefix);
-                    datagram.put_u8(0);
-                    datagram.put_slice(udp);
-                    if connection.send_datagram(datagram.freeze()).is_err() {
-                        // Too large for the path, or the buffer is full: UDP is lossy.
-                        stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                meter.add_to_device(n as u64);
+                match &quic_out {
+                    Some((connection, prefix, _route)) if connection.max_datagram_size().is_some() => {
+                        let mut datagram = BytesMut::with_capacity(prefix.len() + n);
+                        datagram.put_slice(prefix);
+                        datagram.put_slice(udp);
+                        if connection.send_datagram(datagram.freeze()).is_err() {
+                            // Too large for the path, or the buffer is full: UDP is lossy.
+                            stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
-                } else {
-                    let mut value = Vec::with_capacity(1 + n);
-                    value.push(0);
-                    value.extend_from_slice(udp);
-                    let mut capsule = BytesMut::new();
-                    let _ = encode_datagram(&value, &mut capsule);
-                    if let Err(error) = send.send_data(capsule.freeze()).await {
-                        return UdpEnd::Device(error);
+                    _ => {
+                        let mut value = Vec::with_capacity(1 + n);
+                        value.push(0);
+                        value.extend_from_slice(udp);
+                        let mut capsule = BytesMut::new();
+                        let _ = encode_datagram(&value, &mut capsule);
+                        if let Err(error) = send.send(capsule.freeze()).await {
+                            return UdpEnd::Device(error);
+                        }
                     }
                 }
             }

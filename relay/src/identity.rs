@@ -56,6 +56,20 @@ fn list(sources: &[IdentitySource]) -> String {
         .join(", ")
 }
 
+/// The device identity of the verified end-entity certificate of a TLS peer's `chain` (the
+/// first certificate), as either listener's TLS layer hands it over; the reason as text for
+/// the connection close and the log when there is none.
+pub(crate) fn chain_identity(
+    chain: Option<&[rustls_pki_types::CertificateDer<'_>]>,
+    sources: &[IdentitySource],
+) -> Result<DeviceIdentity, String> {
+    let chain = chain.ok_or_else(|| "no client certificate".to_string())?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| "empty client certificate chain".to_string())?;
+    device_identity(leaf, sources).map_err(|e| e.to_string())
+}
+
 /// Reads the device identity from a DER certificate, trying `sources` in order.
 pub fn device_identity(
     cert_der: &[u8],

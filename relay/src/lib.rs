@@ -2,38 +2,56 @@
 //!
 //! # What is built
 //!
-//! - An HTTP/3 listener ([`Relay::bind`]) on quinn 0.11 + h3 0.0.8 with mutual TLS
-//!   ([`tls`]): the device CA bundles (and optional CRL files) verify the client certificate
-//!   during the handshake (rustls `WebPkiClientVerifier`, client authentication mandatory,
-//!   TLS 1.3 only, ALPN `h3`, 0-RTT off). Handshake failures are counted and logged with the
-//!   reason.
+//! - An HTTP/3 listener ([`Relay::bind`], `http3_listen`) on quinn 0.11 + h3 0.0.8, and an
+//!   HTTP/2 listener (`http2_listen`, Apple's `HTTP2RelayURL`) on h2 0.4 over tokio-rustls; a
+//!   relay runs either or both. Both use mutual TLS ([`tls`]): the device CA bundles (and
+//!   optional CRL files) verify the client certificate during the handshake (rustls
+//!   `WebPkiClientVerifier`, client authentication mandatory, ALPN `h3` / `h2`, 0-RTT off;
+//!   TLS 1.3 only on QUIC, TLS 1.3 and 1.2 on TCP). Handshake failures are counted and logged
+//!   with the reason.
 //! - Device identity ([`identity`]) from the verified end-entity certificate, in the configured
 //!   order of [`IdentitySource`]s: the RFC 4043 PermanentIdentifier SAN, Apple's attested serial
 //!   extension, the subject CN or serialNumber; plus the attested UDID and OS version when
 //!   present, and the validity window.
-//! - Classic `CONNECT host:port` (RFC 9114 §4.4): every request is decided by the
+//! - Classic `CONNECT host:port` (RFC 9114 §4.4, RFC 9113 §8.5) on both listeners, with the
+//!   same code path after the HTTP layer (`request`): every request is decided by the
 //!   [`Authorizer`] the appliance implements; a forwarded request is dialled through an
 //!   [`Egress`] first and answered `200` only once the TCP connection is up, then spliced byte
-//!   for byte both ways with backpressure and half-close. Refusals and failures carry a
+//!   for byte both ways with backpressure (QUIC flow control, HTTP/2 WINDOW_UPDATEs sent only
+//!   once the bytes reached the target) and half-close. Refusals and failures carry a
 //!   `Proxy-Status` field (RFC 9209, [`proxy_status`]).
-//! - connect-udp over HTTP/3 ([`connect_udp`], RFC 9298): extended CONNECT with
-//!   `:protocol = connect-udp` on the well-known URI template or a configured one, answered
-//!   `200` with `capsule-protocol: ?1` once the egress's UDP socket is open; UDP payloads in
-//!   QUIC DATAGRAM frames (context ID 0) or in DATAGRAM capsules on the stream, through the
-//!   relay's own Capsule Protocol codec ([`capsule`], RFC 9297 §3.2).
-//! - [`RelayStats`] counters and a graceful [`RelayHandle::shutdown`].
+//! - connect-udp ([`connect_udp`], RFC 9298): extended CONNECT with `:protocol = connect-udp`
+//!   (RFC 9220 on HTTP/3; RFC 8441 with SETTINGS_ENABLE_CONNECT_PROTOCOL on HTTP/2) on the
+//!   well-known URI template or a configured one, answered `200` with `capsule-protocol: ?1`
+//!   once the egress's UDP socket is open; UDP payloads in QUIC DATAGRAM frames (context ID 0)
+//!   on HTTP/3, or in DATAGRAM capsules on the stream on either listener, through the relay's
+//!   own Capsule Protocol codec ([`capsule`], RFC 9297 §3.2; unknown capsule types skipped).
+//! - Flows and revocation (`flows`): every flow is registered with its device, target,
+//!   egress, listener, start time and bytes each way ([`RelayHandle::flows`]);
+//!   [`RelayHandle::revoke`] resets a device's flows that a predicate does not keep
+//!   (H3_REQUEST_CANCELLED / RST_STREAM CANCEL, target TCP reset) within milliseconds;
+//!   [`RelayHandle::revoke_certificate`] closes all the device's connections. A per-device
+//!   connection limit over both listeners (`max_connections_per_device`).
+//! - An optional shared header secret ([`HeaderSecret`]) checked in constant time on every
+//!   request of both listeners; missing or wrong → `403` with `Proxy-Status:
+//!   …; error=connection_refused; details="missing or wrong relay header"`.
+//! - [`RelayStats`] counters shared by both listeners and a graceful [`RelayHandle::shutdown`].
 //!
 //! # What is not built yet (issue 4 continues)
 //!
-//! - The HTTP/2 listener (h2 + tokio-rustls) with CONNECT and connect-udp over capsules;
-//!   [`tls::TlsMaterial::h2_server_config`] is ready for it.
-//! - The flow registry, `revoke(device)` and `attestgate flows`; per-device connection
-//!   limits; the optional shared header secret; per-egress DNS resolvers (hickory, static
-//!   hosts: [`DirectEgress`] uses the system resolver).
+//! - `attestgate flows` and the wiring of `revoke` to compliance changes (the appliance's
+//!   side); the configuration keys for `http2_listen`, `header_secret` and the new limits in
+//!   the `config` crate's model as the relay takes them.
+//! - Per-egress DNS resolvers (hickory, static hosts: [`DirectEgress`] uses the system
+//!   resolver).
 //! - The peer's SETTINGS_H3_DATAGRAM is not checked before datagrams are sent (h3 0.0.8 keeps
 //!   the peer's settings behind its unstable API); the QUIC `max_datagram_frame_size` is.
 //! - Handshake-failure logs are not rate-limited; malformed-request counters exist, but
-//!   per-connection abuse limits do not.
+//!   per-connection abuse limits do not. Malformed HTTP/2 requests are reset by h2 itself
+//!   and not counted.
+//! - `revoke_certificate` closes the connections that are open; a reconnect with the same
+//!   certificate is refused only by a CRL or by the authorizer.
+//! - The benchmark measures the HTTP/3 listener only; no HTTP/2 throughput figure yet.
 //!
 //! HTTP Datagrams are read from and written to the quinn connection directly rather than
 //! through h3-datagram: one reader per connection routes them by stream to the flows, and no
@@ -46,17 +64,24 @@
 //!
 //! # Tests
 //!
-//! `tests/h3_connect.rs` drives the relay with aioquic (`tests/h3_client.py`, an independent
-//! HTTP/3 client): it needs `python3 -m pip install aioquic`.
+//! `tests/h3_connect.rs` drives the HTTP/3 listener with aioquic (`tests/h3_client.py`, an
+//! independent HTTP/3 client): it needs `python3 -m pip install aioquic`.
+//! `tests/h2_connect.rs` drives the HTTP/2 listener with Node.js's built-in `http2` module
+//! (`tests/h2_client.js`; run with Node 20). `tests/revocation.rs` revokes flows on both
+//! listeners at once and checks the per-device limit and the header secret.
 
 pub mod capsule;
 mod connect_tcp;
 pub mod connect_udp;
 mod egress;
+mod flows;
+mod h2;
 mod h3;
 pub mod identity;
 pub mod proxy_status;
+mod request;
 mod server;
+mod stream;
 mod target;
 pub mod tls;
 
@@ -70,6 +95,8 @@ use std::str::FromStr;
 use std::time::SystemTime;
 
 pub use egress::{DirectEgress, Egress, EgressError};
+pub use flows::{FlowInfo, HttpVersion};
+pub use request::{HeaderSecret, HeaderSecretError};
 pub use server::{
     Relay, RelayConfig, RelayError, RelayHandle, RelayLimits, RelayStats, RelayStatsSnapshot,
 };
@@ -174,7 +201,8 @@ pub struct RelayRequest<'a> {
     pub host: &'a str,
     pub port: u16,
     pub protocol: Protocol,
-    /// The device's address as the relay sees it (the QUIC path's remote address).
+    /// The device's address as the relay sees it (the QUIC path's or the TCP connection's
+    /// remote address).
     pub peer: SocketAddr,
     /// When the request is decided.
     pub now: SystemTime,

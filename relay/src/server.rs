@@ -1,5 +1,5 @@
-//! The relay as the appliance starts it: configuration, the QUIC endpoints, counters and
-//! shutdown.
+//! The relay as the appliance starts it: configuration, the QUIC endpoints and TCP
+//! listeners, counters, flows and revocation, and shutdown.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,26 +10,37 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::connect_udp::{UdpPathTemplate, WELL_KNOWN_UDP_PATH};
+use crate::flows::{FlowInfo, FlowRegistry};
+use crate::request::HeaderSecret;
 use crate::tls::{TlsError, TlsFiles, TlsMaterial};
 use crate::{Authorizer, Egress, IdentitySource};
 
 /// H3_NO_ERROR (RFC 9114 §8.1), the code a graceful close uses.
 const H3_NO_ERROR: u32 = 0x100;
 
-/// Limits of the HTTP/3 listener (`[relay.limits]`).
+/// Limits of both listeners (`[relay.limits]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayLimits {
-    /// QUIC PING interval on quiet connections, so NATs keep the path open.
+    /// PING interval on quiet connections (QUIC PING, RFC 9000 §19.2; HTTP/2 PING, RFC 9113
+    /// §6.7), so NATs keep the path open.
     pub keepalive_interval: Duration,
-    /// A connection with no traffic (keepalives count) for this long is closed (RFC 9000
-    /// §10.1). There is no per-stream idle timeout: push channels keep CONNECT streams idle
-    /// for hours.
+    /// A QUIC connection with no traffic (keepalives count) for this long is closed (RFC
+    /// 9000 §10.1); an HTTP/2 connection whose PING goes unanswered this long is closed.
+    /// There is no per-stream idle timeout: push channels keep CONNECT streams idle for
+    /// hours.
     pub connection_idle_timeout: Duration,
-    /// Concurrent request streams per connection (QUIC MAX_STREAMS, RFC 9000 §4.6).
+    /// Concurrent request streams per connection (QUIC MAX_STREAMS, RFC 9000 §4.6;
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2).
     pub max_streams_per_connection: u32,
+    /// Connections one device (serial) may have open over both listeners; more are refused
+    /// (H3_EXCESSIVE_LOAD on HTTP/3, GOAWAY ENHANCE_YOUR_CALM on HTTP/2) and counted.
+    pub max_connections_per_device: u32,
     /// The largest request header section accepted (SETTINGS_MAX_FIELD_SECTION_SIZE, RFC 9114
-    /// §7.2.4.1); larger ones get 431.
+    /// §7.2.4.1; SETTINGS_MAX_HEADER_LIST_SIZE, RFC 9113 §6.5.2).
     pub max_header_bytes: u64,
+    /// How long the TLS handshake and the HTTP/2 preface may take on the HTTP/2 listener
+    /// (QUIC handshakes are bounded by the idle timeout).
+    pub handshake_timeout: Duration,
     /// How long a forwarded request may take to reach its target before it is answered 504.
     pub connect_timeout: Duration,
 }
@@ -40,7 +51,9 @@ impl Default for RelayLimits {
             keepalive_interval: Duration::from_secs(25),
             connection_idle_timeout: Duration::from_secs(600),
             max_streams_per_connection: 256,
+            max_connections_per_device: 16,
             max_header_bytes: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -51,6 +64,9 @@ impl Default for RelayLimits {
 pub struct RelayConfig {
     /// UDP addresses of the HTTP/3 listener.
     pub http3_listen: Vec<SocketAddr>,
+    /// TCP addresses of the HTTP/2 listener (Apple's `HTTP2RelayURL`). A relay runs either
+    /// listener or both.
+    pub http2_listen: Vec<SocketAddr>,
     pub tls: TlsFiles,
     /// Where the device serial is read, in order.
     pub identity: Vec<IdentitySource>,
@@ -60,14 +76,18 @@ pub struct RelayConfig {
     /// A connect-udp URI template path (RFC 9298 §2) accepted besides the well-known
     /// `/.well-known/masque/udp/{target_host}/{target_port}/`.
     pub udp_path: Option<String>,
+    /// A header every request must carry, on both listeners; requests without it get 403.
+    pub header_secret: Option<HeaderSecret>,
 }
 
 impl RelayConfig {
     /// A configuration with the documented defaults: identity from the PermanentIdentifier,
-    /// then Apple's serial extension; default limits; Proxy-Status name `attestgate`.
+    /// then Apple's serial extension; default limits; Proxy-Status name `attestgate`; no
+    /// HTTP/2 listener and no header secret.
     pub fn new(http3_listen: Vec<SocketAddr>, tls: TlsFiles) -> RelayConfig {
         RelayConfig {
             http3_listen,
+            http2_listen: Vec::new(),
             tls,
             identity: vec![
                 IdentitySource::PermanentIdentifier,
@@ -76,6 +96,7 @@ impl RelayConfig {
             limits: RelayLimits::default(),
             proxy_name: "attestgate".to_string(),
             udp_path: None,
+            header_secret: None,
         }
     }
 }
@@ -92,7 +113,12 @@ pub enum RelayError {
         address: SocketAddr,
         error: std::io::Error,
     },
-    #[error("relay.http3_listen: no address configured")]
+    #[error("relay.http2_listen: binding TCP {address}: {error}")]
+    BindTcp {
+        address: SocketAddr,
+        error: std::io::Error,
+    },
+    #[error("relay: no listener: both http3_listen and http2_listen are empty")]
     NoListener,
     #[error("relay.identity: no identity source configured")]
     NoIdentitySource,
@@ -122,20 +148,26 @@ pub struct RelayStats {
     pub(crate) bytes_from_devices: AtomicU64,
     pub(crate) bytes_to_devices: AtomicU64,
     pub(crate) datagrams_dropped: AtomicU64,
+    pub(crate) header_secret_refusals: AtomicU64,
+    pub(crate) device_limit_refusals: AtomicU64,
+    pub(crate) flows_revoked: AtomicU64,
+    pub(crate) connections_revoked: AtomicU64,
 }
 
 /// The counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RelayStatsSnapshot {
-    /// TLS/QUIC handshakes that failed (no, foreign, expired or revoked client certificate,
-    /// ALPN mismatch, a client that gave up).
+    /// TLS/QUIC handshakes that failed on either listener (no, foreign, expired or revoked
+    /// client certificate, ALPN mismatch, a client that gave up or took too long).
     pub handshake_failures: u64,
     /// Verified certificates that carried no device identity; the connection was closed.
     pub identity_failures: u64,
     pub connections_accepted: u64,
     pub connections_active: u64,
     pub requests: u64,
-    /// Requests answered 400, or reset by the HTTP/3 layer as malformed (RFC 9114 §4.1.2).
+    /// Requests answered 400, reset by the HTTP/3 layer as malformed (RFC 9114 §4.1.2), or
+    /// connect-udp flows reset for a malformed capsule. (h2 resets malformed HTTP/2 requests
+    /// itself, unseen and uncounted.)
     pub malformed_requests: u64,
     /// Requests answered 501 (methods other than CONNECT, extended CONNECT other than
     /// connect-udp).
@@ -151,6 +183,14 @@ pub struct RelayStatsSnapshot {
     /// HTTP Datagrams dropped: for no open flow, an unknown context ID, a full queue, or too
     /// large for the path.
     pub datagrams_dropped: u64,
+    /// Requests refused with 403 for a missing or wrong header secret.
+    pub header_secret_refusals: u64,
+    /// Connections refused because their device had `max_connections_per_device` open.
+    pub device_limit_refusals: u64,
+    /// Flows reset by [`RelayHandle::revoke`] or [`RelayHandle::revoke_certificate`].
+    pub flows_revoked: u64,
+    /// Connections closed by [`RelayHandle::revoke_certificate`].
+    pub connections_revoked: u64,
 }
 
 impl RelayStats {
@@ -172,7 +212,33 @@ impl RelayStats {
             bytes_from_devices: get(&self.bytes_from_devices),
             bytes_to_devices: get(&self.bytes_to_devices),
             datagrams_dropped: get(&self.datagrams_dropped),
+            header_secret_refusals: get(&self.header_secret_refusals),
+            device_limit_refusals: get(&self.device_limit_refusals),
+            flows_revoked: get(&self.flows_revoked),
+            connections_revoked: get(&self.connections_revoked),
         }
+    }
+}
+
+/// Adds one to a counter.
+pub(crate) fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Increments a gauge for as long as it lives.
+#[derive(Debug)]
+pub(crate) struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub(crate) fn new(counter: &'a AtomicU64) -> Gauge<'a> {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -187,6 +253,8 @@ pub(crate) struct Shared<A, E> {
     pub proxy_name: String,
     /// connect-udp templates: the well-known one, then the configured one.
     pub udp_paths: Vec<UdpPathTemplate>,
+    pub header_secret: Option<HeaderSecret>,
+    pub flows: Arc<FlowRegistry>,
 }
 
 /// The relay.
@@ -194,27 +262,37 @@ pub(crate) struct Shared<A, E> {
 pub struct Relay;
 
 impl Relay {
-    /// Loads TLS, binds every HTTP/3 address and starts serving. Must be called inside a tokio
-    /// runtime; the relay runs on it until [`RelayHandle::shutdown`] or until the handle is
-    /// dropped.
+    /// Loads TLS, binds every HTTP/3 (UDP) and HTTP/2 (TCP) address and starts serving. Must
+    /// be called inside a tokio runtime; the relay runs on it until [`RelayHandle::shutdown`]
+    /// or until the handle is dropped.
     pub fn bind<A: Authorizer, E: Egress>(
         config: RelayConfig,
         authorizer: Arc<A>,
         egress: Arc<E>,
     ) -> Result<RelayHandle, RelayError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| RelayError::NoRuntime)?;
-        if config.http3_listen.is_empty() {
+        if config.http3_listen.is_empty() && config.http2_listen.is_empty() {
             return Err(RelayError::NoListener);
         }
         if config.identity.is_empty() {
             return Err(RelayError::NoIdentitySource);
+        }
+        if config.limits.max_connections_per_device == 0 {
+            return Err(RelayError::Limits {
+                key: "max_connections_per_device",
+                detail: "must be at least 1".into(),
+            });
         }
         let mut udp_paths =
             vec![UdpPathTemplate::parse(WELL_KNOWN_UDP_PATH).map_err(RelayError::UdpPath)?];
         if let Some(template) = &config.udp_path {
             udp_paths.push(UdpPathTemplate::parse(template).map_err(RelayError::UdpPath)?);
         }
-        let server_config = quic_server_config(&config)?;
+        let material = TlsMaterial::load(&config.tls)?;
+        let server_config = quic_server_config(&config, &material)?;
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(material.h2_server_config()?));
+        // quinn and tokio look the runtime up from the calling context.
+        let _guard = runtime.enter();
 
         let mut endpoints = Vec::new();
         let mut local_addrs = Vec::new();
@@ -223,17 +301,30 @@ impl Relay {
                 address: *address,
                 error,
             };
-            let endpoint = {
-                // quinn looks the runtime up from the calling context.
-                let _guard = runtime.enter();
-                quinn::Endpoint::server(server_config.clone(), *address)
-            }
-            .map_err(bind_error)?;
+            let endpoint =
+                quinn::Endpoint::server(server_config.clone(), *address).map_err(bind_error)?;
             local_addrs.push(endpoint.local_addr().map_err(bind_error)?);
             endpoints.push(endpoint);
         }
+        let mut tcp_listeners = Vec::new();
+        let mut http2_local_addrs = Vec::new();
+        for address in &config.http2_listen {
+            let bind_error = |error| RelayError::BindTcp {
+                address: *address,
+                error,
+            };
+            let listener = std::net::TcpListener::bind(address)
+                .and_then(|listener| {
+                    listener.set_nonblocking(true)?;
+                    tokio::net::TcpListener::from_std(listener)
+                })
+                .map_err(bind_error)?;
+            http2_local_addrs.push(listener.local_addr().map_err(bind_error)?);
+            tcp_listeners.push(listener);
+        }
 
         let stats = Arc::new(RelayStats::default());
+        let flows = Arc::new(FlowRegistry::default());
         let shared = Arc::new(Shared {
             authorizer,
             egress,
@@ -242,6 +333,8 @@ impl Relay {
             limits: config.limits,
             proxy_name: config.proxy_name,
             udp_paths,
+            header_secret: config.header_secret,
+            flows: flows.clone(),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         let accept_loops = endpoints
@@ -254,20 +347,40 @@ impl Relay {
                 ))
             })
             .collect();
+        let http2_accept_loops = tcp_listeners
+            .into_iter()
+            .map(|listener| {
+                runtime.spawn(crate::h2::accept_loop(
+                    listener,
+                    acceptor.clone(),
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
         for address in &local_addrs {
             tracing::info!(listen = %address, "relay: HTTP/3 listening");
         }
+        for address in &http2_local_addrs {
+            tracing::info!(listen = %address, "relay: HTTP/2 listening");
+        }
         Ok(RelayHandle {
             local_addrs,
+            http2_local_addrs,
             stats,
+            flows,
             endpoints,
             shutdown,
             accept_loops,
+            http2_accept_loops,
         })
     }
 }
 
-fn quic_server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, RelayError> {
+fn quic_server_config(
+    config: &RelayConfig,
+    material: &TlsMaterial,
+) -> Result<quinn::ServerConfig, RelayError> {
     let limits = &config.limits;
     if limits.keepalive_interval >= limits.connection_idle_timeout {
         return Err(RelayError::Limits {
@@ -284,7 +397,6 @@ fn quic_server_config(config: &RelayConfig) -> Result<quinn::ServerConfig, Relay
             detail: "must be at least 1".into(),
         });
     }
-    let material = TlsMaterial::load(&config.tls)?;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(material.h3_server_config()?)
         .map_err(|e| RelayError::Quic(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -346,18 +458,23 @@ async fn accept_loop<A: Authorizer, E: Egress>(
 #[derive(Debug)]
 pub struct RelayHandle {
     local_addrs: Vec<SocketAddr>,
+    http2_local_addrs: Vec<SocketAddr>,
     stats: Arc<RelayStats>,
+    flows: Arc<FlowRegistry>,
     endpoints: Vec<quinn::Endpoint>,
     shutdown: watch::Sender<bool>,
     accept_loops: Vec<JoinHandle<()>>,
+    http2_accept_loops: Vec<JoinHandle<()>>,
 }
 
 impl RelayHandle {
-    /// The first HTTP/3 address (with the port the kernel chose for port 0).
+    /// The first HTTP/3 address (with the port the kernel chose for port 0), or the first
+    /// HTTP/2 address when there is no HTTP/3 listener.
     pub fn local_addr(&self) -> SocketAddr {
-        // `bind` refuses an empty listen list, so there is always one.
+        // `bind` refuses a relay without any listener, so there is always one.
         self.local_addrs
             .first()
+            .or(self.http2_local_addrs.first())
             .copied()
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
     }
@@ -367,26 +484,67 @@ impl RelayHandle {
         &self.local_addrs
     }
 
+    /// Every HTTP/2 address, in configuration order.
+    pub fn http2_local_addrs(&self) -> &[SocketAddr] {
+        &self.http2_local_addrs
+    }
+
     /// The live counters.
     pub fn stats(&self) -> &Arc<RelayStats> {
         &self.stats
     }
 
-    /// Graceful stop: new connections are refused (CONNECTION_REFUSED), every connection gets
-    /// GOAWAY (RFC 9114 §5.2) and keeps its open requests until the device closes it; after
-    /// `grace`, whatever is left is closed with H3_NO_ERROR.
+    /// Every open CONNECT and connect-udp flow on both listeners, oldest first, with its
+    /// byte counts at this moment. A flow is listed from its decision on (while the target
+    /// is dialled too) until it ends.
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        self.flows.flows()
+    }
+
+    /// Resets every open flow of device `serial` for which `keep` returns false: HTTP/3
+    /// streams with H3_REQUEST_CANCELLED (RFC 9114 §8.1), HTTP/2 streams with RST_STREAM
+    /// CANCEL (RFC 9113 §7), and their target connections with TCP RST. Returns how many
+    /// flows were signalled; each resets as soon as its task runs (milliseconds). A request
+    /// being decided while this runs is decided again, so no flow decided on the device's
+    /// old state survives. `keep` is called without any relay lock held.
+    pub fn revoke(&self, serial: &str, keep: impl Fn(&FlowInfo) -> bool) -> usize {
+        let revoked = self.flows.revoke(serial, keep);
+        tracing::info!(device = %serial, flows = revoked, "relay: flows revoked");
+        revoked
+    }
+
+    /// The device's certificate is no longer acceptable: resets all its flows and closes
+    /// all its connections on both listeners (HTTP/3 CONNECTION_CLOSE H3_REQUEST_CANCELLED,
+    /// HTTP/2 GOAWAY INADEQUATE_SECURITY). Returns how many connections were closed. New
+    /// connections with the same certificate are refused only by the verifier (a CRL) or by
+    /// the authorizer's decisions.
+    pub fn revoke_certificate(&self, serial: &str) -> usize {
+        let flows = self.flows.revoke(serial, |_| false);
+        let connections = self.flows.close_connections(serial);
+        tracing::info!(device = %serial, flows, connections, "relay: device certificate revoked");
+        connections
+    }
+
+    /// Graceful stop: new connections are refused (QUIC CONNECTION_REFUSED; the HTTP/2
+    /// listening sockets close), every connection gets GOAWAY (RFC 9114 §5.2, RFC 9113 §6.8)
+    /// and keeps its open requests until the device closes it; after `grace`, whatever is
+    /// left is closed.
     pub async fn shutdown(mut self, grace: Duration) {
         tracing::info!("relay: shutting down");
         let _ = self.shutdown.send(true);
         let loops = std::mem::take(&mut self.accept_loops);
+        let http2_loops = std::mem::take(&mut self.http2_accept_loops);
         let abort_handles: Vec<_> = loops.iter().map(|l| l.abort_handle()).collect();
+        let http2_abort_handles: Vec<_> = http2_loops.iter().map(|l| l.abort_handle()).collect();
         let all = async {
-            for accept_loop in loops {
+            for accept_loop in loops.into_iter().chain(http2_loops) {
                 let _ = accept_loop.await;
             }
         };
         tokio::pin!(all);
         if tokio::time::timeout(grace, &mut all).await.is_err() {
+            // Aborting an HTTP/2 accept loop drops its connections.
+            http2_abort_handles.iter().for_each(|h| h.abort());
             for endpoint in &self.endpoints {
                 endpoint.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"relay shutting down");
             }
@@ -411,7 +569,7 @@ impl Drop for RelayHandle {
         for endpoint in &self.endpoints {
             endpoint.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"relay stopped");
         }
-        for accept_loop in &self.accept_loops {
+        for accept_loop in self.accept_loops.iter().chain(&self.http2_accept_loops) {
             accept_loop.abort();
         }
     }

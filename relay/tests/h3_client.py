@@ -12,6 +12,12 @@ Modes:
   concurrent  --streams CONNECTs at once on one connection, each echoing --send bytes.
   udp         connect-udp (RFC 9298) to --path; --datagrams datagrams and one capsule out,
               echoes counted, then the stream is closed.
+  hold        one CONNECT that keeps sending (16 KiB every 5 ms) and reading until the relay
+              resets or ends it, or the connection closes; prints {"event": "flowing"} once
+              echoes arrive, then the final object with the reset code and its time (ms since
+              the epoch).
+
+--header name:value (repeatable) adds a header to every request.
 
 Needs aioquic: python3 -m pip install aioquic
 """
@@ -21,8 +27,10 @@ import asyncio
 import hashlib
 import json
 import random
+import socket
 import ssl
 import sys
+import time
 
 from aioquic.asyncio.client import connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
@@ -43,6 +51,7 @@ class StreamState:
         self.digest = hashlib.sha256()
         self.data = bytearray()
         self.reset = None
+        self.reset_at_ms = None
         self.datagrams = []
 
 
@@ -53,6 +62,7 @@ class Client(QuicConnectionProtocol):
         self.h3 = H3Connection(self._quic, enable_webtransport=True)
         self.streams = {}
         self.terminated = None
+        self.extra_headers = []
 
     def _settle(self, future, value):
         if not future.done():
@@ -64,6 +74,7 @@ class Client(QuicConnectionProtocol):
                 "error_code": event.error_code,
                 "frame_type": event.frame_type,
                 "reason": event.reason_phrase,
+                "at_ms": time.time() * 1000,
             }
             for state in self.streams.values():
                 self._settle(state.response, None)
@@ -73,6 +84,7 @@ class Client(QuicConnectionProtocol):
             state = self.streams.get(event.stream_id)
             if state is not None:
                 state.reset = event.error_code
+                state.reset_at_ms = time.time() * 1000
                 self._settle(state.response, None)
                 self._settle(state.ended, False)
         for h3_event in self.h3.handle_event(event):
@@ -113,6 +125,7 @@ class Client(QuicConnectionProtocol):
             headers.append((b":path", extra["path"].encode()))
         if extra.get("protocol") == "connect-udp":
             headers.append((b"capsule-protocol", b"?1"))
+        headers.extend(self.extra_headers)
         self.h3.send_headers(stream_id, headers, end_stream=False)
         self.transmit()
         return stream_id, state
@@ -236,6 +249,43 @@ async def udp_session(client, args):
     return result
 
 
+async def hold(client, args):
+    """One CONNECT kept busy until the relay resets or ends it (revocation tests)."""
+    stream_id, state = client.open_connect(args.authority)
+    result = {"event": "closed", "stream_id": stream_id}
+    headers = await asyncio.wait_for(state.response, args.timeout)
+    result["status"] = status_of(headers)
+    if result["status"] != 200:
+        result["reset"] = state.reset
+        return result
+    chunk = random.Random(args.seed).randbytes(16 * 1024)
+    sent = 0
+    flowing = False
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while not state.ended.done() and client.terminated is None and loop.time() < deadline:
+        stream = client._quic._streams.get(stream_id)
+        # Keep about 128 KiB in flight: a steady transfer, not a flood.
+        if stream is not None and sent - state.received < 128 * 1024:
+            client.send(stream_id, chunk, end=False)
+            sent += len(chunk)
+        if not flowing and state.received >= 64 * 1024:
+            flowing = True
+            print(json.dumps({"event": "flowing", "received": state.received}), flush=True)
+        await asyncio.sleep(0.005)
+    # A reset flow may be followed by the connection's close (revoke_certificate): give it
+    # time to arrive (aioquic reports it after its draining period, 3 PTOs, RFC 9000 10.2).
+    linger = loop.time() + 3.0
+    while client.terminated is None and loop.time() < linger:
+        await asyncio.sleep(0.01)
+    result["sent"] = sent
+    result["received"] = state.received
+    result["reset"] = state.reset
+    result["reset_at_ms"] = state.reset_at_ms
+    result["ended"] = state.ended.done() and state.ended.result() is True
+    return result
+
+
 async def run(args):
     configuration = QuicConfiguration(
         is_client=True,
@@ -258,8 +308,19 @@ async def run(args):
             wait_connected=True,
         ) as client:
             output["connected"] = True
+            # A larger receive buffer than the default 208 KiB: Python reads slowly, and a
+            # lost CONNECTION_CLOSE is only noticed at the idle timeout (aioquic does not
+            # recognise stateless resets).
+            sock = client._transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            for header in args.header or []:
+                name, _, value = header.partition(":")
+                client.extra_headers.append((name.encode(), value.encode()))
             try:
-                if args.mode == "udp":
+                if args.mode == "hold":
+                    output.update(await hold(client, args))
+                elif args.mode == "udp":
                     output.update(await udp_session(client, args))
                 elif args.mode == "connect":
                     payload = random.Random(args.seed).randbytes(args.send)
@@ -319,7 +380,7 @@ async def run(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["connect", "concurrent", "udp"])
+    parser.add_argument("mode", choices=["connect", "concurrent", "udp", "hold"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-name", default="localhost")
@@ -337,6 +398,7 @@ def main():
     parser.add_argument("--path", help="send :path (not part of a classic CONNECT)")
     parser.add_argument("--protocol", help="send :protocol (extended CONNECT, RFC 9220)")
     parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--header", action="append", help="name:value added to requests")
     args = parser.parse_args()
     output = asyncio.run(asyncio.wait_for(run(args), args.timeout * 2))
     json.dump(output, sys.stdout)

@@ -1,6 +1,7 @@
-//! The lab for the HTTP/3 relay tests: certificates on disk, a test authorizer, the relay
-//! with the real `DirectEgress`, TCP and UDP target servers on 127.0.0.1, and the aioquic
-//! client (`tests/h3_client.py`) run as a child process that is killed if it hangs.
+//! The lab for the relay tests: certificates on disk, a test authorizer, the relay (both
+//! listeners) with the real `DirectEgress`, TCP and UDP target servers on 127.0.0.1, and the
+//! independent clients run as child processes that are killed if they hang: aioquic
+//! (`tests/h3_client.py`) on HTTP/3 and Node.js `http2` (`tests/h2_client.js`) on HTTP/2.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
@@ -16,7 +17,7 @@ use relay::{
     RelayHandle, RelayRequest, RelayStatsSnapshot,
 };
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -24,6 +25,8 @@ use super::certs::{write_file, DeviceCert, TestCa, Validity};
 
 pub const GOOD: &str = "C02GOOD0001";
 pub const DENIED: &str = "C02DENY0001";
+/// A second allowed device.
+pub const OTHER: &str = "C02OTHR0001";
 
 /// Certificates on disk for one test.
 pub struct Pki {
@@ -51,6 +54,10 @@ pub fn pki() -> Pki {
     };
     let issued = [
         ("good", device_ca.issue_device(&DeviceCert::attested(GOOD))),
+        (
+            "other",
+            device_ca.issue_device(&DeviceCert::attested(OTHER)),
+        ),
         (
             "denied",
             device_ca.issue_device(&DeviceCert::attested(DENIED)),
@@ -163,50 +170,108 @@ pub async fn lab_with(adjust: impl FnOnce(&mut RelayConfig)) -> Lab {
     let pki = pki();
     let policy = Arc::new(TestPolicy::default());
     let mut config = RelayConfig::new(vec!["127.0.0.1:0".parse().unwrap()], pki.files.clone());
+    config.http2_listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.tls.crl = vec![pki.crl.clone()];
     adjust(&mut config);
     let relay = Relay::bind(config, policy.clone(), Arc::new(DirectEgress::default())).unwrap();
     Lab { pki, relay, policy }
 }
 
+/// Which independent client plays the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// aioquic on the HTTP/3 listener.
+    Aioquic,
+    /// Node.js `http2` on the HTTP/2 listener.
+    Node,
+}
+
 impl Lab {
-    /// Runs the aioquic client as `device` (or without a certificate for `None`) and returns
-    /// its JSON. The process is killed if it outlives the test's patience.
-    pub async fn client(&self, device: Option<&str>, args: &[&str]) -> Value {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h3_client.py");
-        let mut command = tokio::process::Command::new("python3");
+    /// The command line of `client` as `device` (or without a certificate for `None`).
+    fn command(
+        &self,
+        client: Client,
+        device: Option<&str>,
+        args: &[&str],
+    ) -> tokio::process::Command {
+        let (program, script, port) = match client {
+            Client::Aioquic => ("python3", "h3_client.py", self.relay.local_addrs()[0]),
+            Client::Node => ("node", "h2_client.js", self.relay.http2_local_addrs()[0]),
+        };
+        let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut command = tokio::process::Command::new(program);
         command
             .arg(script)
             .args(args)
             .arg("--port")
-            .arg(self.relay.local_addr().port().to_string())
+            .arg(port.port().to_string())
             .arg("--ca")
             .arg(&self.pki.server_ca)
             .kill_on_drop(true)
-            .stdin(std::process::Stdio::null());
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         if let Some(device) = device {
             let (cert, key) = &self.pki.devices[device];
             command.arg("--cert").arg(cert).arg("--key").arg(key);
         }
-        let child = command
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+        command
+    }
+
+    /// Runs the aioquic client as `device` (or without a certificate for `None`) and returns
+    /// its JSON. The process is killed if it outlives the test's patience.
+    pub async fn client(&self, device: Option<&str>, args: &[&str]) -> Value {
+        self.run(Client::Aioquic, device, args).await
+    }
+
+    /// Runs the Node.js HTTP/2 client as `device` and returns its JSON.
+    pub async fn node(&self, device: Option<&str>, args: &[&str]) -> Value {
+        self.run(Client::Node, device, args).await
+    }
+
+    /// Runs `client` to its end and returns its JSON.
+    pub async fn run(&self, client: Client, device: Option<&str>, args: &[&str]) -> Value {
+        let child = self
+            .command(client, device, args)
             .spawn()
-            .expect("python3 runs (with aioquic: python3 -m pip install aioquic)");
+            .unwrap_or_else(|e| panic!("{client:?} client runs (python3 with aioquic; node): {e}"));
         let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
             .await
-            .expect("the aioquic client finishes within 120 s (killed)")
+            .expect("the client finishes within 120 s (killed)")
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             output.status.success(),
-            "aioquic client failed: {}\nstdout: {stdout}\nstderr: {stderr}",
+            "{client:?} client failed: {}\nstdout: {stdout}\nstderr: {stderr}",
             output.status
         );
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-            panic!("aioquic client output is not JSON ({e}): {stdout}\nstderr: {stderr}")
+            panic!("{client:?} client output is not JSON ({e}): {stdout}\nstderr: {stderr}")
         })
+    }
+
+    /// Starts `client` in `hold` mode as `device` (a certificate name of [`pki`]) towards
+    /// `target` and waits until its flow carries data both ways.
+    pub async fn hold(&self, client: Client, device: &str, target: SocketAddr) -> HeldFlow {
+        let authority = target.to_string();
+        let mut child = self
+            .command(
+                client,
+                Some(device),
+                &["hold", "--authority", &authority, "--timeout", "60"],
+            )
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut held = HeldFlow {
+            client,
+            child,
+            lines: tokio::io::BufReader::new(stdout).lines(),
+        };
+        let event = held.next_event().await;
+        assert_eq!(event["event"], "flowing", "{client:?} as {device}: {event}");
+        held
     }
 
     /// Waits until the counters satisfy `done` (they are updated by the relay's tasks).
@@ -222,6 +287,45 @@ impl Lab {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// A client process holding one busy CONNECT flow (`hold` mode).
+pub struct HeldFlow {
+    pub client: Client,
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl HeldFlow {
+    /// The client's next JSON line (its final one when the flow ended).
+    pub async fn next_event(&mut self) -> Value {
+        let line = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{:?} client reports within 60 s", self.client))
+            .unwrap();
+        let Some(line) = line else {
+            let mut stderr = String::new();
+            if let Some(mut err) = self.child.stderr.take() {
+                let _ = err.read_to_string(&mut stderr).await;
+            }
+            panic!(
+                "{:?} client ended without output; stderr: {stderr}",
+                self.client
+            );
+        };
+        serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{:?} client line is not JSON ({e}): {line}", self.client))
+    }
+
+    /// Whether the client process is still running (its flow was not ended).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Kills the client (and so its connection).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
     }
 }
 
@@ -244,6 +348,8 @@ pub enum TargetKind {
     EchoAfterEof,
     /// Sends a greeting and closes its side first, then reads to end of file.
     TalksFirst,
+    /// Accepts and never reads (backpressure tests).
+    Stall,
 }
 
 pub const GREETING: &[u8] = b"hello from the target\n";
@@ -261,6 +367,11 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                 let mut total = 0u64;
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut kept = Vec::new();
+                if let TargetKind::Stall = kind {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    drop(stream);
+                    return;
+                }
                 if let TargetKind::TalksFirst = kind {
                     stream.write_all(GREETING).await.unwrap();
                     stream.shutdown().await.unwrap();
@@ -278,7 +389,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                             }
                         }
                         TargetKind::EchoAfterEof => kept.extend_from_slice(&buf[..n]),
-                        TargetKind::TalksFirst => {}
+                        TargetKind::TalksFirst | TargetKind::Stall => {}
                     }
                 }
                 match kind {
@@ -289,7 +400,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                         let _ = stream.write_all(&kept).await;
                         let _ = stream.shutdown().await;
                     }
-                    TargetKind::TalksFirst => {}
+                    TargetKind::TalksFirst | TargetKind::Stall => {}
                 }
                 let _ = tx.send(Received {
                     bytes: total,
