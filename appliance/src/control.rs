@@ -34,6 +34,7 @@ pub enum Request {
     },
     Devices {},
     Tunnels {},
+    Flows {},
     /// `up`, `down` or `rekey`.
     Tunnel {
         name: String,

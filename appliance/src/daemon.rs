@@ -54,7 +54,10 @@ struct ApplyRecord {
 pub struct Shared {
     config_path: PathBuf,
     running: RwLock<Arc<Running>>,
-    devices: RwLock<DeviceTable>,
+    devices: Arc<RwLock<DeviceTable>>,
+    gateway: Arc<crate::gateway::Gateway>,
+    relay: Mutex<Option<(String, relay::RelayHandle)>>,
+    relay_state: Mutex<String>,
     events: Arc<EventLog>,
     tunnels: Mutex<BTreeMap<String, (String, TunnelHandle)>>,
     started: SystemTime,
@@ -155,8 +158,11 @@ impl Shared {
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
         }
         self.events.set_file(new.loaded.config.events.file.clone());
+        self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_devices();
         self.reconcile_tunnels();
+        self.reconcile_relay();
+        self.enforce();
         let msg = format!(
             "generation {} ({}) applied",
             new.generation, new.loaded.digest
@@ -216,7 +222,7 @@ impl Shared {
                 "policies": cfg.policies.iter().map(|p| p.name.value.clone()).collect::<Vec<_>>(),
             },
             "relay": {
-                "state": "not-started",
+                "state": self.relay_state.lock().map(|s| s.clone()).unwrap_or_default(),
                 "http3_listen": cfg.relay.http3_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
                 "http2_listen": cfg.relay.http2_listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
             },
@@ -278,6 +284,102 @@ impl Shared {
             Err(_) => Vec::new(),
         };
         json!({ "devices": list })
+    }
+
+    /// Starts the relay, or restarts it when its settings changed. A relay that cannot start
+    /// (an address not on this host, an unreadable file) leaves the daemon running without it.
+    fn reconcile_relay(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let fingerprint = format!("{:?}", cfg.relay);
+        let Ok(mut slot) = self.relay.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+            return;
+        }
+        if let Some((_, old)) = slot.take() {
+            tokio::spawn(old.shutdown(Duration::from_secs(5)));
+        }
+        let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
+            relay::Relay::bind(
+                rc,
+                self.gateway.clone(),
+                Arc::new(relay::DirectEgress::default()),
+            )
+            .map_err(|e| e.to_string())
+        });
+        let state = match started {
+            Ok(handle) => {
+                let state = format!(
+                    "listening (HTTP/3 {:?}, HTTP/2 {:?})",
+                    handle
+                        .local_addrs()
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>(),
+                    handle
+                        .http2_local_addrs()
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                );
+                self.events.emit("relay.started", json!({"state": state}));
+                *slot = Some((fingerprint, handle));
+                state
+            }
+            Err(e) => {
+                let state = format!("error: {e}");
+                // the same failure again (e.g. on every apply) is not news
+                if self.relay_state.lock().map(|s| *s != state).unwrap_or(true) {
+                    self.events.emit("relay.error", json!({"error": e}));
+                }
+                state
+            }
+        };
+        if let Ok(mut s) = self.relay_state.lock() {
+            *s = state;
+        }
+    }
+
+    /// Re-decides the open flows; revokes those whose egress no longer holds.
+    fn enforce(&self) {
+        let Ok(slot) = self.relay.lock() else { return };
+        let Some((_, relay)) = slot.as_ref() else {
+            return;
+        };
+        let revoked = self.gateway.enforce(relay, SystemTime::now());
+        if revoked > 0 {
+            self.events
+                .emit("enforcement.revoked", json!({"flows": revoked}));
+        }
+    }
+
+    fn flows(&self) -> Value {
+        let now = SystemTime::now();
+        let list: Vec<Value> = match self.relay.lock() {
+            Ok(slot) => slot
+                .as_ref()
+                .map(|(_, r)| r.flows())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|f| {
+                    json!({
+                        "id": f.id,
+                        "device": f.device,
+                        "target": format!("{}:{}", f.target.host, f.target.port),
+                        "protocol": match f.protocol { relay::Protocol::Udp => "udp", _ => "tcp" },
+                        "http": format!("{:?}", f.http),
+                        "egress": f.egress,
+                        "peer": f.peer.to_string(),
+                        "age_secs": now.duration_since(f.started).unwrap_or_default().as_secs(),
+                        "bytes_from_device": f.bytes_from_device,
+                        "bytes_to_device": f.bytes_to_device,
+                    })
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        json!({ "flows": list })
     }
 
     fn tunnel_statuses(&self) -> Vec<crate::egress::tunnel::TunnelStatus> {
@@ -361,6 +463,7 @@ impl Shared {
                 protocol,
             } => self.whatif(&device, &target, protocol),
             Request::Devices {} => Response::ok(self.devices()),
+            Request::Flows {} => Response::ok(self.flows()),
             Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
         }
@@ -487,6 +590,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     let cfg = loaded.config.clone();
     std::fs::create_dir_all(&cfg.appliance.state_dir)?;
     let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
+    let devices = Arc::new(RwLock::new(DeviceTable::default()));
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -495,7 +599,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             applied_at: SystemTime::now(),
             loaded: Arc::new(loaded),
         })),
-        devices: RwLock::new(DeviceTable::default()),
+        devices: devices.clone(),
+        gateway: Arc::new(crate::gateway::Gateway::new(
+            Arc::new(PolicyEngine::new(Arc::new(cfg.clone()))),
+            devices,
+        )),
+        relay: Mutex::new(None),
+        relay_state: Mutex::new("not started".into()),
         events: Arc::new(EventLog::default()),
         tunnels: Mutex::new(BTreeMap::new()),
         started: SystemTime::now(),
@@ -509,6 +619,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     }
     shared.sync_devices();
     shared.reconcile_tunnels();
+    shared.reconcile_relay();
     shared.events.emit(
         "daemon.started",
         json!({
@@ -540,10 +651,23 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(every).await;
                 shared.sync_devices();
+                shared.enforce();
             }
         })
     };
 
+    // Decision at use (DESIGN.md invariant 2): data going stale or a certificate expiring
+    // re-decides open flows within a second even when no source reports a change.
+    let enforcer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                shared.enforce();
+            }
+        })
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -568,6 +692,11 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         }
     };
     refresher.abort();
+    enforcer.abort();
+    let relay = shared.relay.lock().ok().and_then(|mut r| r.take());
+    if let Some((_, relay)) = relay {
+        relay.shutdown(Duration::from_secs(2)).await;
+    }
     if let Ok(mut t) = shared.tunnels.lock() {
         t.clear(); // aborts the tunnel tasks; their TUN devices go with them
     }

@@ -9,6 +9,7 @@ mod control;
 mod daemon;
 mod egress;
 mod events;
+mod gateway;
 mod output;
 mod policy;
 mod timefmt;
@@ -263,6 +264,7 @@ fn client(cli: &Cli) -> u8 {
         Command::Status => Request::Status {},
         Command::Devices => Request::Devices {},
         Command::Tunnels => Request::Tunnels {},
+        Command::Flows => Request::Flows {},
         Command::Tunnel { action, name } => Request::Tunnel {
             name: name.clone(),
             action: action.as_str().to_string(),
@@ -333,6 +335,7 @@ fn client(cli: &Cli) -> u8 {
             Command::Status => print!("{}", output::status(&result)),
             Command::Devices => print!("{}", output::devices(&result)),
             Command::Tunnels => print!("{}", output::tunnels(&result)),
+            Command::Flows => print!("{}", output::flows(&result)),
             Command::Tunnel { action, name } => {
                 println!("tunnel {name}: {} requested", action.as_str())
             }

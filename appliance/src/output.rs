@@ -200,6 +200,46 @@ pub fn devices(r: &Value) -> String {
     )
 }
 
+pub fn flows(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = r["flows"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    vec![
+                        s(&f["device"]),
+                        s(&f["target"]),
+                        s(&f["protocol"]),
+                        s(&f["http"]),
+                        s(&f["egress"]),
+                        s(&f["bytes_from_device"]),
+                        s(&f["bytes_to_device"]),
+                        crate::policy::human(std::time::Duration::from_secs(
+                            f["age_secs"].as_u64().unwrap_or(0),
+                        )),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no flows\n".into();
+    }
+    table(
+        &[
+            "DEVICE",
+            "TARGET",
+            "PROTO",
+            "HTTP",
+            "EGRESS",
+            "BYTES IN",
+            "BYTES OUT",
+            "AGE",
+        ],
+        &rows,
+    )
+}
+
 pub fn tunnels(r: &Value) -> String {
     let list = r["tunnels"].as_array().cloned().unwrap_or_default();
     if list.is_empty() {

@@ -294,10 +294,23 @@ fn daemon_lifecycle_apply_refuse_reload_stop() {
             .contains("cannot bind 203.0.113.10"),
         "{tunnel:?}"
     );
+    // nor can its relay bind 198.51.100.1:443: one error, repeated applies do not repeat it
+    let relay: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["event"].as_str().unwrap().starts_with("relay."))
+        .collect();
+    assert_eq!(relay.len(), 1, "{relay:?}");
+    assert!(
+        relay[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("198.51.100.1:443"),
+        "{relay:?}"
+    );
     let kinds: Vec<String> = all
         .iter()
         .map(|e| e["event"].as_str().unwrap().to_string())
-        .filter(|k| !k.starts_with("tunnel."))
+        .filter(|k| !k.starts_with("tunnel.") && !k.starts_with("relay."))
         .collect();
     assert_eq!(
         kinds,
