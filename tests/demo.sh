@@ -65,7 +65,7 @@ run "$bin" -c "$config" whatif --device UNKNOWN0042 --target app.corp.lab:443
 
 bold "compliance flips: the MDM drops C02LAB0001 from \"Compliant Macs\""
 sed -i 's/groups = \["Compliant Macs", "Engineering"\]/groups = ["Engineering"]/' "$lab/devices.toml"
-run "$bin" -c "$config" config apply
+run "$bin" -c "$config" sync
 run "$bin" -c "$config" whatif --device C02LAB0001 --target login.idp.lab:443
 
 bold "an invalid configuration is refused with line:column; the running one stays"

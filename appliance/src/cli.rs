@@ -64,6 +64,8 @@ pub enum Command {
     Whatif(WhatifArgs),
     /// List the devices the compliance sources know.
     Devices,
+    /// Re-read every compliance source now and re-decide the open flows.
+    Sync,
     /// List the relayed flows: device, target, egress, bytes each way, age.
     Flows,
     /// Show the IPsec tunnels: IKE and child SAs, algorithms, selectors, rekeys, last liveness check.

@@ -35,6 +35,8 @@ pub enum Request {
     Devices {},
     Tunnels {},
     Flows {},
+    /// Re-read every compliance source now and re-decide the open flows.
+    Sync {},
     /// `up`, `down` or `rekey`.
     Tunnel {
         name: String,

@@ -464,6 +464,23 @@ impl Shared {
             } => self.whatif(&device, &target, protocol),
             Request::Devices {} => Response::ok(self.devices()),
             Request::Flows {} => Response::ok(self.flows()),
+            Request::Sync {} => {
+                let started = std::time::Instant::now();
+                self.sync_devices();
+                self.enforce();
+                let sources = self
+                    .devices
+                    .read()
+                    .map(|d| d.status().to_vec())
+                    .unwrap_or_default();
+                let devices = self.devices.read().map(|d| d.device_count()).unwrap_or(0);
+                let ms = started.elapsed().as_millis();
+                self.events.emit(
+                    "compliance.synced",
+                    json!({"devices": devices, "duration_ms": ms, "trigger": "cli"}),
+                );
+                Response::ok(json!({"devices": devices, "duration_ms": ms, "sources": sources}))
+            }
             Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
         }

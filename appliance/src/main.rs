@@ -265,6 +265,7 @@ fn client(cli: &Cli) -> u8 {
         Command::Devices => Request::Devices {},
         Command::Tunnels => Request::Tunnels {},
         Command::Flows => Request::Flows {},
+        Command::Sync => Request::Sync {},
         Command::Tunnel { action, name } => Request::Tunnel {
             name: name.clone(),
             action: action.as_str().to_string(),
@@ -336,6 +337,10 @@ fn client(cli: &Cli) -> u8 {
             Command::Devices => print!("{}", output::devices(&result)),
             Command::Tunnels => print!("{}", output::tunnels(&result)),
             Command::Flows => print!("{}", output::flows(&result)),
+            Command::Sync => println!(
+                "synced: {} devices in {} ms",
+                result["devices"], result["duration_ms"]
+            ),
             Command::Tunnel { action, name } => {
                 println!("tunnel {name}: {} requested", action.as_str())
             }

@@ -292,13 +292,14 @@ fn a_compliance_flip_resets_the_open_flow_within_a_second() {
     assert_eq!(flows["flows"][0]["egress"], "pair", "{flows}");
 
     // the MDM drops it from the compliant group; the daemon learns it at the next sync
-    // (forced here with `config apply`, which re-reads every source)
+    // (forced here with `attestgate sync`)
     std::fs::write(dir.join("devices.toml"), DEVICES_BAD).unwrap();
     let flipped_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    cli(&cfg, &["config", "apply"]);
+    let synced = cli(&cfg, &["sync"]);
+    assert_eq!(synced["devices"], 1, "{synced}");
     let end = d.lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(
         end["reset"], 0x10c,
