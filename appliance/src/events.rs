@@ -10,6 +10,7 @@ use std::time::SystemTime;
 #[derive(Debug, Default)]
 pub struct EventLog {
     file: Mutex<Option<PathBuf>>,
+    write_lock: Mutex<()>,
 }
 
 impl EventLog {
@@ -46,11 +47,16 @@ impl EventLog {
             if let Value::Object(m) = fields {
                 line.extend(m);
             }
+            // One write of the whole line, under a lock: events come from several tasks, and a
+            // line must never interleave with another.
+            let mut text = Value::Object(line).to_string();
+            text.push('\n');
+            let _guard = self.write_lock.lock();
             let result = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .and_then(|mut f| writeln!(f, "{}", Value::Object(line)));
+                .and_then(|mut f| f.write_all(text.as_bytes()));
             if let Err(e) = result {
                 tracing::warn!(path = %path.display(), error = %e, "cannot append to the events file");
             }
