@@ -216,16 +216,21 @@ async fn run_tunnel(
         Ok(c) => Arc::new(c),
         Err(e) => return fail(e),
     };
-    // bind and create the device, retrying while the address or device is not there yet
+    // bind, then create the device, retrying while the address or device is not there yet;
+    // no TUN device is made on a host that does not have the tunnel's address
     let (sockets, tun) = loop {
-        let bound = IkeSockets::bind(t.local_address)
-            .await
-            .map_err(|e| format!("cannot bind {}:{IKE_PORT}/4500: {e}", t.local_address));
-        let tun = TunDevice::create(&tun_name(&name))
-            .map_err(|e| format!("cannot create TUN device {}: {e}", tun_name(&name)));
-        match (bound, tun) {
-            (Ok(s), Ok(d)) => break (s, d),
-            (Err(e), _) | (_, Err(e)) => {
+        let ready = match IkeSockets::bind(t.local_address).await {
+            Err(e) => Err(format!(
+                "cannot bind {}:{IKE_PORT}/4500: {e}",
+                t.local_address
+            )),
+            Ok(s) => TunDevice::create(&tun_name(&name))
+                .map(|d| (s, d))
+                .map_err(|e| format!("cannot create TUN device {}: {e}", tun_name(&name))),
+        };
+        match ready {
+            Ok(pair) => break pair,
+            Err(e) => {
                 fail(format!("{e}; retrying in 10 s"));
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_secs(10)) => {}

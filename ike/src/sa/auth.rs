@@ -88,51 +88,49 @@ impl IkeSa {
                 self.config.local_id
             ));
         }
-        let id = payloads.iter().find_map(|p| {
-            if let Payload::IdResponder(i) = p {
-                Some(i)
-            } else {
-                None
-            }
-        });
-        let auth = payloads.iter().find_map(|p| {
-            if let Payload::Auth(a) = p {
-                Some(a)
-            } else {
-                None
-            }
-        });
+        let id = payloads.id_r();
+        let auth = payloads.auth();
         let (Some(id), Some(auth)) = (id, auth) else {
             let why = error_notify(&payloads)
                 .map(notify_name)
                 .unwrap_or_else(|| "no IDr or AUTH".into());
             return self.close(format!("IKE_AUTH failed: {why}"));
         };
-        match id.to_identity() {
-            Ok(peer) if peer == self.config.remote_id => {}
-            Ok(peer) => {
-                return self.close(format!(
-                    "peer identifies as {peer}, expected {}",
-                    self.config.remote_id
-                ))
-            }
-            Err(e) => return self.close(format!("peer identity: {e}")),
-        }
-        let expected = self.auth_value(false, id);
-        let ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && expected
-                .is_some_and(|e| subtle::ConstantTimeEq::ct_eq(&e[..], &auth.data[..]).into());
-        if !ok {
-            return self.close(format!(
-                "peer {} failed to prove the pre-shared key",
-                self.config.remote_id
-            ));
+        if let Err(why) = self.verify_peer(id, auth) {
+            return self.close(why);
         }
         self.remote = from;
         self.state = State::Established;
         self.expected_request_id = 0;
         self.established_event();
         self.child_from_auth_response(&payloads);
+    }
+
+    /// The peer's identity is the configured one and its AUTH proves the shared key (§2.15),
+    /// compared in constant time; the same check for both roles.
+    fn verify_peer(&self, id: &IdPayload, auth: &AuthPayload) -> Result<(), String> {
+        match id.to_identity() {
+            Ok(peer) if peer == self.config.remote_id => {}
+            Ok(peer) => {
+                return Err(format!(
+                    "peer identifies as {peer}, expected {}",
+                    self.config.remote_id
+                ))
+            }
+            Err(e) => return Err(format!("peer identity: {e}")),
+        }
+        let expected = self.auth_value(false, id);
+        let ok = auth.method == AuthMethod::SHARED_KEY_MIC
+            && expected
+                .is_some_and(|e| subtle::ConstantTimeEq::ct_eq(&e[..], &auth.data[..]).into());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "peer {} failed to prove the pre-shared key",
+                self.config.remote_id
+            ))
+        }
     }
 
     pub(super) fn established_event(&mut self) {
@@ -154,27 +152,9 @@ impl IkeSa {
                 reason: format!("peer refused the child SA: {}", notify_name(err)),
             });
         }
-        let sa = payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
+        let sa = payloads.sa();
+        let tsi = payloads.ts_i();
+        let tsr = payloads.ts_r();
         let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
             return self.events.push_back(Event::ChildSaFailed {
                 reason: "IKE_AUTH response lacks SA or TS".into(),
@@ -215,47 +195,14 @@ impl IkeSa {
     }
 
     pub(super) fn answer_auth(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let id = payloads.iter().find_map(|p| {
-            if let Payload::IdInitiator(i) = p {
-                Some(i)
-            } else {
-                None
-            }
-        });
-        let auth = payloads.iter().find_map(|p| {
-            if let Payload::Auth(a) = p {
-                Some(a)
-            } else {
-                None
-            }
-        });
+        let id = payloads.id_i();
+        let auth = payloads.auth();
         let (Some(id), Some(auth)) = (id, auth) else {
             self.close("IKE_AUTH request lacks IDi or AUTH".into());
             return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
         };
-        match id.to_identity() {
-            Ok(peer) if peer == self.config.remote_id => {}
-            Ok(peer) => {
-                self.close(format!(
-                    "peer identifies as {peer}, expected {}",
-                    self.config.remote_id
-                ));
-                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-            }
-            Err(e) => {
-                self.close(format!("peer identity: {e}"));
-                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
-            }
-        }
-        let expected = self.auth_value(false, id);
-        let ok = auth.method == AuthMethod::SHARED_KEY_MIC
-            && expected
-                .is_some_and(|e| subtle::ConstantTimeEq::ct_eq(&e[..], &auth.data[..]).into());
-        if !ok {
-            self.close(format!(
-                "peer {} failed to prove the pre-shared key",
-                self.config.remote_id
-            ));
+        if let Err(why) = self.verify_peer(id, auth) {
+            self.close(why);
             return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
         }
         let our_id = match IdPayload::from_identity(&self.config.local_id) {
@@ -283,27 +230,9 @@ impl IkeSa {
 
     /// The first child SA, carried in IKE_AUTH (§1.2). A refusal leaves the IKE SA up.
     pub(super) fn answer_child(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let sa = payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let tsi = payloads.iter().find_map(|p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = payloads.iter().find_map(|p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
+        let sa = payloads.sa();
+        let tsi = payloads.ts_i();
+        let tsr = payloads.ts_r();
         let (Some(sa), Some(tsi), Some(tsr)) = (sa, tsi, tsr) else {
             self.events.push_back(Event::ChildSaFailed {
                 reason: "IKE_AUTH without a child SA".into(),

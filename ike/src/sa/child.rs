@@ -39,10 +39,6 @@ pub(crate) struct NewIke {
     nr: Vec<u8>,
 }
 
-fn find<'p, T>(payloads: &'p [Payload], f: impl Fn(&'p Payload) -> Option<T>) -> Option<T> {
-    payloads.iter().find_map(f)
-}
-
 impl IkeSa {
     pub(super) fn child_established(&mut self, child: ChildSa) {
         self.children.push(ChildRecord {
@@ -203,41 +199,11 @@ impl IkeSa {
                 format!("peer refused the rekey: {}", notify_name(err)),
             );
         }
-        let sa = find(payloads, |p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let nonce = find(payloads, |p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
-        let ke = find(payloads, |p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let tsi = find(payloads, |p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = find(payloads, |p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
+        let sa = payloads.sa();
+        let nonce = payloads.nonce();
+        let ke = payloads.ke();
+        let tsi = payloads.ts_i();
+        let tsr = payloads.ts_r();
         let (Some(sa), Some(nonce), Some(tsi), Some(tsr)) = (sa, nonce, tsi, tsr) else {
             return fail(
                 self,
@@ -302,20 +268,8 @@ impl IkeSa {
 
     /// A CREATE_CHILD_SA request from the peer: a child rekey, a new child SA, or an IKE rekey.
     pub(super) fn answer_create_child(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let sa = find(payloads, |p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let nonce = find(payloads, |p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
+        let sa = payloads.sa();
+        let nonce = payloads.nonce();
         let (Some(sa), Some(nonce)) = (sa, nonce) else {
             return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
         };
@@ -326,27 +280,9 @@ impl IkeSa {
         {
             return self.answer_rekey_ike(payloads);
         }
-        let ke = find(payloads, |p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let tsi = find(payloads, |p| {
-            if let Payload::TsInitiator(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
-        let tsr = find(payloads, |p| {
-            if let Payload::TsResponder(t) = p {
-                Some(t)
-            } else {
-                None
-            }
-        });
+        let ke = payloads.ke();
+        let tsi = payloads.ts_i();
+        let tsr = payloads.ts_r();
         let (Some(tsi), Some(tsr)) = (tsi, tsr) else {
             return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
         };
@@ -452,27 +388,9 @@ impl IkeSa {
 
     /// The peer rekeys the IKE SA (§1.3.2): answer on this SA, then continue on the new one.
     fn answer_rekey_ike(&mut self, payloads: &[Payload]) -> Vec<Payload> {
-        let sa = find(payloads, |p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let nonce = find(payloads, |p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
-        let ke = find(payloads, |p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
+        let sa = payloads.sa();
+        let nonce = payloads.nonce();
+        let ke = payloads.ke();
         let (Some(sa), Some(nonce), Some(ke)) = (sa, nonce, ke) else {
             return vec![notify(NotifyType::INVALID_SYNTAX, vec![])];
         };

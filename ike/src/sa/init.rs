@@ -163,27 +163,9 @@ impl IkeSa {
                 offered.join(", ")
             ));
         }
-        let sa = msg.payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let ke = msg.payloads.iter().find_map(|p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let nonce = msg.payloads.iter().find_map(|p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
+        let sa = msg.payloads.sa();
+        let ke = msg.payloads.ke();
+        let nonce = msg.payloads.nonce();
         let (Some(sa), Some(ke), Some(nonce)) = (sa, ke, nonce) else {
             return self.close("IKE_SA_INIT response lacks SA, KE or Nonce".into());
         };
@@ -235,27 +217,9 @@ impl IkeSa {
         }
         self.spi_i = h.initiator_spi;
         self.expected_request_id = 1;
-        let sa = msg.payloads.iter().find_map(|p| {
-            if let Payload::Sa(s) = p {
-                Some(s)
-            } else {
-                None
-            }
-        });
-        let ke = msg.payloads.iter().find_map(|p| {
-            if let Payload::Ke(k) = p {
-                Some(k)
-            } else {
-                None
-            }
-        });
-        let nonce = msg.payloads.iter().find_map(|p| {
-            if let Payload::Nonce(n) = p {
-                Some(n)
-            } else {
-                None
-            }
-        });
+        let sa = msg.payloads.sa();
+        let ke = msg.payloads.ke();
+        let nonce = msg.payloads.nonce();
         let (Some(sa), Some(ke), Some(nonce)) = (sa, ke, nonce) else {
             self.answer_stateless(&h, notify(NotifyType::INVALID_SYNTAX, vec![]));
             return self.close("IKE_SA_INIT request lacks SA, KE or Nonce".into());

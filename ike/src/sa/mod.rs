@@ -259,6 +259,40 @@ pub(super) fn random_spi(rng: &dyn SecureRandom) -> u32 {
     u32::from_be_bytes(b).max(0x100)
 }
 
+/// Finds the first payload of each kind an exchange uses.
+pub(super) trait Find {
+    fn sa(&self) -> Option<&SaPayload>;
+    fn ke(&self) -> Option<&KePayload>;
+    fn nonce(&self) -> Option<&NoncePayload>;
+    fn ts_i(&self) -> Option<&TsPayload>;
+    fn ts_r(&self) -> Option<&TsPayload>;
+    fn id_i(&self) -> Option<&IdPayload>;
+    fn id_r(&self) -> Option<&IdPayload>;
+    fn auth(&self) -> Option<&AuthPayload>;
+}
+
+macro_rules! finder {
+    ($name:ident, $variant:ident, $ty:ty) => {
+        fn $name(&self) -> Option<&$ty> {
+            self.iter().find_map(|p| match p {
+                Payload::$variant(v) => Some(v),
+                _ => None,
+            })
+        }
+    };
+}
+
+impl Find for [Payload] {
+    finder!(sa, Sa, SaPayload);
+    finder!(ke, Ke, KePayload);
+    finder!(nonce, Nonce, NoncePayload);
+    finder!(ts_i, TsInitiator, TsPayload);
+    finder!(ts_r, TsResponder, TsPayload);
+    finder!(id_i, IdInitiator, IdPayload);
+    finder!(id_r, IdResponder, IdPayload);
+    finder!(auth, Auth, AuthPayload);
+}
+
 pub(super) fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
     Payload::Notify(NotifyPayload::new(kind, data))
 }
@@ -469,14 +503,9 @@ impl IkeSa {
         if self.is_closed() {
             return;
         }
-        let header = match Message::parse(datagram) {
-            Ok(m) => m.header,
-            Err(_) if self.keys.is_some() => {
-                // Encrypted messages with unknown inner payload types still parse; anything
-                // else is garbage: counted by the driver, dropped here (§2.21).
-                return;
-            }
-            Err(_) => return,
+        // Garbage is dropped without an answer (§2.21).
+        let Ok(Message { header, .. }) = Message::parse(datagram) else {
+            return;
         };
         if self
             .old_ike
