@@ -3,8 +3,9 @@
 //!
 //! Not yet: the endpoint that demultiplexes many SAs by SPI, and the ESP data path (TUN).
 
+use crate::cookie::{Admission, CookieGate};
 use crate::sa::{Event, IkeSa, SaConfig, Transmit, IKE_PORT, NATT_PORT};
-use crate::wire::{classify_udp4500, Udp4500};
+use crate::wire::{classify_udp4500, with_non_esp_marker, Udp4500};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -156,6 +157,27 @@ pub async fn drive_with(
 
 /// Waits for an IKE_SA_INIT request and answers it as responder.
 pub async fn accept(sockets: &IkeSockets, config: Arc<SaConfig>) -> std::io::Result<IkeSa> {
+    accept_gated(sockets, config, None).await
+}
+
+/// Like [`accept`], but each IKE_SA_INIT request passes `gate` first (RFC 7296 §2.6): with
+/// `half_open` responder SAs still waiting for IKE_AUTH at or above its threshold, only a
+/// request returning a valid cookie creates an SA; the others get a COOKIE answer and leave no
+/// state behind.
+pub async fn accept_with_cookies(
+    sockets: &IkeSockets,
+    config: Arc<SaConfig>,
+    gate: &mut CookieGate,
+    half_open: usize,
+) -> std::io::Result<IkeSa> {
+    accept_gated(sockets, config, Some((gate, half_open))).await
+}
+
+async fn accept_gated(
+    sockets: &IkeSockets,
+    config: Arc<SaConfig>,
+    mut gate: Option<(&mut CookieGate, usize)>,
+) -> std::io::Result<IkeSa> {
     loop {
         if let Received::Ike {
             data,
@@ -163,14 +185,33 @@ pub async fn accept(sockets: &IkeSockets, config: Arc<SaConfig>) -> std::io::Res
             local_port,
         } = sockets.recv().await?
         {
-            let sa = IkeSa::accept(
-                config.clone(),
-                &data,
-                sockets.local(local_port),
-                from,
-                Instant::now(),
-            );
-            return Ok(sa);
+            let now = Instant::now();
+            let admission = match gate.as_mut() {
+                Some((gate, half_open)) => gate.admit(&data, from.ip(), *half_open, now),
+                None => Admission::Admit,
+            };
+            let answer = match admission {
+                Admission::Admit => {
+                    let sa =
+                        IkeSa::accept(config.clone(), &data, sockets.local(local_port), from, now);
+                    return Ok(sa);
+                }
+                Admission::Challenge(answer) => answer,
+                Admission::Drop => continue,
+            };
+            let data = if local_port == NATT_PORT {
+                with_non_esp_marker(&answer)
+            } else {
+                answer
+            };
+            let t = Transmit {
+                local_port,
+                remote: from,
+                data,
+            };
+            if let Err(e) = sockets.send(&t).await {
+                tracing::warn!(remote = %from, error = %e, "cannot send a COOKIE");
+            }
         }
     }
 }

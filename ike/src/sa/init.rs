@@ -1,5 +1,6 @@
 //! IKE_SA_INIT (RFC 7296 §1.2): offers, choices, cookies (§2.6), INVALID_KE_PAYLOAD (§1.2),
-//! NAT detection (§2.23) and the IKE SA keys (§2.14).
+//! NAT detection (§2.23), support for IKE fragmentation (RFC 7383 §2.3) and the IKE SA keys
+//! (§2.14).
 
 use super::*;
 
@@ -94,6 +95,8 @@ impl IkeSa {
             data: self.ni.clone(),
         }));
         payloads.extend(self.nat_notifies());
+        // RFC 7383 §2.3: announce that we can take fragmented messages
+        payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, false))
             .payloads(payloads)
             .build()
@@ -190,6 +193,8 @@ impl IkeSa {
         self.nr = nonce.data.clone();
         self.init_response = datagram.to_vec();
         self.detect_nat(&msg.payloads, from);
+        self.frag.negotiated =
+            find_notify(&msg.payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some();
         if let Err(e) = self.derive_keys(&chosen, &ke.data) {
             return self.close(e);
         }
@@ -289,6 +294,11 @@ impl IkeSa {
             }),
         ];
         payloads.extend(self.nat_notifies());
+        // RFC 7383 §2.3: answer the initiator's announcement with ours
+        if find_notify(&msg.payloads, NotifyType::IKEV2_FRAGMENTATION_SUPPORTED).is_some() {
+            self.frag.negotiated = true;
+            payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
+        }
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, true))
             .payloads(payloads)
             .build()
@@ -304,20 +314,7 @@ impl IkeSa {
 
     /// An unencrypted error answer to IKE_SA_INIT, responder SPI zero (§2.6, §1.2).
     pub(super) fn answer_stateless(&mut self, request: &HeaderRepr, payload: Payload) {
-        let header = HeaderRepr {
-            initiator_spi: request.initiator_spi,
-            responder_spi: 0,
-            next_payload: PayloadType::NONE,
-            exchange_type: ExchangeType::IKE_SA_INIT,
-            flags: Flags {
-                initiator: false,
-                version: false,
-                response: true,
-            },
-            message_id: 0,
-            length: 0,
-        };
-        if let Ok(data) = MessageBuilder::new(header).payload(payload).build() {
+        if let Some(data) = crate::cookie::stateless_init_answer(request.initiator_spi, payload) {
             self.queue(data);
         }
     }

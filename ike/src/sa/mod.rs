@@ -15,6 +15,9 @@
 
 mod auth;
 mod child;
+mod fragment;
+#[cfg(test)]
+mod fragment_tests;
 mod info;
 mod init;
 mod negotiate;
@@ -22,6 +25,7 @@ mod protect;
 #[cfg(test)]
 mod tests;
 
+pub use fragment::{DEFAULT_FRAGMENT_SIZE, MAX_FRAGMENTS, MAX_REASSEMBLED};
 pub use protect::ProtectError;
 
 use crate::crypto::keys::{skeyseed, ChildSaKeys, ChildSuite, IkeSaKeys, IkeSuite, SaCipher};
@@ -218,6 +222,8 @@ pub struct IkeSa {
     /// An IKE rekey we answered, switched to once the answer is sent.
     new_ike: Option<Box<child::NewIke>>,
     ever_established: bool,
+    /// IKE fragmentation (RFC 7383).
+    frag: fragment::Fragmentation,
 }
 
 /// What we remember of a child SA.
@@ -354,6 +360,7 @@ impl IkeSa {
             old_ike: None,
             new_ike: None,
             ever_established: false,
+            frag: fragment::Fragmentation::default(),
         }
     }
 
@@ -523,6 +530,9 @@ impl IkeSa {
         {
             return;
         }
+        if header.next_payload == PayloadType::SKF {
+            return self.handle_fragment(header, datagram, from, now);
+        }
         if header.flags.response {
             self.handle_response(header, datagram, from, now);
         } else {
@@ -545,6 +555,9 @@ impl IkeSa {
     }
 
     pub(super) fn queue(&mut self, data: Vec<u8>) {
+        if let Some(fragments) = self.fragments_for(&data) {
+            return fragments.into_iter().for_each(|f| self.queue(f));
+        }
         let (local_port, data) = if self.natt {
             let mut d = Vec::with_capacity(data.len() + 4);
             d.extend_from_slice(&crate::wire::NON_ESP_MARKER);

@@ -136,6 +136,18 @@ impl SkFraming {
         Ok(out)
     }
 
+    /// How many octets of inner payloads one SKF fragment carries when its whole IKE message
+    /// may be at most `max_message` octets (RFC 7383 §2.5: each fragment is a complete message
+    /// with its own header, SKF payload header, IV, padding and ICV). Zero when even one octet
+    /// does not fit.
+    pub fn fragment_capacity(&self, max_message: usize) -> usize {
+        let overhead = HEADER_LEN + PAYLOAD_HEADER_LEN + 4 + self.iv_len + self.icv_len;
+        let block = self.block();
+        // whole blocks of ciphertext; the last octet of them is Pad Length
+        let ciphertext = max_message.saturating_sub(overhead) / block * block;
+        ciphertext.saturating_sub(1)
+    }
+
     /// Removes Padding and Pad Length from a decrypted body, returning the inner payloads.
     /// Any padding length that fits is accepted (§3.14: "MUST accept any length").
     pub fn strip_padding<'a>(&self, plaintext: &'a [u8]) -> Result<&'a [u8], WireError> {
@@ -360,6 +372,29 @@ mod tests {
         assert!(encrypted_message(&header(), PayloadType::IDI, Some((4, 3)), &CBC, 32).is_err());
         assert!(encrypted_message(&header(), PayloadType::IDI, None, &CBC, 17).is_err());
         assert!(encrypted_message(&header(), PayloadType::IDI, None, &GCM, 70_000).is_err());
+    }
+
+    #[test]
+    fn fragment_capacity_fills_but_never_exceeds_the_limit() {
+        for framing in [GCM, CBC] {
+            for max in [0, 60, 100, 300, 548, 1252] {
+                let cap = framing.fragment_capacity(max);
+                if cap == 0 {
+                    continue;
+                }
+                let ct = cap + framing.padding(cap).unwrap().len();
+                let (msg, _) =
+                    encrypted_message(&header(), PayloadType::IDI, Some((1, 2)), &framing, ct)
+                        .unwrap();
+                assert!(msg.len() <= max, "{framing:?} {max}: {}", msg.len());
+                // one more octet would need another block (or overflow the limit)
+                let ct1 = cap + 1 + framing.padding(cap + 1).unwrap().len();
+                assert!(36 + framing.iv_len + ct1 + framing.icv_len > max);
+            }
+        }
+        assert_eq!(GCM.fragment_capacity(20), 0);
+        assert_eq!(GCM.fragment_capacity(36 + 8 + 16 + 1), 0);
+        assert_eq!(GCM.fragment_capacity(36 + 8 + 16 + 2), 1);
     }
 
     #[test]
