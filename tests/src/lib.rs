@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
 pub mod ike_peer;
+pub mod interop;
 pub mod netns;
 pub mod strongswan;
 

@@ -100,6 +100,41 @@ secrets {{
     }
 }
 
+/// Settings of a charon beyond the tunnel itself; the defaults leave strongSwan's own.
+#[derive(Debug, Clone, Default)]
+pub struct CharonOptions {
+    /// `charon.fragment_size`: the largest IP datagram of an IKE fragment it sends.
+    pub fragment_size: Option<u32>,
+    /// `charon.cookie_threshold`: half-open IKE SAs above which it asks for cookies (0: never).
+    pub cookie_threshold: Option<u32>,
+    /// The connection's `fragmentation` (`yes`, `accept`, `force`, `no`).
+    pub fragmentation: Option<&'static str>,
+}
+
+impl CharonOptions {
+    fn charon_lines(&self) -> String {
+        let mut out = String::new();
+        if let Some(n) = self.fragment_size {
+            out.push_str(&format!("  fragment_size = {n}\n"));
+        }
+        if let Some(n) = self.cookie_threshold {
+            out.push_str(&format!("  cookie_threshold = {n}\n"));
+        }
+        out
+    }
+
+    fn connection_lines(&self, swanctl: &str) -> String {
+        match self.fragmentation {
+            Some(f) => swanctl.replacen(
+                "    version = 2\n",
+                &format!("    version = 2\n    fragmentation = {f}\n"),
+                1,
+            ),
+            None => swanctl.to_string(),
+        }
+    }
+}
+
 /// A running charon; stopped when dropped.
 #[derive(Debug)]
 pub struct Charon {
@@ -119,6 +154,11 @@ impl Charon {
 
     /// Starts charon in `ns` and loads `cfg`.
     pub fn start(ns: &Netns, cfg: &PeerConfig) -> Charon {
+        Charon::start_with(ns, cfg, &CharonOptions::default())
+    }
+
+    /// Starts charon in `ns` with `options` and loads `cfg`.
+    pub fn start_with(ns: &Netns, cfg: &PeerConfig, options: &CharonOptions) -> Charon {
         let dir = tempfile::tempdir().unwrap();
         let vici = dir.path().join("charon.vici");
         std::fs::write(
@@ -128,7 +168,7 @@ impl Charon {
   load = random nonce kdf openssl curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
   install_routes = yes
   retransmit_tries = 3
-  plugins {{
+{charon_options}  plugins {{
     vici {{ socket = unix://{} }}
     kernel-libipsec {{ load = yes }}
   }}
@@ -137,11 +177,13 @@ impl Charon {
   }}
 }}
 "#,
-                vici.display()
+                vici.display(),
+                charon_options = options.charon_lines(),
             ),
         )
         .unwrap();
-        std::fs::write(dir.path().join("swanctl.conf"), cfg.swanctl_conf()).unwrap();
+        let swanctl = options.connection_lines(&cfg.swanctl_conf());
+        std::fs::write(dir.path().join("swanctl.conf"), swanctl).unwrap();
         let log = std::fs::File::create(dir.path().join("charon.log")).unwrap();
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "unshare", "-m", "sh", "-c"])

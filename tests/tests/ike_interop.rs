@@ -8,48 +8,9 @@
 use serde_json::Value;
 use std::time::Duration;
 use tests::ike_peer::Peer;
+use tests::interop::{check_strongswan, lab, ping_across, route_into_tun};
 use tests::netns::{veth, Netns};
 use tests::strongswan::{Auth, Charon, PeerConfig};
-
-fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
-    let a = Netns::new("ag");
-    let b = Netns::new("sw");
-    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
-    // strongSwan installs its routes with a source address inside its local selector
-    a.addr("lo", "198.18.100.1/24");
-    b.addr("lo", "198.19.0.1/24");
-    let ours = PeerConfig {
-        local_addr: "203.0.113.10".into(),
-        remote_addr: "203.0.113.20".into(),
-        local_id: "gw.attestgate.lab".into(),
-        remote_id: "vpn.corp.lab".into(),
-        auth: Auth::Psk("interop-psk-6f1c2a9e".into()),
-        ike_proposal: ike.into(),
-        esp_proposal: esp.into(),
-        local_ts: "198.18.100.0/24".into(),
-        remote_ts: "198.19.0.0/24".into(),
-        child_rekey: "1h".into(),
-        ike_rekey: "4h".into(),
-    };
-    (a, b, ours)
-}
-
-fn check_strongswan(sw: &Charon, child: &Value) {
-    let sas = sw.list_sas();
-    assert!(sas.contains("state=ESTABLISHED"), "{sas}\n{}", sw.log());
-    assert!(sas.contains("state=INSTALLED"), "{sas}\n{}", sw.log());
-    // strongSwan's inbound SPI is our outbound one and vice versa
-    let out = child["spi_out"].as_str().unwrap();
-    let inn = child["spi_in"].as_str().unwrap();
-    assert!(
-        sas.contains(&format!("spi-in={out}")),
-        "spi-in={out} missing in {sas}"
-    );
-    assert!(
-        sas.contains(&format!("spi-out={inn}")),
-        "spi-out={inn} missing in {sas}"
-    );
-}
 
 fn attestgate_initiates(ike: &str, esp: &str) {
     let (a, b, ours) = lab(ike, esp);
@@ -236,16 +197,7 @@ fn esp_traffic(ike: &str, esp: &str, role: &str) {
         (Peer::start_with(&a, role, &ours, &["--tun", &tun]), None)
     };
     let (peer, sw) = peer;
-    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        &tun,
-        "src",
-        "198.18.100.1",
-    ]);
+    route_into_tun(&a, &tun);
     let sw = match sw {
         Some(sw) => sw,
         None => {
@@ -256,20 +208,7 @@ fn esp_traffic(ike: &str, esp: &str, role: &str) {
     };
     let child = peer.wait_for("child_established", Duration::from_secs(20));
     check_strongswan(&sw, &child);
-    let ping = a.run(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        "-I",
-        "198.18.100.1",
-        "198.19.0.1",
-    ]);
-    let text = String::from_utf8_lossy(&ping.stdout);
-    assert!(text.contains(" 3 received"), "{text}\n{}", sw.list_sas());
+    ping_across(&a, 3);
     let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 3);
     eprintln!(
         "attestgate ({role}) ↔ strongSwan {ike} / {esp}: {:.3} Gbit/s (single TCP stream)",
@@ -365,16 +304,7 @@ fn initiator_behind_a_masquerading_nat() {
     let sw = Charon::start(&b, &theirs);
     let tun = tests::netns::unique("t");
     let peer = Peer::start_with(&a, "initiator", &ours, &["--tun", &tun]);
-    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        &tun,
-        "src",
-        "198.18.100.1",
-    ]);
+    route_into_tun(&a, &tun);
     let ike_up = peer.wait_for("ike_established", Duration::from_secs(20));
     assert_eq!(ike_up["nat"], true, "{ike_up}");
     let child = peer.wait_for("child_established", Duration::from_secs(5));
@@ -390,23 +320,7 @@ fn initiator_behind_a_masquerading_nat() {
             || sas.contains("nat-any=yes"),
         "{sas}"
     );
-    let ping = a.run(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        "-I",
-        "198.18.100.1",
-        "198.19.0.1",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&ping.stdout).contains(" 3 received"),
-        "{}",
-        String::from_utf8_lossy(&ping.stdout)
-    );
+    ping_across(&a, 3);
     let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 2);
     eprintln!(
         "attestgate behind NAT ↔ strongSwan: {:.3} Gbit/s",
@@ -440,32 +354,9 @@ fn tunnel_comes_back_after_strongswan_restarts() {
             "3",
         ],
     );
-    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        &tun,
-        "src",
-        "198.18.100.1",
-    ]);
+    route_into_tun(&a, &tun);
     let first = peer.wait_for("child_established", Duration::from_secs(20));
-    let ping = |n: &str| {
-        a.run(&[
-            "ping",
-            "-c",
-            n,
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            "-I",
-            "198.18.100.1",
-            "198.19.0.1",
-        ])
-    };
-    assert!(String::from_utf8_lossy(&ping("2").stdout).contains(" 2 received"));
+    ping_across(&a, 2);
     drop(sw); // killed: no delete, no goodbye
     let closed = peer.wait_for("closed", Duration::from_secs(15));
     assert!(
@@ -478,12 +369,7 @@ fn tunnel_comes_back_after_strongswan_restarts() {
     let sw = Charon::start(&b, &ours.mirrored());
     let second = peer.wait_for("child_established", Duration::from_secs(30));
     assert_ne!(first["spi_in"], second["spi_in"]);
-    let out = ping("3");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains(" 3 received"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    ping_across(&a, 3);
     check_strongswan(&sw, &second);
 }
 
@@ -503,16 +389,7 @@ fn iperf3_stream_survives_rekeys_every_two_seconds() {
         &ours,
         &["--tun", &tun, "--rekey-every", "2"],
     );
-    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        &tun,
-        "src",
-        "198.18.100.1",
-    ]);
+    route_into_tun(&a, &tun);
     peer.wait_for("child_established", Duration::from_secs(20));
     // iperf3 fails (non-zero exit, so `iperf3` panics) if the stream breaks
     let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 8);

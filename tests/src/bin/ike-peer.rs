@@ -4,11 +4,13 @@
 //!
 //! ike-peer --role initiator|responder --local IP --remote IP --local-id ID --remote-id ID
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
+//!          [--fragment-size OCTETS] [--cookie-threshold N]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
+use ike::cookie::{CookieGate, DEFAULT_ROTATION};
 use ike::crypto::SecretBytes;
-use ike::driver::{accept, drive_with, Command, IkeSockets};
+use ike::driver::{accept, accept_with_cookies, drive_with, Command, IkeSockets};
 use ike::sa::{Event, IkeSa, SaConfig, IKE_PORT};
 use ike::tunnel::TunDevice;
 use ike::wire::{AddressRange, TrafficSelector};
@@ -92,9 +94,22 @@ async fn main() {
             SocketAddr::new(remote, IKE_PORT),
             Instant::now(),
         )
+    } else if let Some(threshold) = opt.get("cookie-threshold") {
+        // --cookie-threshold N: ask for a cookie (RFC 7296 §2.6) at N half-open SAs; this
+        // responder has none before it accepts, so 0 asks every initiator
+        let now = Instant::now();
+        let mut gate = CookieGate::new(threshold.parse().unwrap(), DEFAULT_ROTATION, now).unwrap();
+        accept_with_cookies(&sockets, config.clone(), &mut gate, 0)
+            .await
+            .expect("receive")
     } else {
         accept(&sockets, config.clone()).await.expect("receive")
     };
+    let mut sa = sa;
+    // --fragment-size N: IKE fragments (RFC 7383) of at most N-octet IP datagrams
+    if let Some(size) = opt.get("fragment-size") {
+        sa.set_fragment_size(size.parse().unwrap());
+    }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
