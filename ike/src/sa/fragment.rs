@@ -4,18 +4,22 @@
 //!
 //! Support is announced in IKE_SA_INIT (§2.3, `init.rs`); IKE_SA_INIT itself is never
 //! fragmented (§2.5). Sending hooks into [`IkeSa::queue`]: a whole SK message larger than the
-//! fragment size is cut into fragments once and the same fragments go out again on every
-//! retransmission (§2.6.1... the sender resends all of them). Receiving hooks into
-//! [`IkeSa::handle`]: a fragment is accepted only for the message ID the SA waits for, only after
-//! its integrity check (§2.6), and the reassembled message is handed to the ordinary path as one
-//! SK message sealed again under the inbound key, so every exchange handler reads it unchanged.
+//! fragment size is cut into fragments once, and every retransmission sends all of them again,
+//! unchanged (§2.6.1). Receiving hooks into [`IkeSa::handle`]: a fragment is taken only for the
+//! message ID the SA waits for and only after its integrity check (§2.6); a fragment of a
+//! request we already answered makes us resend the answer only when it is fragment 1 (§2.6.1).
+//! The reassembled message is handed to the ordinary path as one SK message sealed again under
+//! the inbound key, so every exchange handler reads it unchanged.
+//!
+//! Not done: path MTU discovery (§2.5.2) and a reassembly timer; a partial message is simply
+//! replaced by the next message's fragments, and its size is bounded.
 
 use super::*;
 use crate::wire::Header;
 use zeroize::Zeroizing;
 
-/// The IP datagram size fragments are cut to by default: RFC 7383 §2.5.1 suggests 1280 octets,
-/// the IPv6 minimum MTU, for IPv4 as well since it rarely needs less (strongSwan's default too).
+/// The IP datagram size fragments are cut to by default: 1280 octets, the IPv6 minimum MTU,
+/// for IPv4 too (RFC 7383 §2.5.1 discusses the choice; strongSwan's default is the same).
 pub const DEFAULT_FRAGMENT_SIZE: usize = 1280;
 
 /// More fragments than this for one message are refused (§2.6: limits against exhaustion).
@@ -121,8 +125,9 @@ impl Reassembler {
         let restart = match &self.partial {
             None => true,
             Some(p) if p.key != key => true,
-            // §2.6: a larger Total Fragments means the sender fragmented again, smaller (a
-            // PMTU change); the new fragments replace the old ones, stale smaller ones are dropped
+            // §2.6: a larger Total Fragments means the sender cut the message again into
+            // smaller pieces (§2.5.2); those replace what we have, and a fragment of the older,
+            // coarser cut arriving late is dropped
             Some(p) if f.total > p.total => true,
             Some(p) if f.total < p.total => {
                 return Added::Refused("Total Fragments smaller than earlier fragments")
@@ -494,7 +499,7 @@ mod tests {
             let frags = fragments(&cipher, 500);
             let f = &frags[1];
             // every octet after the IKE header's SPIs is covered: flipping one is caught,
-            // including the Fragment Number and Total Fragments fields (§2.5.3)
+            // including the Fragment Number and Total Fragments fields (§2.5)
             for at in [17, 20, 24, 33, 34, 35, 36, 40, f.len() - 20, f.len() - 1] {
                 let mut bad = f.clone();
                 bad[at] ^= 0x01;

@@ -420,3 +420,36 @@ fn the_responder_asks_for_a_cookie_and_the_retry_establishes() {
         );
     }
 }
+
+#[test]
+fn without_negotiated_support_nothing_is_fragmented_and_fragments_are_ignored() {
+    let mut net = Net::new(
+        "aes256gcm16-prfsha256-ecp256",
+        networks(18, 100),
+        networks(19, 100),
+    );
+    net.run();
+    net.assert_established();
+    let request: Vec<Vec<u8>> = of(&net.seen_by_r, ExchangeType::IKE_AUTH)
+        .into_iter()
+        .cloned()
+        .collect();
+    // as if neither end had announced IKEV2_FRAGMENTATION_SUPPORTED
+    net.i.frag.negotiated = false;
+    net.r.as_mut().unwrap().frag.negotiated = false;
+    let spi = net.i.child_spis()[0];
+    net.i.rekey_child(spi, net.now);
+    net.run();
+    let rekey = of(&net.seen_by_r, ExchangeType::CREATE_CHILD_SA);
+    assert_eq!(rekey.len(), 1);
+    assert!(!is_fragment(rekey[0]) && rekey[0].len() > 1280);
+    assert!(net
+        .events_i
+        .iter()
+        .any(|e| matches!(e, Event::ChildSaEstablished(c) if c.rekeys == Some(spi))));
+    // a fragment now is dropped: no answer, no state change
+    let r = net.r.as_mut().unwrap();
+    r.handle(&request[0], I.parse().unwrap(), net.now);
+    assert!(r.poll_transmit().is_none());
+    assert!(r.is_established());
+}

@@ -58,7 +58,7 @@ pub(crate) fn seal(
 /// Encrypts already emitted inner payloads (`inner`, the first of type `first_inner`) as one
 /// SK message, or with `fragment = Some((number, total))` as one SKF fragment of a message
 /// (RFC 7383 §2.5: each fragment is padded, encrypted and integrity-protected on its own; its
-/// associated data covers the header, the SKF payload header and the fragment numbers, §2.5.3).
+/// associated data covers the header, the SKF payload header and the fragment numbers).
 pub(crate) fn seal_inner(
     cipher: &SaCipher,
     header: &HeaderRepr,

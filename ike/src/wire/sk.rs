@@ -77,7 +77,7 @@ pub struct SkParts<'a> {
 }
 
 /// Where an encrypted message's parts sit, in octets from the start of the IKE header. The
-/// AEAD associated data (RFC 5282 §5.1; RFC 7383 §2.5.3 for SKF) is `0..iv.start`; a classic
+/// AEAD associated data (RFC 5282 §5.1; RFC 7383 §2.5 for SKF) is `0..iv.start`; a classic
 /// integrity check (§3.14) covers `0..icv.start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SkLayout {
