@@ -182,6 +182,9 @@ pub struct Tunnel {
     pub ike_lifetime: Duration,
     pub child_lifetime: Duration,
     pub child_lifetime_bytes: Option<u64>,
+    /// The largest IP datagram an IKE fragment may make (RFC 7383 §2.5.1), like strongSwan's
+    /// `charon.fragment_size`.
+    pub fragment_size: u16,
 }
 
 #[derive(Debug, Clone)]

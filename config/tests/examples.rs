@@ -62,6 +62,7 @@ fn cloud_example_uses_what_cloud_gateways_accept() {
         .iter()
         .all(|p| !p.to_string().contains("chacha")));
     assert_eq!(t.mtu, 1399);
+    assert_eq!(t.fragment_size, 1280);
 }
 
 #[test]

@@ -418,6 +418,20 @@ fn mtu_out_of_range() {
 }
 
 #[test]
+fn fragment_size_out_of_range() {
+    let t = replace(&base(), "mtu = 1400", "mtu = 1400\nfragment_size = 200");
+    check(
+        &refused(&t),
+        &[error(
+            at(&t, "fragment_size = 200", "200"),
+            "egress.corp.fragment_size",
+            "200 is out of range",
+        )
+        .expected("an integer from 576 to 9000")],
+    );
+}
+
+#[test]
 fn deny_status_that_is_no_deny_status() {
     let t = replace(&base(), "deny_status = 502", "deny_status = 404");
     check(

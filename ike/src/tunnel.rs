@@ -245,6 +245,8 @@ pub struct Supervision {
     pub max_delay: std::time::Duration,
     /// While false, no IKE SA is initiated (an operator brought the tunnel down).
     pub enabled: tokio::sync::watch::Receiver<bool>,
+    /// The largest IP datagram of an IKE fragment (RFC 7383), see [`IkeSa::set_fragment_size`].
+    pub fragment_size: usize,
 }
 
 /// Keeps a tunnel up as its initiator: whenever the IKE SA closes (the peer deleted it, stopped
@@ -265,7 +267,8 @@ pub async fn supervise(
                 return;
             }
         }
-        let sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
+        let mut sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
+        sa.set_fragment_size(plan.fragment_size);
         let (sa, counters) = run(sockets, tun, sa, events.clone(), commands).await;
         tracing::info!(remote = %plan.remote, ?counters, "IKE SA closed");
         delay = if sa.was_established() {

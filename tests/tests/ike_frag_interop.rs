@@ -69,10 +69,12 @@ fn fragmented_tunnel(role: &str, strongswan_cuts: bool) {
         };
         (options, vec![])
     } else {
-        (
-            CharonOptions::default(),
-            vec!["--fragment-size", size.as_str()],
-        )
+        let mut extra = vec!["--fragment-size", size.as_str()];
+        if role == "initiator" {
+            // through `ike::tunnel::supervise`, as the daemon runs a tunnel
+            extra.extend(["--restart", "yes"]);
+        }
+        (CharonOptions::default(), extra)
     };
     let log = tunnel(role, &options, &extra);
     assert_eq!(strongswan_fragmented(&log), strongswan_cuts, "{log}");

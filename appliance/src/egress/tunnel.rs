@@ -309,6 +309,7 @@ async fn run_tunnel(
         remote,
         max_delay: Duration::from_secs(30),
         enabled,
+        fragment_size: usize::from(t.fragment_size),
     };
     ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
 }

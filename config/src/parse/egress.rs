@@ -87,6 +87,7 @@ impl Reader<'_, '_> {
             "ike_lifetime",
             "child_lifetime",
             "child_lifetime_bytes",
+            "fragment_size",
         ];
         const INTERNET: &[&str] = &["source_addresses"];
         const PUBLIC: &[&str] = &["source_address"];
@@ -368,6 +369,7 @@ impl Reader<'_, '_> {
             NatMode::PerDevice,
         );
         let mtu = self.int_key(f, "mtu", 576, 9000, 1400);
+        let fragment_size = self.int_key(f, "fragment_size", 576, 9000, 1280);
         let initiate = self.bool_key(f, "initiate", true);
         let dpd_interval = self.duration_key(f, "dpd_interval", Duration::from_secs(30));
         let dpd_action = self.choice_key(
@@ -441,6 +443,7 @@ impl Reader<'_, '_> {
             ike_lifetime: ike_lifetime?,
             child_lifetime: child_lifetime?,
             child_lifetime_bytes: child_lifetime_bytes?,
+            fragment_size: u16::try_from(fragment_size?).ok()?,
         })
     }
 }

@@ -179,6 +179,9 @@ async fn main() {
                 remote,
                 max_delay: Duration::from_secs(5),
                 enabled,
+                fragment_size: opt
+                    .get("fragment-size")
+                    .map_or(ike::sa::DEFAULT_FRAGMENT_SIZE, |s| s.parse().unwrap()),
             };
             let run = ike::tunnel::supervise(&sockets, tun, plan, tx, &mut commands);
             let _ = tokio::time::timeout(limit, run).await;
