@@ -216,6 +216,19 @@ impl Net {
     }
 }
 
+/// A pair with 100 selectors a side: each IKE_AUTH carries ~3.2 kB of TS payloads.
+fn large(ike: &str) -> Net {
+    Net::new(ike, networks(18, 100), networks(19, 100))
+}
+
+/// The IKE_AUTH request's datagrams as the responder got them.
+fn auth_request(net: &Net) -> Vec<Vec<u8>> {
+    of(&net.seen_by_r, ExchangeType::IKE_AUTH)
+        .into_iter()
+        .cloned()
+        .collect()
+}
+
 fn fragments(seen: &[Vec<u8>]) -> usize {
     seen.iter().filter(|d| is_fragment(d)).count()
 }
@@ -227,8 +240,7 @@ fn a_large_ike_auth_travels_in_fragments_both_ways() {
         "aes128-sha256-modp2048",
         "chacha20poly1305-prfsha256-x25519",
     ] {
-        // 100 selectors a side: each IKE_AUTH carries ~3.2 kB of TS payloads
-        let mut net = Net::new(ike, networks(18, 100), networks(19, 100));
+        let mut net = large(ike);
         net.run();
         net.assert_established();
         assert!(net.i.fragmentation_negotiated());
@@ -281,11 +293,7 @@ fn ike_sa_init_is_never_fragmented_and_later_messages_are() {
 
 #[test]
 fn fragments_out_of_order_and_duplicated_reassemble_once() {
-    let mut net = Net::new(
-        "aes256gcm16-prfsha256-ecp256",
-        networks(18, 100),
-        networks(19, 100),
-    );
+    let mut net = large("aes256gcm16-prfsha256-ecp256");
     // every burst arrives backwards and twice
     let mess = |burst: Vec<Vec<u8>>| -> Vec<Vec<u8>> {
         burst
@@ -312,11 +320,7 @@ fn fragments_out_of_order_and_duplicated_reassemble_once() {
 
 #[test]
 fn a_lost_fragment_is_recovered_by_resending_all_fragments() {
-    let mut net = Net::new(
-        "aes256gcm16-prfsha256-ecp256",
-        networks(18, 100),
-        networks(19, 100),
-    );
+    let mut net = large("aes256gcm16-prfsha256-ecp256");
     let mut dropped = false;
     net.to_r = Box::new(move |burst| {
         let mut burst = burst;
@@ -339,11 +343,7 @@ fn a_lost_fragment_is_recovered_by_resending_all_fragments() {
 
 #[test]
 fn a_tampered_fragment_is_dropped_before_reassembly() {
-    let mut net = Net::new(
-        "aes128-sha256-modp2048",
-        networks(18, 100),
-        networks(19, 100),
-    );
+    let mut net = large("aes128-sha256-modp2048");
     let mut tampered = 0;
     net.to_i = Box::new(move |mut burst| {
         if tampered == 0 {
@@ -368,17 +368,10 @@ fn a_tampered_fragment_is_dropped_before_reassembly() {
 
 #[test]
 fn a_retransmitted_fragmented_request_is_answered_on_its_first_fragment_only() {
-    let mut net = Net::new(
-        "aes256gcm16-prfsha256-ecp256",
-        networks(18, 100),
-        networks(19, 100),
-    );
+    let mut net = large("aes256gcm16-prfsha256-ecp256");
     net.run();
     net.assert_established();
-    let request: Vec<Vec<u8>> = of(&net.seen_by_r, ExchangeType::IKE_AUTH)
-        .into_iter()
-        .cloned()
-        .collect();
+    let request = auth_request(&net);
     let answered = of(&net.seen_by_i, ExchangeType::IKE_AUTH).len();
     let r = net.r.as_mut().unwrap();
     let from: SocketAddr = I.parse().unwrap();
@@ -423,17 +416,10 @@ fn the_responder_asks_for_a_cookie_and_the_retry_establishes() {
 
 #[test]
 fn without_negotiated_support_nothing_is_fragmented_and_fragments_are_ignored() {
-    let mut net = Net::new(
-        "aes256gcm16-prfsha256-ecp256",
-        networks(18, 100),
-        networks(19, 100),
-    );
+    let mut net = large("aes256gcm16-prfsha256-ecp256");
     net.run();
     net.assert_established();
-    let request: Vec<Vec<u8>> = of(&net.seen_by_r, ExchangeType::IKE_AUTH)
-        .into_iter()
-        .cloned()
-        .collect();
+    let request = auth_request(&net);
     // as if neither end had announced IKEV2_FRAGMENTATION_SUPPORTED
     net.i.frag.negotiated = false;
     net.r.as_mut().unwrap().frag.negotiated = false;
