@@ -12,6 +12,8 @@
 //!   checked against published vectors.
 //! - [`wire`]: checked views and builders for IKE messages and payloads.
 //! - [`esp`]: ESP packet framing and the anti-replay window.
+//! - [`cookie`]: which IKE_SA_INIT requests a responder under load answers with a COOKIE
+//!   (RFC 7296 §2.6) instead of creating state.
 //!
 //! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
 //!   SA, NAT detection, retransmission; see its module doc for what is not done yet.

@@ -11,7 +11,10 @@
 //! INFORMATIONAL requests from the peer (liveness checks, deletes).
 //!
 //! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
-//! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
+//! SAs), our own liveness checks.
+//!
+//! IKE fragmentation (RFC 7383) lives in `fragment.rs`; a responder's cookies (§2.6) are decided
+//! before an SA exists, by [`crate::cookie::CookieGate`].
 
 mod auth;
 mod child;
