@@ -20,6 +20,7 @@
 //! (TUN, UDP): nothing here carries traffic yet.
 
 pub mod crypto;
+pub mod datapath;
 pub mod driver;
 pub mod esp;
 pub mod identity;

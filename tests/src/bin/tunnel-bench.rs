@@ -3,7 +3,10 @@
 //! attestgate↔strongSwan and attestgate↔attestgate — next to plain veth, all in one run, with
 //! ratios against the baseline. Needs root.
 //!
-//!   cargo build --release -p tests && sudo target/release/tunnel-bench [SECONDS]
+//!   cargo build --release -p tests && sudo target/release/tunnel-bench [SECONDS] [KIND…]
+//!
+//! KIND is any of `veth`, `strongswan-strongswan`, `attestgate-strongswan`,
+//! `attestgate-attestgate` (all when none is given).
 
 #![allow(clippy::unwrap_used)] // a benchmark tool: a failed step ends it
 
@@ -84,6 +87,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
+    let only: Vec<String> = std::env::args().skip(2).collect();
     println!("tunnel-bench: one iperf3 TCP stream, {secs} s each, same machine, same run");
     for (ike, esp) in [
         ("chacha20poly1305-prfsha256-x25519", "chacha20poly1305"),
@@ -97,6 +101,9 @@ fn main() {
             "attestgate-strongswan",
             "attestgate-attestgate",
         ] {
+            if !only.is_empty() && !only.iter().any(|k| k == kind) {
+                continue;
+            }
             let bps = run(kind, ike, esp, secs);
             results.push((kind, bps));
         }
