@@ -310,6 +310,13 @@ async fn send_sealed(
     }
 }
 
+/// A buffer for one packet to the TUN device, with the capacity of a whole coalesced
+/// super-segment: segments of a flow are appended to the first one's buffer, and only when it
+/// has room for 64 KiB without reallocating (tun-rs). The memory is reserved, not touched.
+fn tun_buffer() -> Vec<u8> {
+    Vec::with_capacity(2 * TUN_HEADROOM + 65_535)
+}
+
 /// Opens `esp` with its SA into `buf` (after [`TUN_HEADROOM`] octets); true when `buf` then
 /// holds an inner packet for the TUN device.
 fn open_into(
@@ -351,7 +358,7 @@ pub async fn decrypt_udp_loop(
     ike: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
 ) {
     let mut rx = udp.recv_buffers();
-    let mut out: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| Vec::with_capacity(2048)).collect();
+    let mut out: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| tun_buffer()).collect();
     loop {
         if let Err(e) = udp.recv(&mut rx).await {
             tracing::debug!(error = %e, "UDP 4500 receive failed");
@@ -372,7 +379,7 @@ pub async fn decrypt_udp_loop(
                         }
                         Udp4500::Esp(esp) => {
                             if ready == out.len() {
-                                out.push(Vec::with_capacity(2048));
+                                out.push(tun_buffer());
                             }
                             if let Some(buf) = out.get_mut(ready) {
                                 if open_into(&mut inbound, esp, buf, &counters) {
