@@ -12,6 +12,8 @@
 //!   checked against published vectors.
 //! - [`wire`]: checked views and builders for IKE messages and payloads.
 //! - [`esp`]: ESP packet framing and the anti-replay window.
+//! - [`datapath`] and [`tunnel`]: the tokio data path of a tunnel — TUN device with offloads,
+//!   batched UDP 4500 (GSO/GRO) and raw ESP, one task per direction.
 //!
 //! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
 //!   SA, NAT detection, retransmission; see its module doc for what is not done yet.

@@ -400,7 +400,8 @@ pub async fn decrypt_udp_loop(
     }
 }
 
-/// The decrypt task of raw ESP: protocol 50 → TUN. Runs until aborted.
+/// The decrypt task of raw ESP: protocol 50 → TUN. Runs until aborted. After each wait it
+/// takes whatever else is queued (up to a batch) so the TUN write can coalesce.
 pub async fn decrypt_raw_loop(
     raw: RawEsp,
     mut tun: TunWriter,
@@ -408,9 +409,9 @@ pub async fn decrypt_raw_loop(
     counters: Arc<Counters>,
 ) {
     let mut buf = vec![0u8; 65_536];
-    let mut out = vec![Vec::with_capacity(2048)];
+    let mut out: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| tun_buffer()).collect();
     loop {
-        let at = match raw.recv(&mut buf).await {
+        let first = match raw.recv(&mut buf).await {
             Ok(at) => at,
             Err(e) => {
                 tracing::debug!(error = %e, "raw ESP receive failed");
@@ -418,11 +419,23 @@ pub async fn decrypt_raw_loop(
                 continue;
             }
         };
-        let (Some(esp), Some(dst)) = (buf.get(at), out.get_mut(0)) else {
-            continue;
-        };
-        if open_into(&mut lock(&sad.inbound), esp, dst, &counters) {
-            if let Err(e) = tun.write_batch(&mut out).await {
+        let mut ready = 0;
+        {
+            let mut inbound = lock(&sad.inbound);
+            let mut at = Some(first);
+            while let Some(range) = at.take() {
+                if let (Some(esp), Some(dst)) = (buf.get(range), out.get_mut(ready)) {
+                    if open_into(&mut inbound, esp, dst, &counters) {
+                        ready += 1;
+                    }
+                }
+                if ready < out.len() {
+                    at = raw.try_recv(&mut buf).ok().flatten();
+                }
+            }
+        }
+        if let Some(packets) = out.get_mut(..ready) {
+            if let Err(e) = tun.write_batch(packets).await {
                 tracing::debug!(error = %e, "TUN write failed");
             }
         }

@@ -54,14 +54,33 @@ impl RawEsp {
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<std::ops::Range<usize>> {
         loop {
             let n = self.socket.recv(buf).await?;
-            let packet = buf.get(..n).unwrap_or_default();
-            if !self.v4 {
-                return Ok(0..n);
-            }
-            if let Some(at) = ipv4_payload(packet) {
+            if let Some(at) = self.esp_part(buf, n) {
                 return Ok(at);
             }
             // not an IPv4 packet we can read: drop it and wait for the next
+        }
+    }
+
+    /// As [`Self::recv`] if a packet is waiting; `None` if none is.
+    pub fn try_recv(&self, buf: &mut [u8]) -> io::Result<Option<std::ops::Range<usize>>> {
+        loop {
+            let n = match self.socket.try_recv(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            if let Some(at) = self.esp_part(buf, n) {
+                return Ok(Some(at));
+            }
+        }
+    }
+
+    fn esp_part(&self, buf: &[u8], n: usize) -> Option<std::ops::Range<usize>> {
+        let packet = buf.get(..n)?;
+        if self.v4 {
+            ipv4_payload(packet)
+        } else {
+            Some(0..n)
         }
     }
 }
