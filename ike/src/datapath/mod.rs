@@ -256,8 +256,37 @@ pub async fn encrypt_loop(
     }
 }
 
-/// Sends the packets of one batch: consecutive UDP datagrams to one peer, all of one size but
-/// the last, in one GSO call.
+/// The next send of a batch starting at `sealed[i]`: how many packets it takes. Consecutive
+/// UDP datagrams to one peer go together, all of the first one's size but the last, which may
+/// be shorter (UDP GSO's rule), at most `max` of them and [`udp::GSO_MAX_BYTES`] in all; a raw
+/// ESP packet goes alone.
+fn next_send(sealed: &[Sealed], i: usize, max: usize) -> usize {
+    let Some(first) = sealed.get(i) else {
+        return 0;
+    };
+    if first.path == EspPath::Raw {
+        return 1;
+    }
+    let mut taken = 1;
+    let mut bytes = first.len;
+    while let Some(s) = sealed.get(i + taken) {
+        if taken >= max
+            || s.path != first.path
+            || s.len > first.len
+            || bytes + s.len > udp::GSO_MAX_BYTES
+        {
+            break;
+        }
+        bytes += s.len;
+        taken += 1;
+        if s.len < first.len {
+            break; // only the last datagram of a GSO send may be shorter
+        }
+    }
+    taken
+}
+
+/// Sends the packets of one batch, as [`next_send`] groups them.
 async fn send_sealed(
     batch: &[u8],
     sealed: &[Sealed],
@@ -268,45 +297,30 @@ async fn send_sealed(
     let max = udp.max_segments();
     let mut i = 0;
     while let Some(first) = sealed.get(i).copied() {
-        let mut next = i + 1;
-        let mut end = first.start + first.len;
-        let result = match first.path {
-            EspPath::Raw => match (raw, batch.get(first.start..end)) {
-                (Some(raw), Some(packet)) => raw.send(packet).await,
-                _ => Err(std::io::Error::other("no raw ESP socket")),
+        let taken = next_send(sealed, i, max);
+        let end = sealed
+            .get(i + taken - 1)
+            .map_or(first.start, |last| last.start + last.len);
+        let contents = batch.get(first.start..end);
+        let result = match (first.path, contents) {
+            (EspPath::Raw, Some(packet)) => match raw {
+                Some(raw) => raw.send(packet).await,
+                None => Err(std::io::Error::other("no raw ESP socket")),
             },
-            EspPath::Udp(to) => {
-                while let Some(s) = sealed.get(next) {
-                    if next - i >= max
-                        || s.path != first.path
-                        || s.len > first.len
-                        || end + s.len - first.start > udp::GSO_MAX_BYTES
-                    {
-                        break;
-                    }
-                    end += s.len;
-                    next += 1;
-                    if s.len < first.len {
-                        break; // only the last datagram of a GSO send may be shorter
-                    }
-                }
-                match batch.get(first.start..end) {
-                    Some(contents) => udp.send(to, contents, first.len).await,
-                    None => Err(std::io::Error::other("batch out of range")),
-                }
-            }
+            (EspPath::Udp(to), Some(contents)) => udp.send(to, contents, first.len).await,
+            (_, None) => Err(std::io::Error::other("batch out of range")),
         };
         match result {
             Ok(()) => {
-                add(&counters.packets_out, (next - i) as u64);
+                add(&counters.packets_out, taken as u64);
                 add(&counters.send_calls, 1);
             }
             Err(e) => {
                 tracing::debug!(error = %e, "ESP send failed");
-                add(&counters.send_errors, (next - i) as u64);
+                add(&counters.send_errors, taken as u64);
             }
         }
-        i = next;
+        i += taken.max(1);
     }
 }
 
@@ -439,5 +453,72 @@ pub async fn decrypt_raw_loop(
                 tracing::debug!(error = %e, "TUN write failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(sizes: &[usize], path: EspPath) -> Vec<Sealed> {
+        let mut start = 0;
+        sizes
+            .iter()
+            .map(|&len| {
+                let s = Sealed { path, start, len };
+                start += len;
+                s
+            })
+            .collect()
+    }
+
+    fn sends(sealed: &[Sealed], max: usize) -> Vec<usize> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < sealed.len() {
+            let n = next_send(sealed, i, max);
+            assert!(n >= 1);
+            out.push(n);
+            i += n;
+        }
+        out
+    }
+
+    fn udp() -> EspPath {
+        EspPath::Udp("203.0.113.20:4500".parse().unwrap())
+    }
+
+    #[test]
+    fn equal_datagrams_go_in_one_gso_send_with_a_shorter_last() {
+        let s = batch(&[1438, 1438, 1438, 700], udp());
+        assert_eq!(sends(&s, 64), [4]);
+        // a longer datagram after a shorter one starts a new send
+        let s = batch(&[1438, 700, 1438, 1438], udp());
+        assert_eq!(sends(&s, 64), [2, 2]);
+        // a longer one than the first cannot join
+        let s = batch(&[700, 1438], udp());
+        assert_eq!(sends(&s, 64), [1, 1]);
+    }
+
+    #[test]
+    fn gso_sends_respect_the_segment_and_byte_limits() {
+        let s = batch(&[1000; 10], udp());
+        assert_eq!(sends(&s, 4), [4, 4, 2]);
+        assert_eq!(sends(&s, 1), [1; 10]);
+        let s = batch(&[1438; 100], udp());
+        let per = udp::GSO_MAX_BYTES / 1438;
+        let got = sends(&s, 128);
+        assert!(got.iter().all(|&n| n <= per), "{got:?}");
+        assert_eq!(got.iter().sum::<usize>(), 100);
+    }
+
+    #[test]
+    fn raw_esp_and_other_peers_split_sends() {
+        let s = batch(&[1438; 3], EspPath::Raw);
+        assert_eq!(sends(&s, 64), [1, 1, 1]);
+        let mut s = batch(&[1438; 4], udp());
+        s[2].path = EspPath::Udp("198.51.100.7:4500".parse().unwrap());
+        assert_eq!(sends(&s, 64), [2, 1, 1]);
+        assert_eq!(next_send(&s, 9, 64), 0);
     }
 }
