@@ -38,7 +38,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Packet and drop counts of a tunnel's data plane.
@@ -110,8 +110,25 @@ struct OutboundSa {
     remote_ts: Vec<TrafficSelector>,
     spi_in: u32,
     path: EspPath,
-    /// The control loop was told that this SA is due for a rekey.
-    rekey_asked: bool,
+    /// When the control loop was last told that this SA is due for a rekey.
+    rekey_asked: Option<Instant>,
+}
+
+/// While an SA stays due for a rekey (the CREATE_CHILD_SA failed, or is slow), it is asked for
+/// again this often, not on every packet.
+const REKEY_REASK: Duration = Duration::from_secs(5);
+
+impl OutboundSa {
+    fn ask_rekey(&mut self, rekey: &mpsc::UnboundedSender<u32>) {
+        let now = Instant::now();
+        if self
+            .rekey_asked
+            .is_none_or(|at| now.duration_since(at) >= REKEY_REASK)
+        {
+            self.rekey_asked = Some(now);
+            let _ = rekey.send(self.spi_in);
+        }
+    }
 }
 
 /// The security association database of one tunnel: outbound SAs in the order they were
@@ -157,7 +174,7 @@ impl Sad {
             remote_ts: child.remote_ts.clone(),
             spi_in: child.spi_in,
             path,
-            rekey_asked: false,
+            rekey_asked: None,
         });
         Ok(())
     }
@@ -191,7 +208,8 @@ struct Sealed {
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
 /// The encrypt task: TUN → ESP → UDP or raw IP. Runs until aborted. `rekey` hears the
-/// inbound SPI of each SA that reached a soft limit (once per SA) or its hard limit.
+/// inbound SPI of each SA that reached a soft or its hard limit (again every
+/// [`REKEY_REASK`] while it stays so).
 pub async fn encrypt_loop(
     mut tun: TunReader,
     sad: Arc<Sad>,
@@ -231,9 +249,8 @@ pub async fn encrypt_loop(
                 let start = batch.len();
                 match o.esp.seal(packet, &mut batch) {
                     Ok(info) => {
-                        if info.rekey_due && !o.rekey_asked {
-                            o.rekey_asked = true;
-                            let _ = rekey.send(o.spi_in);
+                        if info.rekey_due {
+                            o.ask_rekey(&rekey);
                         }
                         sealed.push(Sealed {
                             path: o.path,
@@ -243,10 +260,7 @@ pub async fn encrypt_loop(
                     }
                     Err(_) => {
                         // past the hard limit: rekey, and drop until the new SA is up
-                        if !o.rekey_asked {
-                            o.rekey_asked = true;
-                            let _ = rekey.send(o.spi_in);
-                        }
+                        o.ask_rekey(&rekey);
                         add(&counters.no_sa, 1);
                     }
                 }
