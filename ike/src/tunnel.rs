@@ -46,7 +46,7 @@ pub async fn run(
 ) -> (IkeSa, TunnelCounters) {
     let counters = Arc::new(Counters::default());
     let sad = Arc::new(Sad::default());
-    let (ike_tx, mut ike_rx) = mpsc::unbounded_channel();
+    let (ike_tx, mut ike_rx) = mpsc::channel(datapath::IKE_QUEUE);
     let (rekey_tx, mut rekey_rx) = mpsc::unbounded_channel();
     let mut tasks = Tasks(Vec::new());
     let udp = match EspUdp::new(sockets.natt_shared()) {

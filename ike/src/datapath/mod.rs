@@ -204,6 +204,9 @@ struct Sealed {
     len: usize,
 }
 
+/// IKE messages from UDP 4500 waiting for the control loop.
+pub const IKE_QUEUE: usize = 64;
+
 /// Pause after an I/O error before trying again, so a failing device cannot spin a core.
 const ERROR_PAUSE: Duration = Duration::from_millis(10);
 
@@ -377,13 +380,13 @@ fn open_into(
 }
 
 /// The decrypt task of UDP 4500: ESP → TUN; IKE messages (non-ESP marker removed) go to
-/// `ike` with their sender. Runs until aborted.
+/// `ike` with their sender (up to [`IKE_QUEUE`] waiting). Runs until aborted.
 pub async fn decrypt_udp_loop(
     udp: EspUdp,
     mut tun: TunWriter,
     sad: Arc<Sad>,
     counters: Arc<Counters>,
-    ike: mpsc::UnboundedSender<(Vec<u8>, SocketAddr)>,
+    ike: mpsc::Sender<(Vec<u8>, SocketAddr)>,
 ) {
     let mut rx = udp.recv_buffers();
     let mut out: Vec<Vec<u8>> = (0..TUN_BATCH).map(|_| tun_buffer()).collect();
@@ -403,7 +406,9 @@ pub async fn decrypt_udp_loop(
                 for datagram in data.chunks(stride) {
                     match classify_udp4500(datagram) {
                         Udp4500::Ike(message) => {
-                            let _ = ike.send((message.to_vec(), from));
+                            // a full queue drops the message, as a full socket
+                            // buffer would: a flood of IKE cannot grow memory
+                            let _ = ike.try_send((message.to_vec(), from));
                         }
                         Udp4500::Esp(esp) => {
                             if ready == out.len() {
