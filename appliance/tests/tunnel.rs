@@ -98,6 +98,8 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
         ike_rekey: "4h".into(),
     };
     let sw = Charon::start(&b, &peer);
+    // a route of ours (routing protocol 245) that a crashed daemon could have left behind
+    a.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "proto", "245"]);
 
     let _daemon = Daemon(
         Command::new("ip")
@@ -146,6 +148,7 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
         ours.contains(&format!("198.19.0.0/24 dev {tun}")),
         "no route of ours: {ours}"
     );
+    assert!(!ours.contains("192.0.2.0/24"), "leftover kept: {ours}");
     let ping = a.run(&[
         "ping",
         "-c",
