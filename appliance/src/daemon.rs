@@ -635,6 +635,10 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         tracing::warn!("{w}");
     }
     shared.sync_devices();
+    // routes of ours (protocol 245) that a previous run left behind
+    if let Err(e) = crate::egress::routes::remove_leftovers().await {
+        tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
+    }
     shared.reconcile_tunnels();
     shared.reconcile_relay();
     shared.events.emit(
@@ -717,6 +721,8 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     if let Ok(mut t) = shared.tunnels.lock() {
         t.clear(); // aborts the tunnel tasks; their TUN devices go with them
     }
+    // the devices' routes go with them; remove ours explicitly all the same
+    let _ = crate::egress::routes::remove_leftovers().await;
     drop(listener);
     let _ = std::fs::remove_file(&cfg.appliance.control_socket);
     shared

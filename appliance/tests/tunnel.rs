@@ -98,6 +98,8 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
         ike_rekey: "4h".into(),
     };
     let sw = Charon::start(&b, &peer);
+    // a route of ours (routing protocol 245) that a crashed daemon could have left behind
+    a.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "proto", "245"]);
 
     let _daemon = Daemon(
         Command::new("ip")
@@ -137,15 +139,16 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     // traffic through the daemon's tunnel
     let tun = up["tun"].as_str().unwrap();
     a.ip(&["link", "set", tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        tun,
-        "src",
-        "198.18.100.1",
-    ]);
+    // the daemon routed the peer's selector into the device, with its routing protocol
+    let routes = |a: &Netns| {
+        String::from_utf8_lossy(&a.ip(&["route", "show", "proto", "245"]).stdout).to_string()
+    };
+    let ours = routes(&a);
+    assert!(
+        ours.contains(&format!("198.19.0.0/24 dev {tun}")),
+        "no route of ours: {ours}"
+    );
+    assert!(!ours.contains("192.0.2.0/24"), "leftover kept: {ours}");
     let ping = a.run(&[
         "ping",
         "-c",
@@ -192,12 +195,19 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(tunnels(&config)["state"], "down");
+    // with the child SA gone, so is its route
+    assert_eq!(routes(&a).trim(), "", "routes left after down");
 
     // up again
     assert!(cli(&config, &["tunnel", "up", "corp"]).status.success());
     wait_until(&config, "re-established", Duration::from_secs(20), |t| {
         t["state"] == "established" && !t["children"].as_array().is_none_or(|c| c.is_empty())
     });
+    assert!(
+        routes(&a).contains(&format!("198.19.0.0/24 dev {tun}")),
+        "route not back after up: {}",
+        routes(&a)
+    );
     let unknown = cli(&config, &["tunnel", "rekey", "nope"]);
     assert_eq!(unknown.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no tunnel named `nope`"));

@@ -1,7 +1,8 @@
 //! The tokio side of IKE: UDP sockets on ports 500 and 4500 (RFC 3948: non-ESP marker,
 //! keepalives) and a loop that feeds one [`IkeSa`] and sends what it asks for.
 //!
-//! Not yet: the endpoint that demultiplexes many SAs by SPI, and the ESP data path (TUN).
+//! Not yet: the endpoint that demultiplexes many SAs by SPI. The ESP data path is
+//! [`crate::tunnel`] and [`crate::datapath`].
 
 use crate::cookie::{Admission, CookieGate};
 use crate::sa::{Event, IkeSa, SaConfig, Transmit, IKE_PORT, NATT_PORT};
@@ -31,7 +32,7 @@ pub enum Received {
 #[derive(Debug)]
 pub struct IkeSockets {
     ike: UdpSocket,
-    natt: UdpSocket,
+    natt: Arc<UdpSocket>,
     local: IpAddr,
 }
 
@@ -39,7 +40,7 @@ impl IkeSockets {
     pub async fn bind(local: IpAddr) -> std::io::Result<IkeSockets> {
         Ok(IkeSockets {
             ike: UdpSocket::bind((local, IKE_PORT)).await?,
-            natt: UdpSocket::bind((local, NATT_PORT)).await?,
+            natt: Arc::new(UdpSocket::bind((local, NATT_PORT)).await?),
             local,
         })
     }
@@ -52,6 +53,11 @@ impl IkeSockets {
     /// The port-4500 socket (IKE after a NAT, and UDP-encapsulated ESP).
     pub fn natt_socket(&self) -> &UdpSocket {
         &self.natt
+    }
+
+    /// The port-4500 socket, shared with the data path's tasks.
+    pub fn natt_shared(&self) -> Arc<UdpSocket> {
+        self.natt.clone()
     }
 
     pub fn local(&self, port: u16) -> SocketAddr {

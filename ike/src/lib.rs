@@ -14,6 +14,8 @@
 //! - [`esp`]: ESP packet framing and the anti-replay window.
 //! - [`cookie`]: which IKE_SA_INIT requests a responder under load answers with a COOKIE
 //!   (RFC 7296 §2.6) instead of creating state.
+//! - [`datapath`] and [`tunnel`]: the tokio data path of a tunnel — TUN device with offloads,
+//!   batched UDP 4500 (GSO/GRO) and raw ESP, one task per direction.
 //!
 //! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
 //!   SA, NAT detection, retransmission; see its module doc for what is not done yet.
@@ -23,6 +25,7 @@
 
 pub mod cookie;
 pub mod crypto;
+pub mod datapath;
 pub mod driver;
 pub mod esp;
 pub mod identity;

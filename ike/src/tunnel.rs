@@ -1,97 +1,38 @@
 //! One tunnel's data plane in tokio: a TUN device, the IKE sockets, the IKE SA and its ESP SAs.
-//! Packets the kernel routes into the TUN device leave encrypted in UDP 4500 (RFC 3948); ESP
-//! that arrives is checked (replay, ICV, traffic selectors) and written back into the TUN
-//! device. Child SAs are installed make-before-break as the IKE SA rekeys them, and a child SA
-//! reaching its soft limit is rekeyed.
+//! Packets the kernel routes into the TUN device leave encrypted, in UDP 4500 (RFC 3948) when
+//! the child SA is UDP-encapsulated and as raw ESP (IP protocol 50) otherwise (RFC 7296
+//! §2.23); ESP that arrives is checked (replay, ICV, traffic selectors) and written back into
+//! the TUN device. Child SAs are installed make-before-break as the IKE SA rekeys them, and a
+//! child SA reaching its soft limit is rekeyed.
 //!
-//! The TUN device comes from the `tun-tap` crate (named by the product card); it does the one
-//! `TUNSETIFF` ioctl, so this crate needs no `unsafe`. Its blocking file descriptor is set
-//! non-blocking and driven by tokio's `AsyncFd`. tun-tap has no multi-queue or offloads; a
-//! faster data path will need them.
+//! [`run`] is the control loop (the IKE SA, its timers and commands); the packets move in
+//! tasks of their own, one per direction, batched and with the TUN device's offloads
+//! ([`crate::datapath`]).
 //!
-//! Not yet: raw ESP (IP protocol 50) when no NAT is on the path — only UDP encapsulation,
-//! which every peer here (strongSwan with kernel-libipsec always encapsulates) uses; routes via
-//! rtnetlink (the caller routes the remote selectors into the device).
+//! Routes are the caller's: the appliance routes the remote selectors into the device with
+//! rtnetlink as child SAs come and go.
 
+pub use crate::datapath::{TunDevice, TunnelCounters};
+
+use crate::datapath::{self, Counters, EspPath, EspUdp, RawEsp, Sad};
 use crate::driver::{Command, IkeSockets};
-use crate::esp::{InboundEsp, InnerPacket, Opened, OutboundEsp};
 use crate::sa::{Event, IkeSa};
-use crate::wire::{classify_udp4500, TrafficSelector, Udp4500};
-use std::collections::HashMap;
-use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 /// How often a NAT-keepalive is sent (RFC 3948 §4 suggests 20 s).
 pub const NAT_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// Packet and drop counts of a tunnel's data plane.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TunnelCounters {
-    pub packets_out: u64,
-    pub packets_in: u64,
-    /// Packets from the TUN device that no child SA covers.
-    pub no_sa: u64,
-    /// ESP for an SPI we do not have.
-    pub unknown_spi: u64,
-    /// ESP refused by its SA (replay, ICV, selectors, malformed).
-    pub esp_dropped: u64,
-    pub send_errors: u64,
-}
+/// Aborts the data-path tasks when the control loop ends, however it ends.
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
 
-/// A TUN device for one tunnel.
-#[derive(Debug)]
-pub struct TunDevice {
-    fd: AsyncFd<tun_tap::Iface>,
-}
-
-impl TunDevice {
-    /// Creates (or opens) the TUN device `name`, without packet information headers.
-    pub fn create(name: &str) -> std::io::Result<TunDevice> {
-        let iface = tun_tap::Iface::without_packet_info(name, tun_tap::Mode::Tun)?;
-        iface.set_non_blocking()?;
-        // `AsyncFd::new` is deprecated for lack of I/O safety; it holds here: the `Iface` owns
-        // its descriptor and lives inside the `AsyncFd` until both are dropped together. The
-        // replacement (`register`) is `unsafe`, which this crate does not allow.
-        #[allow(deprecated)]
-        let fd = AsyncFd::new(iface)?;
-        Ok(TunDevice { fd })
-    }
-
-    pub fn name(&self) -> &str {
-        self.fd.get_ref().name()
-    }
-
-    async fn read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            match guard.try_io(|fd| fd.get_ref().recv(buf)) {
-                Ok(result) => return result,
-                Err(_would_block) => continue,
-            }
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
         }
     }
-
-    async fn write(&self, packet: &[u8]) -> std::io::Result<()> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            match guard.try_io(|fd| fd.get_ref().send(packet)) {
-                Ok(result) => return result.map(|_| ()),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-struct Outbound {
-    esp: OutboundEsp,
-    remote_ts: Vec<TrafficSelector>,
-    spi_in: u32,
-}
-
-fn covers(selectors: &[TrafficSelector], addr: IpAddr) -> bool {
-    selectors.iter().any(|t| t.addresses.contains(addr))
 }
 
 /// Runs the tunnel until its IKE SA closes. Events go to `events` after the data plane acted
@@ -103,53 +44,78 @@ pub async fn run(
     events: mpsc::UnboundedSender<Event>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> (IkeSa, TunnelCounters) {
-    let mut counters = TunnelCounters::default();
-    let mut inbound: HashMap<u32, InboundEsp> = HashMap::new();
-    let mut outbound: Vec<Outbound> = Vec::new();
-    let mut tun_buf = vec![0u8; 65_535];
-    let mut udp_buf = vec![0u8; 65_535];
+    let counters = Arc::new(Counters::default());
+    let sad = Arc::new(Sad::default());
+    let (ike_tx, mut ike_rx) = mpsc::channel(datapath::IKE_QUEUE);
+    let (rekey_tx, mut rekey_rx) = mpsc::unbounded_channel();
+    let mut tasks = Tasks(Vec::new());
+    let udp = match EspUdp::new(sockets.natt_shared()) {
+        Ok(udp) => udp,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot set up UDP 4500 for ESP");
+            sa.delete(Instant::now());
+            return (sa, counters.snapshot());
+        }
+    };
+    tasks.0.push(tokio::spawn(datapath::encrypt_loop(
+        tun.reader(),
+        sad.clone(),
+        udp.clone(),
+        counters.clone(),
+        rekey_tx,
+    )));
+    tasks.0.push(tokio::spawn(datapath::decrypt_udp_loop(
+        udp,
+        tun.writer(),
+        sad.clone(),
+        counters.clone(),
+        ike_tx,
+    )));
     let mut ike_buf = vec![0u8; 65_535];
-    let mut sealed = Vec::with_capacity(2048);
     // RFC 3948 §2.3: keep the NAT's mapping alive while nothing else is sent
     let mut keepalive = tokio::time::interval(NAT_KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(t) = sa.poll_transmit() {
             if sockets.send(&t).await.is_err() {
-                counters.send_errors += 1;
+                counters.count_send_error();
             }
         }
         while let Some(e) = sa.poll_event() {
             match &e {
-                Event::ChildSaEstablished(child) => match (
-                    OutboundEsp::from_child(child),
-                    InboundEsp::from_child(child),
-                ) {
-                    (Ok(out), Ok(inn)) => {
-                        inbound.insert(child.spi_in, inn);
-                        // make-before-break: the new SA takes over sending at once; the old
-                        // inbound SA stays until its delete
-                        outbound.retain(|o| Some(o.spi_in) != child.rekeys);
-                        outbound.push(Outbound {
-                            esp: out,
-                            remote_ts: child.remote_ts.clone(),
-                            spi_in: child.spi_in,
-                        });
-                    }
-                    (Err(err), _) | (_, Err(err)) => {
+                Event::ChildSaEstablished(child) => {
+                    let path = if child.udp_encap {
+                        EspPath::Udp(sa.remote())
+                    } else {
+                        if sad.raw().is_none() {
+                            match RawEsp::open(sockets.local(0).ip(), sa.remote().ip()) {
+                                Ok(raw) => {
+                                    sad.set_raw(raw.clone());
+                                    tasks.0.push(tokio::spawn(datapath::decrypt_raw_loop(
+                                        raw,
+                                        tun.writer(),
+                                        sad.clone(),
+                                        counters.clone(),
+                                    )));
+                                }
+                                Err(err) => {
+                                    tracing::warn!(error = %err, "cannot open a raw ESP socket")
+                                }
+                            }
+                        }
+                        EspPath::Raw
+                    };
+                    if let Err(err) = sad.install(child, path) {
                         tracing::warn!(error = %err, "cannot install child SA")
                     }
-                },
-                Event::ChildSaDeleted { spi_in, .. } => {
-                    inbound.remove(spi_in);
-                    outbound.retain(|o| o.spi_in != *spi_in);
                 }
+                Event::ChildSaDeleted { spi_in, .. } => sad.remove(*spi_in),
                 _ => {}
             }
             let _ = events.send(e);
         }
         if sa.is_closed() {
-            return (sa, counters);
+            return (sa, counters.snapshot());
         }
         let timeout = sa.poll_timeout();
         let sleep = async {
@@ -159,60 +125,13 @@ pub async fn run(
             }
         };
         tokio::select! {
-            r = tun.read(&mut tun_buf) => {
-                let Ok(n) = r else { continue };
-                let packet = &tun_buf[..n];
-                let Ok(inner) = InnerPacket::parse(packet) else { continue };
-                let Some(o) = outbound.iter_mut().rev().find(|o| covers(&o.remote_ts, inner.dst)) else {
-                    counters.no_sa += 1;
-                    continue;
-                };
-                sealed.clear();
-                match o.esp.seal(packet, &mut sealed) {
-                    Ok(info) => {
-                        if info.rekey_due {
-                            sa.rekey_child(o.spi_in, Instant::now());
-                        }
-                        if sockets.natt_socket().send_to(&sealed, sa.remote()).await.is_ok() {
-                            counters.packets_out += 1;
-                        } else {
-                            counters.send_errors += 1;
-                        }
-                    }
-                    Err(_) => {
-                        // past the hard limit: rekey, and drop until the new SA is up
-                        sa.rekey_child(o.spi_in, Instant::now());
-                        counters.no_sa += 1;
-                    }
-                }
-            }
-            r = sockets.natt_socket().recv_from(&mut udp_buf) => {
-                let Ok((n, from)) = r else { continue };
-                match classify_udp4500(&udp_buf[..n]) {
-                    Udp4500::Ike(ike) => sa.handle(ike, from, Instant::now()),
-                    Udp4500::Esp(_) => {
-                        let spi = u32::from_be_bytes([udp_buf[0], udp_buf[1], udp_buf[2], udp_buf[3]]);
-                        let Some(esp) = inbound.get_mut(&spi) else {
-                            counters.unknown_spi += 1;
-                            continue;
-                        };
-                        match esp.open_in_place(&mut udp_buf[..n]) {
-                            Ok(Opened::Packet { at, .. }) => {
-                                counters.packets_in += 1;
-                                let _ = tun.write(&udp_buf[at]).await;
-                            }
-                            Ok(Opened::Dummy { .. }) => {}
-                            Err(_) => counters.esp_dropped += 1,
-                        }
-                    }
-                    _ => {}
-                }
-            }
+            Some((message, from)) = ike_rx.recv() => sa.handle(&message, from, Instant::now()),
             r = sockets.ike_socket().recv_from(&mut ike_buf) => {
                 if let Ok((n, from)) = r {
                     sa.handle(&ike_buf[..n], from, Instant::now());
                 }
             }
+            Some(spi) = rekey_rx.recv() => sa.rekey_child(spi, Instant::now()),
             () = sleep => sa.handle_timeout(Instant::now()),
             _ = keepalive.tick() => {
                 if sa.is_established() && sa.remote().port() == crate::sa::NATT_PORT {

@@ -57,6 +57,14 @@ impl Netns {
             .unwrap_or_else(|e| panic!("{args:?} in {}: {e}", self.name))
     }
 
+    /// Pings `to` from the address `from` `count` times, 0.2 s apart, and returns ping's
+    /// report (" N received" tells how many answers came).
+    pub fn ping(&self, from: &str, to: &str, count: u32) -> String {
+        let count = count.to_string();
+        let out = self.run(&["ping", "-c", &count, "-i", "0.2", "-W", "2", "-I", from, to]);
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
     /// Runs a command inside and insists it succeeds.
     pub fn ok(&self, args: &[&str]) -> Output {
         let out = self.run(args);

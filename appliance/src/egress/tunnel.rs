@@ -2,8 +2,11 @@
 //! SAs up (initiator, re-initiating after failures), its TUN device, and a status the CLI shows
 //! (`attestgate tunnels`) and controls (`attestgate tunnel up|down|rekey NAME`).
 //!
+//! The peer's traffic selectors are routed into the TUN device while their child SA is up
+//! ([`super::routes`], routing protocol 245).
+//!
 //! Not yet: responder-only tunnels (`initiate = false`), certificate authentication, the
-//! routes from the NAT pool into the TUN device (issue 6).
+//! policy routing from the NAT pool into the TUN device (issue 6).
 
 use config::{EgressKind, Tunnel, TunnelAuth};
 use ike::driver::{Command, IkeSockets};
@@ -262,14 +265,28 @@ async fn run_tunnel(
             }
         });
     }
-    // events → status and the event log
+    // events → routes, status and the event log
     {
         let status = status.clone();
         let name = name.clone();
         let log = log.clone();
+        let device = tun.name().to_string();
         tokio::spawn(async move {
+            let mut routes = match super::routes::TunnelRoutes::open(&device).await {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log.emit("tunnel.error", json!({"tunnel": name, "error": e}));
+                    None
+                }
+            };
             while let Some(e) = ev_rx.recv().await {
+                if let Some(routes) = routes.as_mut() {
+                    route_event(&name, routes, &log, &e).await;
+                }
                 on_event(&name, &status, &log, e);
+            }
+            if let Some(mut routes) = routes {
+                routes.clear().await;
             }
         });
     }
@@ -312,6 +329,25 @@ async fn run_tunnel(
         fragment_size: usize::from(t.fragment_size),
     };
     ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
+}
+
+/// Routes the peer's selectors of each child SA into the tunnel's device while it is up.
+async fn route_event(
+    name: &str,
+    routes: &mut super::routes::TunnelRoutes,
+    log: &crate::events::EventLog,
+    e: &Event,
+) {
+    match e {
+        Event::ChildSaEstablished(c) => {
+            for error in routes.add(c.spi_in, &c.remote_ts).await {
+                log.emit("tunnel.error", json!({"tunnel": name, "error": error}));
+            }
+        }
+        Event::ChildSaDeleted { spi_in, .. } => routes.remove(*spi_in).await,
+        Event::Closed { .. } => routes.clear().await,
+        _ => {}
+    }
 }
 
 fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event) {

@@ -5,6 +5,7 @@
 //! ike-peer --role initiator|responder --local IP --remote IP --local-id ID --remote-id ID
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
 //!          [--fragment-size OCTETS] [--cookie-threshold N]
+//!          [--tun NAME] [--raw-esp 1] [--restart 1] [--rekey-every S] [--dpd-every S]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
@@ -38,7 +39,8 @@ fn describe(ts: &[TrafficSelector]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::main(flavor = "current_thread")]
+// two workers: the data path encrypts and decrypts in tasks of their own
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut opt = HashMap::new();
@@ -72,8 +74,9 @@ async fn main() {
             .get("retransmit-tries")
             .and_then(|s| s.parse().ok())
             .unwrap_or(6),
-        // the data plane only speaks UDP-encapsulated ESP so far
-        force_udp_encap: true,
+        // UDP-encapsulated ESP unless --raw-esp: then only when a NAT is detected (RFC 7296
+        // §2.23), else raw ESP (IP protocol 50)
+        force_udp_encap: !opt.contains_key("raw-esp"),
     });
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
