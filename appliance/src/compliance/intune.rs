@@ -186,6 +186,11 @@ impl IntuneSource {
         &self.client
     }
 
+    #[cfg(test)]
+    pub fn client_mut_for_tests(&mut self) -> &mut ApiClient {
+        &mut self.client
+    }
+
     /// Every managed device with a serial number.
     pub async fn full_sync(&mut self) -> Result<Vec<MdmDevice>, SourceError> {
         let url = format!(

@@ -376,7 +376,7 @@ impl JamfSource {
             return Err(SourceError::Config("not a jamf-pro source".into()));
         };
         let secret = Secret::read(&client_secret_file.value)?;
-        Ok(Self::new(
+        Self::new(
             url,
             client_id,
             secret,
@@ -384,7 +384,7 @@ impl JamfSource {
             mobile_device_groups.clone(),
             risk_attribute.clone(),
             settings.clone(),
-        )?)
+        )
     }
 
     pub fn new(
@@ -417,6 +417,11 @@ impl JamfSource {
 
     pub fn client(&self) -> &ApiClient {
         &self.client
+    }
+
+    #[cfg(test)]
+    pub fn client_mut_for_tests(&mut self) -> &mut ApiClient {
+        &mut self.client
     }
 
     /// Every device in the inventories of the configured kinds, with its groups.

@@ -5,6 +5,10 @@
 //! part. A device the answer does not name is one the MDM no longer knows; a failed sync leaves
 //! the caller's previous state untouched (it ages out through `compliance.max_age`).
 
+#[cfg(test)]
+#[path = "mdm_sources_tests.rs"]
+mod mdm_sources_tests;
+
 use super::http::HttpSettings;
 use super::intune::IntuneSource;
 use super::jamf::{JamfHint, JamfSource};
