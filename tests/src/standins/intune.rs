@@ -59,6 +59,8 @@ struct State {
     devices: BTreeMap<String, ManagedDevice>,
     page_size: usize,
     base_url: String,
+    /// Where next links point (default: this server); a test sets another origin.
+    next_link_base: Option<String>,
 }
 
 #[derive(Debug)]
@@ -93,6 +95,7 @@ impl IntuneStandin {
                 devices: BTreeMap::new(),
                 page_size: 100,
                 base_url: String::new(),
+                next_link_base: None,
             }),
             common: Mutex::new(Common::default()),
         });
@@ -118,6 +121,11 @@ impl IntuneStandin {
 
     pub fn set_page_size(&self, n: usize) {
         self.handler.state.lock().unwrap().page_size = n.max(1);
+    }
+
+    /// Next links point at `base` instead of this server (a misbehaving or hostile answer).
+    pub fn set_next_link_base(&self, base: &str) {
+        self.handler.state.lock().unwrap().next_link_base = Some(base.to_string());
     }
 
     pub fn set_token_lifetime(&self, d: Duration) {
@@ -249,7 +257,7 @@ impl IntuneHandler {
             q.push(format!("$skiptoken={}", skip + st.page_size));
             body["@odata.nextLink"] = json!(format!(
                 "{}/v1.0/deviceManagement/managedDevices?{}",
-                st.base_url,
+                st.next_link_base.as_deref().unwrap_or(&st.base_url),
                 q.join("&")
             ));
         }
