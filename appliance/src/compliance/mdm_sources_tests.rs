@@ -549,6 +549,22 @@ async fn jamf_webhooks_of_every_event_are_hints_for_targeted_reads() {
     assert!(src.refresh_hint(&ghost).await.unwrap().is_empty());
 }
 
+/// An Intune stand-in with `n` compliant Macs `MAC0001`….
+async fn compliant_macs(n: u32, token_lifetime: Duration) -> IntuneStandin {
+    let devices = (1..=n)
+        .map(|i| ManagedDevice::compliant(&format!("MAC{i:04}")))
+        .collect();
+    IntuneStandin::start(
+        0,
+        "contoso.onmicrosoft.com",
+        ID,
+        SECRET,
+        devices,
+        token_lifetime,
+    )
+    .await
+}
+
 fn intune_device(
     serial: &str,
     compliance: &str,
@@ -677,18 +693,7 @@ async fn intune_pages_maps_states_and_prefers_the_newest_record() {
 
 #[tokio::test]
 async fn intune_token_renewal_errors_and_missing_fields() {
-    let devices: Vec<ManagedDevice> = (1..=8)
-        .map(|i| ManagedDevice::compliant(&format!("MAC{i:04}")))
-        .collect();
-    let intune = IntuneStandin::start(
-        0,
-        "contoso.onmicrosoft.com",
-        ID,
-        SECRET,
-        devices,
-        Duration::from_secs(1),
-    )
-    .await;
+    let intune = compliant_macs(8, Duration::from_secs(1)).await;
     intune.set_page_size(1);
     intune.common().latency = Duration::from_millis(150);
     let mut src = intune_source(&intune, settings(&intune.server.tls.ca_der));
@@ -746,18 +751,7 @@ async fn intune_token_renewal_errors_and_missing_fields() {
 
 #[tokio::test]
 async fn intune_next_link_to_another_origin_is_refused() {
-    let devices: Vec<ManagedDevice> = (1..=4)
-        .map(|i| ManagedDevice::compliant(&format!("MAC{i:04}")))
-        .collect();
-    let intune = IntuneStandin::start(
-        0,
-        "contoso.onmicrosoft.com",
-        ID,
-        SECRET,
-        devices,
-        Duration::from_secs(60),
-    )
-    .await;
+    let intune = compliant_macs(4, Duration::from_secs(60)).await;
     intune.set_page_size(2);
     intune.set_next_link_base("https://graph.attacker.example");
     let mut src = intune_source(&intune, settings(&intune.server.tls.ca_der));
