@@ -306,13 +306,20 @@ impl ApiClient {
             attempt += 1;
             let token = self.bearer(deadline).await?;
             let timeout = self.timeout_for(url, deadline)?;
+            let mut auth =
+                reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.as_str()))
+                    .map_err(|_| SourceError::Decode {
+                        url: self.token_request.url.clone(),
+                        message: "token answer: the token is not a valid header value".into(),
+                    })?;
+            auth.set_sensitive(true);
+            drop(token);
             let req = self
                 .client
                 .get(url)
                 .header(ACCEPT, "application/json")
-                .header(AUTHORIZATION, format!("Bearer {}", token.as_str()))
+                .header(AUTHORIZATION, auth)
                 .timeout(timeout);
-            drop(token);
             match self.attempt(req, url, attempt).await {
                 Attempt::Done(body) => return Ok(body),
                 Attempt::Renew(e) => {

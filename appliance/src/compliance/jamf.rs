@@ -467,7 +467,8 @@ impl JamfSource {
             .find(|d| d.serial == serial))
     }
 
-    /// Re-reads the devices a webhook names. Devices Jamf no longer knows are left out.
+    /// Re-reads the devices a webhook names. Devices Jamf no longer knows are left out, and so
+    /// are membership changes of smart groups this source does not read.
     pub async fn refresh_hint(&mut self, hint: &JamfHint) -> Result<Vec<MdmDevice>, SourceError> {
         let deadline = deadline_from_now(self.client.settings());
         let mut found = Vec::new();
@@ -476,6 +477,14 @@ impl JamfSource {
             (Kind::Mobile, &hint.mobile_device_ids),
         ] {
             if ids.is_empty() || !self.kinds().contains(&kind) {
+                continue;
+            }
+            // A smart group we do not read changes nothing we decide on.
+            let configured = match kind {
+                Kind::Computer => &self.computer_groups,
+                Kind::Mobile => &self.mobile_device_groups,
+            };
+            if hint.group_id.is_some_and(|g| !configured.contains(&g)) {
                 continue;
             }
             let groups = self.read_groups(kind, deadline).await?;

@@ -537,6 +537,24 @@ async fn jamf_webhooks_of_every_event_are_hints_for_targeted_reads() {
     assert_eq!(devices.len(), 1);
     assert!(!devices[0].managed && devices[0].groups == vec!["Compliant iPhones".to_string()]);
 
+    // A smart group this source does not read: no request at all.
+    jamf.with_data(|d| {
+        d.computer_groups.insert(
+            7,
+            tests::standins::jamf::Group {
+                name: "Other".into(),
+                members: [2].into(),
+            },
+        )
+    });
+    jamf.common().log.clear();
+    let other = jamf
+        .webhook("SmartGroupComputerMembershipChange", 7, &[2], &[])
+        .unwrap();
+    let hint = parse_webhook(other.to_string().as_bytes()).unwrap();
+    assert!(src.refresh_hint(&hint).await.unwrap().is_empty());
+    assert!(jamf.common().log.is_empty());
+
     // By serial, and a serial Jamf does not know.
     let d = src.refresh_device(" c02stand0002 ").await.unwrap().unwrap();
     assert_eq!(d.serial, "C02STAND0002");
