@@ -172,7 +172,7 @@ impl MdmSource {
     }
 }
 
-/// What each MDM source answered, by source name, with when.
+/// What each MDM source answered, by source name, with when it was asked.
 pub type FetchResults = BTreeMap<String, Result<(Vec<MdmDevice>, SystemTime), SourceError>>;
 
 /// The configured MDM sources, kept between syncs so their tokens are reused.
@@ -216,10 +216,13 @@ impl MdmSources {
                 },
             };
             let started = std::time::Instant::now();
+            // Confirmed when the sync began: the data can be no newer than that (fail closed
+            // as it ages).
+            let asked_at = SystemTime::now();
             let answer = source.full_sync().await;
             tracing::debug!(source = %name, ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "MDM full sync");
             let rebuild = matches!(answer, Err(SourceError::Auth { .. }));
-            results.insert(name.clone(), answer.map(|d| (d, SystemTime::now())));
+            results.insert(name.clone(), answer.map(|d| (d, asked_at)));
             if !rebuild {
                 kept.insert(name, (fingerprint, source));
             }
