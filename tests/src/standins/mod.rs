@@ -557,3 +557,53 @@ fn rustls_pki_pem(pem: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> 
         .filter_map(Result::ok)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::jamf::{JamfData, JamfStandin};
+    use super::*;
+
+    #[test]
+    fn queries_and_filters_decode() {
+        assert_eq!(
+            parse_query("a=1+2&b=%22x%22&c"),
+            vec![
+                ("a".to_string(), "1 2".to_string()),
+                ("b".to_string(), "\"x\"".to_string()),
+                ("c".to_string(), String::new())
+            ]
+        );
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            rsql_eq("hardware.serialNumber==\"C02\""),
+            Some(("hardware.serialNumber".to_string(), "C02".to_string()))
+        );
+        assert_eq!(rsql_eq("id=in=(1,2)"), None);
+    }
+
+    #[tokio::test]
+    async fn post_https_reaches_a_stand_in_and_tokens_need_the_right_client() {
+        let jamf =
+            JamfStandin::start("id", "pw", JamfData::sample(1, 0), Duration::from_secs(60)).await;
+        let url = format!("{}/api/oauth/token", jamf.url());
+        let ca = jamf.server.tls.ca_pem.clone();
+        let bad = b"grant_type=client_credentials&client_id=id&client_secret=nope";
+        assert_eq!(post_https(&url, &ca, &[], bad).await.unwrap(), 401);
+        let good = b"grant_type=client_credentials&client_id=id&client_secret=pw";
+        assert_eq!(
+            post_https(&url, &ca, &[("X-Test", "1")], good)
+                .await
+                .unwrap(),
+            200
+        );
+        assert_eq!(jamf.tokens_issued(), 1);
+        // Another CA is not trusted.
+        let other = TlsMaterial::generate("other").ca_pem;
+        assert!(post_https(&url, &other, &[], good).await.is_err());
+        let log = jamf.common().log.clone();
+        assert_eq!(
+            log.iter().map(|e| e.status).collect::<Vec<_>>(),
+            vec![401, 200]
+        );
+    }
+}
