@@ -55,6 +55,8 @@ pub struct Shared {
     config_path: PathBuf,
     running: RwLock<Arc<Running>>,
     devices: Arc<RwLock<DeviceTable>>,
+    /// Jamf Pro and Intune clients, fetched outside the device table's lock.
+    mdm: tokio::sync::Mutex<crate::compliance::mdm::MdmSources>,
     gateway: Arc<crate::gateway::Gateway>,
     relay: Mutex<Option<(String, relay::RelayHandle)>>,
     relay_state: Mutex<String>,
@@ -74,10 +76,14 @@ impl Shared {
         }
     }
 
-    fn sync_devices(&self) {
+    async fn sync_devices(&self) {
         let cfg = self.current();
+        let fetched = self.mdm.lock().await.fetch_all(&cfg.loaded.config).await;
         let status = match self.devices.write() {
-            Ok(mut d) => d.sync(&cfg.loaded.config, SystemTime::now()),
+            Ok(mut d) => {
+                d.set_mdm_results(fetched);
+                d.sync(&cfg.loaded.config, SystemTime::now())
+            }
             Err(_) => return,
         };
         for s in status {
@@ -159,7 +165,7 @@ impl Shared {
         }
         self.events.set_file(new.loaded.config.events.file.clone());
         self.gateway.set_engine(Arc::new(new.engine.clone()));
-        self.sync_devices();
+        self.sync_devices().await;
         self.reconcile_tunnels();
         self.reconcile_relay();
         self.enforce();
@@ -466,7 +472,7 @@ impl Shared {
             Request::Flows {} => Response::ok(self.flows()),
             Request::Sync {} => {
                 let started = std::time::Instant::now();
-                self.sync_devices();
+                self.sync_devices().await;
                 self.enforce();
                 let sources = self
                     .devices
@@ -617,6 +623,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             loaded: Arc::new(loaded),
         })),
         devices: devices.clone(),
+        mdm: tokio::sync::Mutex::new(Default::default()),
         gateway: Arc::new(crate::gateway::Gateway::new(
             Arc::new(PolicyEngine::new(Arc::new(cfg.clone()))),
             devices,
@@ -634,7 +641,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     for w in shared.current().loaded.warnings.0.iter() {
         tracing::warn!("{w}");
     }
-    shared.sync_devices();
+    shared.sync_devices().await;
     // routes of ours (protocol 245) that a previous run left behind
     if let Err(e) = crate::egress::routes::remove_leftovers().await {
         tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
@@ -650,11 +657,6 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             "socket": cfg.appliance.control_socket.display().to_string(),
         }),
     );
-    for s in &cfg.compliance.sources {
-        if !matches!(s.kind, config::SourceKind::File { .. }) {
-            tracing::warn!(source = %s.name.value, kind = s.kind.type_name(), "compliance source not implemented yet: its devices stay unknown (fail closed)");
-        }
-    }
     tracing::warn!(
         "relay listeners and tunnels are not implemented yet: no device traffic is relayed"
     );
@@ -671,7 +673,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                     .refresh_interval
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(every).await;
-                shared.sync_devices();
+                shared.sync_devices().await;
                 shared.enforce();
             }
         })

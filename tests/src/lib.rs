@@ -10,6 +10,7 @@
 pub mod ike_peer;
 pub mod interop;
 pub mod netns;
+pub mod standins;
 pub mod strongswan;
 
 /// True when running as root; lab tests need it. Under CI (`CI=true`) a non-root run is an

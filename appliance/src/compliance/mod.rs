@@ -1,11 +1,21 @@
 //! Compliance sources and the device table the policy engine reads.
 //!
-//! Today: the `file` source (a TOML list of devices, re-read every refresh interval and on
-//! reload) and an in-memory table. Jamf Pro, Intune, webhooks and the persisted store are issue
-//! 5: a configured source of those types is reported as not implemented and its devices stay
-//! unknown (fail closed).
+//! Sources: `file` (a TOML list of devices, re-read every refresh interval and on reload), and
+//! Jamf Pro and Intune (`jamf`, `intune`, over `http`, with `mdm` their common shape), fetched
+//! asynchronously outside the table's lock and handed in through `set_mdm_results`. The table
+//! is in memory.
 
 pub mod file;
+// Per-device refreshes, webhook hints and the client's counters are for the webhook endpoint
+// and the store (wired on the `store` branch); the daemon uses full syncs.
+#[allow(dead_code)]
+pub mod http;
+#[allow(dead_code)]
+pub mod intune;
+#[allow(dead_code)]
+pub mod jamf;
+#[allow(dead_code)]
+pub mod mdm;
 
 use crate::policy::DeviceRecord;
 use config::{Config, SourceKind};
@@ -32,6 +42,8 @@ pub struct SourceStatus {
 pub struct DeviceTable {
     per_source: BTreeMap<String, BTreeMap<String, DeviceRecord>>,
     status: Vec<SourceStatus>,
+    /// Answers of the MDM sources fetched (outside the table's lock) for the next `sync`.
+    mdm_results: mdm::FetchResults,
 }
 
 /// Serials are compared upper case without surrounding blanks (Apple prints them upper case).
@@ -80,20 +92,9 @@ impl DeviceTable {
                         )
                     }
                 },
-                other => (
-                    None,
-                    SourceStatus {
-                        name: name.clone(),
-                        kind: other.type_name(),
-                        state: "not-implemented",
-                        devices: 0,
-                        last_sync: None,
-                        message: Some(format!(
-                            "{} sources are not implemented yet; their devices stay unknown",
-                            other.type_name()
-                        )),
-                    },
-                ),
+                SourceKind::JamfPro { .. } | SourceKind::Intune { .. } => {
+                    self.mdm_arm(&name, source.kind.type_name(), previous)
+                }
             };
             if let Some(r) = records {
                 kept.insert(name, r);
@@ -103,6 +104,41 @@ impl DeviceTable {
         self.per_source = kept;
         self.status = status.clone();
         status
+    }
+
+    /// Hands the next `sync` what the MDM sources answered (see [`mdm::MdmSources::fetch_all`]).
+    pub fn set_mdm_results(&mut self, results: mdm::FetchResults) {
+        self.mdm_results = results;
+    }
+
+    /// A Jamf Pro or Intune source: its fetched answer replaces its devices (confirmed when
+    /// fetched); an error or no answer keeps what it had (aging out through `max_age`).
+    fn mdm_arm(
+        &mut self,
+        name: &str,
+        kind: &'static str,
+        previous: Option<BTreeMap<String, DeviceRecord>>,
+    ) -> (Option<BTreeMap<String, DeviceRecord>>, SourceStatus) {
+        let (state, message, records, last_sync) = match self.mdm_results.remove(name) {
+            Some(Ok((devices, at))) => {
+                let records: BTreeMap<String, DeviceRecord> = devices
+                    .iter()
+                    .map(|d| (d.serial.clone(), d.to_record(name, at)))
+                    .collect();
+                ("ok", None, Some(records), Some(at))
+            }
+            Some(Err(e)) => ("error", Some(e.to_string()), previous, self.last_sync(name)),
+            None => ("not-synced", None, previous, self.last_sync(name)),
+        };
+        let status = SourceStatus {
+            name: name.to_string(),
+            kind,
+            state,
+            devices: records.as_ref().map_or(0, BTreeMap::len),
+            last_sync,
+            message,
+        };
+        (records, status)
     }
 
     fn last_sync(&self, name: &str) -> Option<SystemTime> {
