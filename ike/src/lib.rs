@@ -19,6 +19,7 @@
 //! Not written yet (issue 3): rekeying, certificate authentication, the ESP data path driver
 //! (TUN, UDP): nothing here carries traffic yet.
 
+pub mod cert;
 pub mod crypto;
 pub mod driver;
 pub mod esp;

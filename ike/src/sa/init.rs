@@ -94,6 +94,7 @@ impl IkeSa {
             data: self.ni.clone(),
         }));
         payloads.extend(self.nat_notifies());
+        payloads.extend(self.cert_init_payloads(false));
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, false))
             .payloads(payloads)
             .build()
@@ -289,6 +290,7 @@ impl IkeSa {
             }),
         ];
         payloads.extend(self.nat_notifies());
+        payloads.extend(self.cert_init_payloads(true));
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, true))
             .payloads(payloads)
             .build()

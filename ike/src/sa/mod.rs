@@ -62,6 +62,9 @@ pub struct SaConfig {
     /// Carry ESP in UDP 4500 even without a NAT (RFC 3948), making the peer see one. Needed
     /// until raw ESP (IP protocol 50) is implemented.
     pub force_udp_encap: bool,
+    /// Certificate authentication (RFC 7427 signatures, see [`crate::cert`]); the PSK is not
+    /// used when this is set.
+    pub cert: Option<Arc<crate::cert::CertAuth>>,
 }
 
 /// Which end started the IKE SA.
@@ -291,6 +294,19 @@ impl Find for [Payload] {
     finder!(id_i, IdInitiator, IdPayload);
     finder!(id_r, IdResponder, IdPayload);
     finder!(auth, Auth, AuthPayload);
+}
+
+/// The X.509 data of every CERT payload, in order (RFC 7296 §3.6: the first holds the key).
+pub(super) fn x509_certs(payloads: &[Payload]) -> Vec<&[u8]> {
+    payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Cert(c) if c.encoding == crate::wire::CertEncoding::X509_SIGNATURE => {
+                Some(c.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 pub(super) fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
