@@ -8,7 +8,9 @@
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
 pub mod ike_peer;
+pub mod interop;
 pub mod netns;
+pub mod pki;
 pub mod strongswan;
 
 /// True when running as root; lab tests need it. Under CI (`CI=true`) a non-root run is an

@@ -10,6 +10,42 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Auth {
     Psk(String),
+    /// Certificates (`auth = pubkey`): this end's certificate and key, the other end's, and
+    /// the CA both trust.
+    Cert {
+        ours: crate::pki::LabCert,
+        theirs: crate::pki::LabCert,
+        ca: PathBuf,
+    },
+}
+
+impl Auth {
+    /// The same credentials seen from the other end.
+    fn mirrored(&self) -> Auth {
+        match self {
+            Auth::Psk(_) => self.clone(),
+            Auth::Cert { ours, theirs, ca } => Auth::Cert {
+                ours: theirs.clone(),
+                theirs: ours.clone(),
+                ca: ca.clone(),
+            },
+        }
+    }
+
+    /// swanctl's `auth` and the lines a `local` section adds, and the `secrets` section.
+    fn swanctl(&self, local_id: &str, remote_id: &str) -> (&'static str, &'static str, String) {
+        match self {
+            Auth::Psk(secret) => (
+                "psk",
+                "",
+                format!(
+                    "secrets {{\n  ike-lab {{\n    id-1 = {local_id}\n    id-2 = {remote_id}\n    secret = \"{secret}\"\n  }}\n}}\n"
+                ),
+            ),
+            // the files are put into x509/, private/ and x509ca/ by `Charon::start`
+            Auth::Cert { .. } => ("pubkey", "\n      certs = local.pem", String::new()),
+        }
+    }
 }
 
 /// One side of a site-to-site tunnel, in swanctl terms.
@@ -42,12 +78,17 @@ impl PeerConfig {
             remote_id: self.local_id.clone(),
             local_ts: self.remote_ts.clone(),
             remote_ts: self.local_ts.clone(),
+            auth: self.auth.mirrored(),
             ..self.clone()
         }
     }
 
     fn swanctl_conf(&self) -> String {
-        let Auth::Psk(secret) = &self.auth;
+        let (auth, local_extra, secrets) = self.auth.swanctl(&self.local_id, &self.remote_id);
+        let remote_extra = match self.auth {
+            Auth::Psk(_) => "",
+            Auth::Cert { .. } => "\n      cacerts = ca.pem",
+        };
         format!(
             r#"connections {{
   lab {{
@@ -59,12 +100,12 @@ impl PeerConfig {
     remote_addrs = {ra}
     proposals = {ike}
     local {{
-      auth = psk
-      id = {lid}
+      auth = {auth}
+      id = {lid}{local_extra}
     }}
     remote {{
-      auth = psk
-      id = {rid}
+      auth = {auth}
+      id = {rid}{remote_extra}
     }}
     children {{
       lab {{
@@ -78,14 +119,7 @@ impl PeerConfig {
     }}
   }}
 }}
-secrets {{
-  ike-lab {{
-    id-1 = {lid}
-    id-2 = {rid}
-    secret = "{secret}"
-  }}
-}}
-"#,
+{secrets}"#,
             la = self.local_addr,
             ra = self.remote_addr,
             ike = self.ike_proposal,
@@ -125,7 +159,7 @@ impl Charon {
             dir.path().join("strongswan.conf"),
             format!(
                 r#"charon {{
-  load = random nonce kdf openssl curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
+  load = random nonce kdf openssl x509 pkcs8 constraints curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
   install_routes = yes
   retransmit_tries = 3
   plugins {{
@@ -142,6 +176,17 @@ impl Charon {
         )
         .unwrap();
         std::fs::write(dir.path().join("swanctl.conf"), cfg.swanctl_conf()).unwrap();
+        if let Auth::Cert { ours, ca, .. } = &cfg.auth {
+            // swanctl's credential folders, found through SWANCTL_DIR (see `swanctl`)
+            for (sub, from, to) in [
+                ("x509", &ours.cert, "local.pem"),
+                ("private", &ours.key, "local.key"),
+                ("x509ca", ca, "ca.pem"),
+            ] {
+                std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+                std::fs::copy(from, dir.path().join(sub).join(to)).unwrap();
+            }
+        }
         let log = std::fs::File::create(dir.path().join("charon.log")).unwrap();
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "unshare", "-m", "sh", "-c"])
@@ -178,6 +223,7 @@ impl Charon {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.ns_name, "swanctl"])
             .args(args)
+            .env("SWANCTL_DIR", self.dir.path())
             .args(["--uri", &self.vici()])
             .output()
             .unwrap();

@@ -8,48 +8,9 @@
 use serde_json::Value;
 use std::time::Duration;
 use tests::ike_peer::Peer;
+use tests::interop::{check_strongswan, lab};
 use tests::netns::{veth, Netns};
 use tests::strongswan::{Auth, Charon, PeerConfig};
-
-fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
-    let a = Netns::new("ag");
-    let b = Netns::new("sw");
-    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
-    // strongSwan installs its routes with a source address inside its local selector
-    a.addr("lo", "198.18.100.1/24");
-    b.addr("lo", "198.19.0.1/24");
-    let ours = PeerConfig {
-        local_addr: "203.0.113.10".into(),
-        remote_addr: "203.0.113.20".into(),
-        local_id: "gw.attestgate.lab".into(),
-        remote_id: "vpn.corp.lab".into(),
-        auth: Auth::Psk("interop-psk-6f1c2a9e".into()),
-        ike_proposal: ike.into(),
-        esp_proposal: esp.into(),
-        local_ts: "198.18.100.0/24".into(),
-        remote_ts: "198.19.0.0/24".into(),
-        child_rekey: "1h".into(),
-        ike_rekey: "4h".into(),
-    };
-    (a, b, ours)
-}
-
-fn check_strongswan(sw: &Charon, child: &Value) {
-    let sas = sw.list_sas();
-    assert!(sas.contains("state=ESTABLISHED"), "{sas}\n{}", sw.log());
-    assert!(sas.contains("state=INSTALLED"), "{sas}\n{}", sw.log());
-    // strongSwan's inbound SPI is our outbound one and vice versa
-    let out = child["spi_out"].as_str().unwrap();
-    let inn = child["spi_in"].as_str().unwrap();
-    assert!(
-        sas.contains(&format!("spi-in={out}")),
-        "spi-in={out} missing in {sas}"
-    );
-    assert!(
-        sas.contains(&format!("spi-out={inn}")),
-        "spi-out={inn} missing in {sas}"
-    );
-}
 
 fn attestgate_initiates(ike: &str, esp: &str) {
     let (a, b, ours) = lab(ike, esp);
@@ -225,62 +186,7 @@ fn initiator_rekeys_children_and_checks_liveness() {
 /// the tunnel, with the SPIs strongSwan counts packets on.
 fn esp_traffic(ike: &str, esp: &str, role: &str) {
     let (a, b, ours) = lab(ike, esp);
-    let tun = tests::netns::unique("t");
-    let peer = if role == "initiator" {
-        let sw = Charon::start(&b, &ours.mirrored());
-        (
-            Peer::start_with(&a, role, &ours, &["--tun", &tun]),
-            Some(sw),
-        )
-    } else {
-        (Peer::start_with(&a, role, &ours, &["--tun", &tun]), None)
-    };
-    let (peer, sw) = peer;
-    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
-    a.ip(&[
-        "route",
-        "add",
-        "198.19.0.0/24",
-        "dev",
-        &tun,
-        "src",
-        "198.18.100.1",
-    ]);
-    let sw = match sw {
-        Some(sw) => sw,
-        None => {
-            let sw = Charon::start(&b, &ours.mirrored());
-            assert!(sw.initiate().contains("initiate completed successfully"));
-            sw
-        }
-    };
-    let child = peer.wait_for("child_established", Duration::from_secs(20));
-    check_strongswan(&sw, &child);
-    let ping = a.run(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        "-I",
-        "198.18.100.1",
-        "198.19.0.1",
-    ]);
-    let text = String::from_utf8_lossy(&ping.stdout);
-    assert!(text.contains(" 3 received"), "{text}\n{}", sw.list_sas());
-    let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 3);
-    eprintln!(
-        "attestgate ({role}) ↔ strongSwan {ike} / {esp}: {:.3} Gbit/s (single TCP stream)",
-        bps / 1e9
-    );
-    assert!(bps > 1e6, "the tunnel carried almost nothing: {bps} bit/s");
-    let sas = sw.list_sas();
-    assert!(
-        !sas.contains("packets-in=0 "),
-        "strongSwan counted no ESP: {sas}"
-    );
+    tests::interop::esp_traffic(&a, &b, &ours, role);
 }
 
 interop!(

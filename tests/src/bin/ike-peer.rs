@@ -4,9 +4,12 @@
 //!
 //! ike-peer --role initiator|responder --local IP --remote IP --local-id ID --remote-id ID
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
+//!
+//! Certificate authentication instead of the PSK: --cert PEM --key PEM --peer-ca PEM[,…]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
+use ike::cert::CertAuth;
 use ike::crypto::SecretBytes;
 use ike::driver::{accept, drive_with, Command, IkeSockets};
 use ike::sa::{Event, IkeSa, SaConfig, IKE_PORT};
@@ -16,6 +19,7 @@ use ike::{EspProposal, Identity, IkeProposal};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +58,7 @@ async fn main() {
     let config = Arc::new(SaConfig {
         local_id: Identity::parse(&get("local-id")).unwrap(),
         remote_id: Identity::parse(&get("remote-id")).unwrap(),
-        psk: SecretBytes::from_slice(get("psk").as_bytes()),
+        psk: SecretBytes::from_slice(opt.get("psk").map(String::as_bytes).unwrap_or_default()),
         ike_proposals: get("ike")
             .split(',')
             .map(|p| IkeProposal::parse(p).unwrap())
@@ -72,7 +76,17 @@ async fn main() {
             .unwrap_or(6),
         // the data plane only speaks UDP-encapsulated ESP so far
         force_udp_encap: true,
+        cert: opt.get("cert").map(|cert| {
+            let cas: Vec<String> = get("peer-ca").split(',').map(String::from).collect();
+            let key = get("key");
+            let auth = CertAuth::from_files(Path::new(cert), Path::new(&key), &cas)
+                .unwrap_or_else(|e| panic!("certificate authentication: {e}"));
+            Arc::new(auth)
+        }),
     });
+    if opt.contains_key("cert") == opt.contains_key("psk") {
+        panic!("give either --psk or --cert/--key/--peer-ca");
+    }
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
     let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");

@@ -1,0 +1,81 @@
+//! A lab PKI made when a test starts: one CA and end-entity certificates (ECDSA P-256 or
+//! P-384) for IKE certificate authentication, written as PEM files both attestgate and
+//! strongSwan read. Kept in a temporary folder that goes away with the [`LabPki`].
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+    KeyUsagePurpose, SignatureAlgorithm,
+};
+use std::path::PathBuf;
+
+pub use rcgen::{PKCS_ECDSA_P256_SHA256 as P256, PKCS_ECDSA_P384_SHA384 as P384};
+
+/// A certificate and its key (PKCS#8), as files.
+#[derive(Debug, Clone)]
+pub struct LabCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The lab CA and where its files live.
+pub struct LabPki {
+    pub dir: tempfile::TempDir,
+    /// The CA certificate (PEM).
+    pub ca: PathBuf,
+    alg: &'static SignatureAlgorithm,
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl std::fmt::Debug for LabPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LabPki({})", self.ca.display())
+    }
+}
+
+fn name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "attestgate lab");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+impl LabPki {
+    /// A CA named `cn` whose keys (and those it issues) use `alg`.
+    pub fn new(cn: &str, alg: &'static SignatureAlgorithm) -> LabPki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(cn);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2060, 1, 1);
+        let issuer =
+            CertifiedIssuer::self_signed(params, KeyPair::generate_for(alg).unwrap()).unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, issuer.pem()).unwrap();
+        LabPki {
+            dir,
+            ca,
+            alg,
+            issuer,
+        }
+    }
+
+    /// An end-entity certificate for `id` (an FQDN or IP, put in subjectAltName and the CN).
+    pub fn issue(&self, id: &str) -> LabCert {
+        let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
+        params.distinguished_name = name(id);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2060, 1, 1);
+        let key = KeyPair::generate_for(self.alg).unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let out = LabCert {
+            cert: self.dir.path().join(format!("{id}.pem")),
+            key: self.dir.path().join(format!("{id}.key")),
+        };
+        std::fs::write(&out.cert, cert.pem()).unwrap();
+        std::fs::write(&out.key, key.serialize_pem()).unwrap();
+        out
+    }
+}
