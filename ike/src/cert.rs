@@ -184,7 +184,7 @@ fn certificates(what: &str, data: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
 }
 
 fn private_key(what: &str, data: &[u8]) -> Result<PrivateKey, CertError> {
-    let parsed = PrivateKeyDer::from_pem_slice(data).map_err(|e| {
+    let mut parsed = PrivateKeyDer::from_pem_slice(data).map_err(|e| {
         invalid(
             what,
             format!("no PKCS#8, SEC1 or PKCS#1 private key in PEM: {e}"),
@@ -253,7 +253,8 @@ fn private_key(what: &str, data: &[u8]) -> Result<PrivateKey, CertError> {
         },
         _ => return Err(invalid(what, "unsupported private key format")),
     };
-    drop(parsed);
+    // the DER copy the PEM decoder made
+    zeroize::Zeroize::zeroize(&mut parsed);
     // a key ring refuses is refused now, not at the first IKE_AUTH
     key.public_key().map_err(|e| invalid(what, e.to_string()))?;
     Ok(key)
@@ -289,10 +290,12 @@ impl CertAuth {
             let p = p.as_ref();
             cas.extend(certificates(&p.display().to_string(), &read(p)?)?);
         }
+        let (cert_name, key_name) = (certificate.display().to_string(), key.display().to_string());
         Self::build(
-            certificates(&certificate.display().to_string(), &cert)?,
-            private_key(&key.display().to_string(), &key_pem)?,
+            certificates(&cert_name, &cert)?,
+            private_key(&key_name, &key_pem)?,
             cas,
+            [&cert_name, &key_name],
         )
     }
 
@@ -310,6 +313,7 @@ impl CertAuth {
             certificates("certificate", certificate)?,
             private_key("private key", key)?,
             cas,
+            ["certificate", "private key"],
         )
     }
 
@@ -317,18 +321,17 @@ impl CertAuth {
         chain: Vec<Vec<u8>>,
         key: PrivateKey,
         anchors: Vec<Vec<u8>>,
+        [cert_name, key_name]: [&str; 2],
     ) -> Result<CertAuth, CertError> {
         if anchors.is_empty() {
             return Err(invalid("peer_ca", "no CA certificate to trust"));
         }
-        let ours = chain
-            .first()
-            .ok_or_else(|| invalid("certificate", "empty"))?;
+        let ours = chain.first().ok_or_else(|| invalid(cert_name, "empty"))?;
         let (_, cert) =
-            X509Certificate::from_der(ours).map_err(|e| invalid("certificate", e.to_string()))?;
+            X509Certificate::from_der(ours).map_err(|e| invalid(cert_name, e.to_string()))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key()?.as_slice() {
             return Err(invalid(
-                "private key",
+                key_name,
                 format!("does not belong to the certificate {}", cert.subject()),
             ));
         }

@@ -2,8 +2,8 @@
 //! SAs up (initiator, re-initiating after failures), its TUN device, and a status the CLI shows
 //! (`attestgate tunnels`) and controls (`attestgate tunnel up|down|rekey NAME`).
 //!
-//! Not yet: responder-only tunnels (`initiate = false`), certificate authentication, the
-//! routes from the NAT pool into the TUN device (issue 6).
+//! Not yet: responder-only tunnels (`initiate = false`), the routes from the NAT pool into the
+//! TUN device (issue 6).
 
 use config::{EgressKind, Tunnel, TunnelAuth};
 use ike::driver::{Command, IkeSockets};
@@ -93,8 +93,10 @@ fn selectors(nets: &[config::Spanned<IpNet>]) -> Vec<TrafficSelector> {
         .collect()
 }
 
-/// The IKE configuration of a tunnel egress; reads the PSK file.
+/// The IKE configuration of a tunnel egress; reads the PSK file, or the certificate, key and
+/// peer CAs.
 pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
+    let mut cert = None;
     let psk = match &t.auth {
         TunnelAuth::Psk { file } => {
             let text = std::fs::read(&file.value)
@@ -103,8 +105,18 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
             let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
             ike::crypto::SecretBytes::from_slice(trimmed.strip_suffix(b"\r").unwrap_or(trimmed))
         }
-        TunnelAuth::Certificate { .. } => {
-            return Err("certificate authentication is not implemented yet".into())
+        TunnelAuth::Certificate {
+            certificate,
+            private_key,
+            peer_ca,
+        } => {
+            let cas: Vec<&std::path::Path> = peer_ca.iter().map(|p| p.value.as_path()).collect();
+            let auth =
+                ike::cert::CertAuth::from_files(&certificate.value, &private_key.value, &cas)
+                    .map_err(|e| e.to_string())?;
+            auth.check_identity(&t.local_id)?;
+            cert = Some(Arc::new(auth));
+            ike::crypto::SecretBytes::from_slice(&[])
         }
     };
     Ok(SaConfig {
@@ -118,6 +130,7 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
         retransmit_timeout: Duration::from_millis(500),
         retransmit_tries: 5,
         force_udp_encap: true,
+        cert,
     })
 }
 
