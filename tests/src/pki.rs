@@ -76,6 +76,9 @@ impl LabPki {
         };
         std::fs::write(&out.cert, cert.pem()).unwrap();
         std::fs::write(&out.key, key.serialize_pem()).unwrap();
+        // a private key only its owner reads, as attestgate's configuration check demands
+        let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
+        std::fs::set_permissions(&out.key, owner_only).unwrap();
         out
     }
 }
