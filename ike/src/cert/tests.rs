@@ -88,11 +88,53 @@ impl Ca {
 
     pub(crate) fn issue(&self, spec: &Spec) -> Issued {
         let key = KeyPair::generate_for(spec.alg).unwrap();
-        let cert = params(spec).signed_by(&key, &self.issuer).unwrap();
+        self.issue_for(spec, &key, key.serialize_pem())
+    }
+
+    /// A certificate for `key`, whose PEM is `key_pem`.
+    pub(crate) fn issue_for(&self, spec: &Spec, key: &KeyPair, key_pem: String) -> Issued {
+        let cert = params(spec).signed_by(key, &self.issuer).unwrap();
         Issued {
             cert: cert.pem(),
-            key: key.serialize_pem(),
+            key: key_pem,
         }
+    }
+
+    /// An RSA-2048 certificate (ring makes no RSA keys: `openssl genpkey` does); with
+    /// `pkcs1` its key is written as `RSA PRIVATE KEY`.
+    pub(crate) fn issue_rsa(&self, name: &[&str], pkcs1: bool) -> Issued {
+        let run = |args: &[&str], input: &[u8]| -> Vec<u8> {
+            use std::io::Write;
+            let mut child = std::process::Command::new("openssl")
+                .args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl (the lab's certificate tool) must be installed");
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}");
+            out.stdout
+        };
+        let pkcs8 = run(
+            &[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ],
+            b"",
+        );
+        let pkcs8 = String::from_utf8(pkcs8).unwrap();
+        let key = KeyPair::from_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let pem = if pkcs1 {
+            String::from_utf8(run(&["rsa", "-traditional"], pkcs8.as_bytes())).unwrap()
+        } else {
+            pkcs8
+        };
+        self.issue_for(&Spec::ee(&rcgen::PKCS_RSA_SHA256, name), &key, pem)
     }
 
     /// An intermediate CA signed by this one (`ca: false` makes a broken one).
@@ -348,6 +390,64 @@ fn garbage_auth_and_certificates_are_refused_without_panicking() {
             AuthMethod::DIGITAL_SIGNATURE,
             &[1],
             b"x"
+        )
+        .is_err());
+}
+
+#[test]
+fn rsa_pkcs1_signatures_and_pss_verification() {
+    let ca = Ca::new(&P256, "Lab CA");
+    let a = auth(&ca.issue_rsa(&["a.lab"], false), &[], &[&ca]);
+    let b = auth(&ca.issue_rsa(&["b.lab"], true), &[], &[&ca]);
+    assert_eq!((a.key_kind(), b.key_kind()), (KeyKind::Rsa, KeyKind::Rsa));
+    for (hashes, oid) in [
+        (&SUPPORTED_HASHES[..], OID_RSA_SHA256),
+        (&[HASH_SHA2_384][..], OID_RSA_SHA384),
+        (&[HASH_SHA2_512][..], OID_RSA_SHA512),
+    ] {
+        let (m, sig) = b.sign(b"x", hashes).unwrap();
+        assert_eq!(m, AuthMethod::DIGITAL_SIGNATURE);
+        assert_eq!(&sig[5..5 + oid.len()], oid);
+        peer_check(&a, &b, "b.lab", hashes).unwrap();
+    }
+    // without RFC 7427 there is no RSA signature we make (SHA-1 is not offered)
+    assert!(matches!(b.sign(b"x", &[]), Err(CertError::Sign(_))));
+    // RSASSA-PSS with SHA-256, AlgorithmIdentifier from RFC 7427 Appendix A.4.3
+    let pss_id: &[u8] = &[
+        0x30, 0x41, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a, 0x30, 0x34,
+        0xa0, 0x0f, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0xa1, 0x1c, 0x30, 0x1a, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01,
+        0x01, 0x08, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0xa2, 0x03, 0x02, 0x01, 0x20,
+    ];
+    let pair = b.key.rsa().unwrap();
+    let mut sig = vec![0u8; pair.public().modulus_len()];
+    let octets = b"signed octets";
+    pair.sign(
+        &signature::RSA_PSS_SHA256,
+        &SystemRandom::new(),
+        octets,
+        &mut sig,
+    )
+    .unwrap();
+    let auth_data = [&[pss_id.len() as u8][..], pss_id, &sig].concat();
+    let certs: Vec<&[u8]> = b.chain().iter().map(Vec::as_slice).collect();
+    let id = IdPayload::from_identity(&Identity::parse("b.lab").unwrap()).unwrap();
+    a.verify_peer(
+        &certs,
+        &id,
+        AuthMethod::DIGITAL_SIGNATURE,
+        &auth_data,
+        octets,
+    )
+    .unwrap();
+    assert!(a
+        .verify_peer(
+            &certs,
+            &id,
+            AuthMethod::DIGITAL_SIGNATURE,
+            &auth_data,
+            b"other"
         )
         .is_err());
 }

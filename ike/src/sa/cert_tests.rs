@@ -211,3 +211,18 @@ fn dn_identities_and_intermediate_chains_establish() {
     p.run();
     assert_up(&p);
 }
+
+#[test]
+fn rsa_and_ecdsa_certificates_establish_together() {
+    let ca = Ca::new(&P384, "Lab CA");
+    let mut p = Pair::new(
+        with_cert(true, auth(&ca.issue_rsa(GW, false), &[], &[&ca]), None),
+        with_cert(
+            false,
+            auth(&ca.issue(&Spec::ee(&P256, VPN)), &[], &[&ca]),
+            None,
+        ),
+    );
+    p.run();
+    assert_up(&p);
+}
