@@ -1,5 +1,5 @@
 //! A lab PKI made when a test starts: one CA and end-entity certificates (ECDSA P-256 or
-//! P-384) for IKE certificate authentication, written as PEM files both attestgate and
+//! P-384, or RSA) for IKE certificate authentication, written as PEM files both attestgate and
 //! strongSwan read. Kept in a temporary folder that goes away with the [`LabPki`].
 
 use rcgen::{
@@ -63,19 +63,43 @@ impl LabPki {
 
     /// An end-entity certificate for `id` (an FQDN or IP, put in subjectAltName and the CN).
     pub fn issue(&self, id: &str) -> LabCert {
+        let key = KeyPair::generate_for(self.alg).unwrap();
+        let pem = key.serialize_pem();
+        self.issue_for(id, &key, &pem)
+    }
+
+    /// The same with an RSA-2048 key, which `openssl genpkey` makes (ring cannot).
+    pub fn issue_rsa(&self, id: &str) -> LabCert {
+        let out = std::process::Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+            ])
+            .stderr(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl genpkey failed");
+        let pem = String::from_utf8(out.stdout).unwrap();
+        let key = KeyPair::from_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
+        self.issue_for(id, &key, &pem)
+    }
+
+    fn issue_for(&self, id: &str, key: &KeyPair, key_pem: &str) -> LabCert {
         let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
         params.distinguished_name = name(id);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2060, 1, 1);
-        let key = KeyPair::generate_for(self.alg).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert = params.signed_by(key, &self.issuer).unwrap();
         let out = LabCert {
             cert: self.dir.path().join(format!("{id}.pem")),
             key: self.dir.path().join(format!("{id}.key")),
         };
         std::fs::write(&out.cert, cert.pem()).unwrap();
-        std::fs::write(&out.key, key.serialize_pem()).unwrap();
+        std::fs::write(&out.key, key_pem).unwrap();
         // a private key only its owner reads, as attestgate's configuration check demands
         let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);
         std::fs::set_permissions(&out.key, owner_only).unwrap();

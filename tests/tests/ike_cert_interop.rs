@@ -1,7 +1,7 @@
 //! attestgate's IKEv2 certificate authentication against strongSwan 5.9 (kernel-libipsec) in
-//! namespaces: a lab CA and ECDSA certificates made at start-up, `auth = pubkey` on
+//! namespaces: a lab CA and ECDSA (and RSA) certificates made at start-up, `auth = pubkey` on
 //! strongSwan's side, attestgate as initiator and as responder. strongSwan must report an
-//! RFC 7427 signature (ECDSA_WITH_SHA…_DER) for our AUTH, and ping and an iperf3 stream must
+//! RFC 7427 signature (ECDSA_WITH_SHA…_DER, RSA_EMSA_PKCS1_SHA2_256) for our AUTH, and ping and an iperf3 stream must
 //! cross the tunnel.
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
@@ -9,45 +9,52 @@
 use std::time::Duration;
 use tests::ike_peer::Peer;
 use tests::interop::{esp_traffic, lab_with};
-use tests::pki::{LabPki, P256, P384};
+use tests::pki::{LabCert, LabPki, P256, P384};
 use tests::strongswan::{Auth, Charon};
 
 const GW: &str = "gw.attestgate.lab";
 const VPN: &str = "vpn.corp.lab";
 
-fn certificates(pki: &LabPki) -> Auth {
-    Auth::Cert {
-        ours: pki.issue(GW),
-        theirs: pki.issue(VPN),
+/// A tunnel with `ours` and `theirs` certificates, traffic across it, and strongSwan's word
+/// that it checked our AUTH as the RFC 7427 `scheme` (method 14, the key's own hash).
+fn certificate_tunnel(pki: &LabPki, ours: LabCert, theirs: LabCert, scheme: &str, role: &str) {
+    let auth = Auth::Cert {
+        ours,
+        theirs,
         ca: pki.ca.clone(),
-    }
-}
-
-fn certificate_tunnel(alg: &'static rcgen::SignatureAlgorithm, hash: &str, role: &str) {
-    let pki = LabPki::new("attestgate lab CA", alg);
-    let (a, b, ours) = lab_with(
-        "aes256gcm16-prfsha384-ecp384",
-        "aes256gcm16",
-        certificates(&pki),
-    );
+    };
+    let (a, b, ours) = lab_with("aes256gcm16-prfsha384-ecp384", "aes256gcm16", auth);
     let sw = esp_traffic(&a, &b, &ours, role);
-    // strongSwan checked our signature as RFC 7427 (method 14), with the key's own hash
     let log = sw.log();
-    let ours_checked = format!("authentication of '{GW}' with ECDSA_WITH_{hash}_DER successful");
+    let ours_checked = format!("authentication of '{GW}' with {scheme} successful");
     assert!(log.contains(&ours_checked), "{ours_checked} not in:\n{log}");
 }
 
 #[test]
 fn ecdsa_p256_certificates_attestgate_initiates() {
     if tests::require_root("ecdsa_p256_certificates_attestgate_initiates") {
-        certificate_tunnel(&P256, "SHA256", "initiator");
+        let pki = LabPki::new("attestgate lab CA", &P256);
+        let (gw, vpn) = (pki.issue(GW), pki.issue(VPN));
+        certificate_tunnel(&pki, gw, vpn, "ECDSA_WITH_SHA256_DER", "initiator");
     }
 }
 
 #[test]
 fn ecdsa_p384_certificates_attestgate_responds() {
     if tests::require_root("ecdsa_p384_certificates_attestgate_responds") {
-        certificate_tunnel(&P384, "SHA384", "responder");
+        let pki = LabPki::new("attestgate lab CA", &P384);
+        let (gw, vpn) = (pki.issue(GW), pki.issue(VPN));
+        certificate_tunnel(&pki, gw, vpn, "ECDSA_WITH_SHA384_DER", "responder");
+    }
+}
+
+/// RSA on both ends (PKCS#1 v1.5 with SHA-256 from us, whatever strongSwan picks from it).
+#[test]
+fn rsa_certificates_attestgate_initiates() {
+    if tests::require_root("rsa_certificates_attestgate_initiates") {
+        let pki = LabPki::new("attestgate lab CA", &P256);
+        let (gw, vpn) = (pki.issue_rsa(GW), pki.issue_rsa(VPN));
+        certificate_tunnel(&pki, gw, vpn, "RSA_EMSA_PKCS1_SHA2_256", "initiator");
     }
 }
 
