@@ -5,13 +5,14 @@
 //! failures are testable against a peer of our own in microseconds.
 //!
 //! Done: IKE_SA_INIT (with COOKIE and INVALID_KE_PAYLOAD retries as initiator), IKE_AUTH with a
-//! pre-shared key (§2.15) and the first CHILD_SA with traffic selector narrowing (§2.9), as
-//! initiator and as responder; NAT detection (§2.23) and the move to UDP 4500; retransmission
-//! with exponential backoff (§2.1) and duplicate requests answered from the last response;
-//! INFORMATIONAL requests from the peer (liveness checks, deletes).
+//! pre-shared key (§2.15) or certificates (RFC 7427, [`crate::cert`]) and the first CHILD_SA
+//! with traffic selector narrowing (§2.9), as initiator and as responder; NAT detection (§2.23)
+//! and the move to UDP 4500; retransmission with exponential backoff (§2.1) and duplicate
+//! requests answered from the last response; INFORMATIONAL requests from the peer (liveness
+//! checks, deletes).
 //!
-//! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
-//! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
+//! Not yet: CREATE_CHILD_SA (rekey of child and IKE SAs), our own liveness checks, IKE
+//! fragmentation (RFC 7383), cookies as a responder.
 
 mod auth;
 mod child;
