@@ -231,6 +231,7 @@ fn daemon_tunnel_to_strongswan_with_certificates() {
         ours: gw.clone(),
         theirs: pki.issue("vpn.corp.lab"),
         ca: pki.ca.clone(),
+        strongswan_signs: None,
     };
     let (a, b, ours) = lab_with("aes256gcm16-prfsha256-ecp256", "aes256gcm16", auth);
 

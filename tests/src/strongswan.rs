@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Auth {
     Psk(String),
-    /// Certificates (`auth = pubkey`): this end's certificate and key, the other end's, and
-    /// the CA both trust.
+    /// Certificates: this end's certificate and key, the other end's, and the CA both trust.
     Cert {
         ours: crate::pki::LabCert,
         theirs: crate::pki::LabCert,
         ca: PathBuf,
+        /// strongSwan's own signature scheme (its `local.auth`), e.g. `ike:rsa/pss-sha256`;
+        /// `pubkey` when `None`. Only strongSwan reads it.
+        strongswan_signs: Option<String>,
     },
 }
 
@@ -24,26 +26,41 @@ impl Auth {
     fn mirrored(&self) -> Auth {
         match self {
             Auth::Psk(_) => self.clone(),
-            Auth::Cert { ours, theirs, ca } => Auth::Cert {
+            Auth::Cert {
+                ours,
+                theirs,
+                ca,
+                strongswan_signs,
+            } => Auth::Cert {
                 ours: theirs.clone(),
                 theirs: ours.clone(),
                 ca: ca.clone(),
+                strongswan_signs: strongswan_signs.clone(),
             },
         }
     }
 
-    /// swanctl's `auth` and the lines a `local` section adds, and the `secrets` section.
-    fn swanctl(&self, local_id: &str, remote_id: &str) -> (&'static str, &'static str, String) {
+    /// The lines of swanctl's `local` and `remote` sections, and the `secrets` section.
+    fn swanctl(&self, local_id: &str, remote_id: &str) -> (String, &'static str, String) {
         match self {
             Auth::Psk(secret) => (
-                "psk",
-                "",
+                "auth = psk".into(),
+                "auth = psk",
                 format!(
                     "secrets {{\n  ike-lab {{\n    id-1 = {local_id}\n    id-2 = {remote_id}\n    secret = \"{secret}\"\n  }}\n}}\n"
                 ),
             ),
             // the files are put into x509/, private/ and x509ca/ by `Charon::start`
-            Auth::Cert { .. } => ("pubkey", "\n      certs = local.pem", String::new()),
+            Auth::Cert {
+                strongswan_signs, ..
+            } => (
+                format!(
+                    "auth = {}\n      certs = local.pem",
+                    strongswan_signs.as_deref().unwrap_or("pubkey")
+                ),
+                "auth = pubkey\n      cacerts = ca.pem",
+                String::new(),
+            ),
         }
     }
 }
@@ -84,11 +101,7 @@ impl PeerConfig {
     }
 
     fn swanctl_conf(&self) -> String {
-        let (auth, local_extra, secrets) = self.auth.swanctl(&self.local_id, &self.remote_id);
-        let remote_extra = match self.auth {
-            Auth::Psk(_) => "",
-            Auth::Cert { .. } => "\n      cacerts = ca.pem",
-        };
+        let (local, remote, secrets) = self.auth.swanctl(&self.local_id, &self.remote_id);
         format!(
             r#"connections {{
   lab {{
@@ -100,12 +113,12 @@ impl PeerConfig {
     remote_addrs = {ra}
     proposals = {ike}
     local {{
-      auth = {auth}
-      id = {lid}{local_extra}
+      {local}
+      id = {lid}
     }}
     remote {{
-      auth = {auth}
-      id = {rid}{remote_extra}
+      {remote}
+      id = {rid}
     }}
     children {{
       lab {{

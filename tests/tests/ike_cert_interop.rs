@@ -15,27 +15,33 @@ use tests::strongswan::{Auth, Charon};
 const GW: &str = "gw.attestgate.lab";
 const VPN: &str = "vpn.corp.lab";
 
-/// A tunnel with `ours` and `theirs` certificates, traffic across it, and strongSwan's word
-/// that it checked our AUTH as the RFC 7427 `scheme` (method 14, the key's own hash).
-fn certificate_tunnel(pki: &LabPki, ours: LabCert, theirs: LabCert, scheme: &str, role: &str) {
-    let auth = Auth::Cert {
+/// Certificates for both ends from the lab CA; strongSwan signs with its default scheme.
+fn certs(pki: &LabPki, ours: LabCert, theirs: LabCert) -> Auth {
+    Auth::Cert {
         ours,
         theirs,
         ca: pki.ca.clone(),
-    };
+        strongswan_signs: None,
+    }
+}
+
+/// A tunnel authenticated with `auth`, traffic across it, and strongSwan's word that it
+/// checked our AUTH as the RFC 7427 `scheme` (method 14, the key's own hash).
+fn certificate_tunnel(auth: Auth, scheme: &str, role: &str) -> Charon {
     let (a, b, ours) = lab_with("aes256gcm16-prfsha384-ecp384", "aes256gcm16", auth);
     let sw = esp_traffic(&a, &b, &ours, role);
     let log = sw.log();
     let ours_checked = format!("authentication of '{GW}' with {scheme} successful");
     assert!(log.contains(&ours_checked), "{ours_checked} not in:\n{log}");
+    sw
 }
 
 #[test]
 fn ecdsa_p256_certificates_attestgate_initiates() {
     if tests::require_root("ecdsa_p256_certificates_attestgate_initiates") {
         let pki = LabPki::new("attestgate lab CA", &P256);
-        let (gw, vpn) = (pki.issue(GW), pki.issue(VPN));
-        certificate_tunnel(&pki, gw, vpn, "ECDSA_WITH_SHA256_DER", "initiator");
+        let auth = certs(&pki, pki.issue(GW), pki.issue(VPN));
+        certificate_tunnel(auth, "ECDSA_WITH_SHA256_DER", "initiator");
     }
 }
 
@@ -43,18 +49,27 @@ fn ecdsa_p256_certificates_attestgate_initiates() {
 fn ecdsa_p384_certificates_attestgate_responds() {
     if tests::require_root("ecdsa_p384_certificates_attestgate_responds") {
         let pki = LabPki::new("attestgate lab CA", &P384);
-        let (gw, vpn) = (pki.issue(GW), pki.issue(VPN));
-        certificate_tunnel(&pki, gw, vpn, "ECDSA_WITH_SHA384_DER", "responder");
+        let auth = certs(&pki, pki.issue(GW), pki.issue(VPN));
+        certificate_tunnel(auth, "ECDSA_WITH_SHA384_DER", "responder");
     }
 }
 
-/// RSA on both ends (PKCS#1 v1.5 with SHA-256 from us, whatever strongSwan picks from it).
+/// RSA on both ends: PKCS#1 v1.5 with SHA-256 from us; strongSwan signs with RSASSA-PSS
+/// (`ike:rsa/pss-sha256`), which we verify.
 #[test]
-fn rsa_certificates_attestgate_initiates() {
-    if tests::require_root("rsa_certificates_attestgate_initiates") {
+fn rsa_certificates_with_pss_from_strongswan() {
+    if tests::require_root("rsa_certificates_with_pss_from_strongswan") {
         let pki = LabPki::new("attestgate lab CA", &P256);
-        let (gw, vpn) = (pki.issue_rsa(GW), pki.issue_rsa(VPN));
-        certificate_tunnel(&pki, gw, vpn, "RSA_EMSA_PKCS1_SHA2_256", "initiator");
+        let mut auth = certs(&pki, pki.issue_rsa(GW), pki.issue_rsa(VPN));
+        if let Auth::Cert {
+            strongswan_signs, ..
+        } = &mut auth
+        {
+            *strongswan_signs = Some("ike:rsa/pss-sha256".into());
+        }
+        let sw = certificate_tunnel(auth, "RSA_EMSA_PKCS1_SHA2_256", "initiator");
+        let theirs = format!("authentication of '{VPN}' (myself) with RSA_EMSA_PSS");
+        assert!(sw.log().contains(&theirs), "{theirs} not in:\n{}", sw.log());
     }
 }
 
@@ -70,11 +85,7 @@ fn a_strongswan_certificate_from_an_untrusted_ca_is_refused() {
     let (a, b, ours) = lab_with(
         "aes256gcm16-prfsha256-ecp256",
         "aes256gcm16",
-        Auth::Cert {
-            ours: pki.issue(GW),
-            theirs: rogue.issue(VPN),
-            ca: pki.ca.clone(),
-        },
+        certs(&pki, pki.issue(GW), rogue.issue(VPN)),
     );
     // strongSwan itself trusts our CA (the same `ca`), so only attestgate's check can fail
     let _sw = Charon::start(&b, &ours.mirrored());
