@@ -88,7 +88,7 @@ fn a_strongswan_certificate_from_an_untrusted_ca_is_refused() {
         certs(&pki, pki.issue(GW), rogue.issue(VPN)),
     );
     // strongSwan itself trusts our CA (the same `ca`), so only attestgate's check can fail
-    let _sw = Charon::start(&b, &ours.mirrored());
+    let sw = Charon::start(&b, &ours.mirrored());
     let peer = Peer::start(&a, "initiator", &ours);
     let closed = peer.wait_for("closed", Duration::from_secs(20));
     let reason = closed["reason"].as_str().unwrap();
@@ -96,4 +96,16 @@ fn a_strongswan_certificate_from_an_untrusted_ca_is_refused() {
         reason.contains("CN=rogue CA") && reason.contains("not a trusted CA"),
         "{closed}"
     );
+    // our AUTHENTICATION_FAILED notify (RFC 7296 §2.21.2) makes strongSwan drop its IKE SA
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sw.list_sas().contains("state=ESTABLISHED") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "strongSwan kept the IKE SA: {}\n{}",
+            sw.list_sas(),
+            sw.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sw.log().contains("N(AUTH_FAILED)"), "{}", sw.log());
 }

@@ -193,6 +193,12 @@ impl IkeSa {
             return self.close(format!("IKE_AUTH failed: {why}"));
         };
         if let Err(why) = self.verify_peer(&payloads, id, auth) {
+            // §2.21.2: the responder learns it in a separate INFORMATIONAL; no answer awaited
+            let header = self.header(ExchangeType::INFORMATIONAL, self.next_request_id, false);
+            let failed = [notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
+            if let Some(data) = self.seal(&header, &failed) {
+                self.queue(data);
+            }
             return self.close(why);
         }
         self.remote = from;

@@ -142,6 +142,9 @@ fn a_certificate_from_another_ca_is_refused_with_authentication_failed() {
     let i = Pair::closed(&p.events_i).unwrap();
     assert!(i.contains("not a trusted CA"), "{i}");
     assert!(!p.i.was_established());
+    // told with AUTHENTICATION_FAILED in an INFORMATIONAL, the responder gives up too
+    let r = Pair::closed(&p.events_r).unwrap();
+    assert!(r.contains("peer refused our authentication"), "{r}");
 }
 
 #[test]
