@@ -561,7 +561,22 @@ fn unix(t: SystemTime) -> i64 {
     }
 }
 
+/// The validity window (RFC 5280 §4.1.2.5), and no critical extension we do not know
+/// (§4.2: such a certificate must be rejected).
 fn check_validity(c: &X509Certificate, now: i64) -> Result<(), String> {
+    if let Some(e) = c.extensions().iter().find(|e| {
+        e.critical
+            && matches!(
+                e.parsed_extension(),
+                ParsedExtension::UnsupportedExtension { .. }
+            )
+    }) {
+        return Err(format!(
+            "certificate {} has a critical extension we do not know ({})",
+            c.subject(),
+            e.oid
+        ));
+    }
     let v = c.validity();
     if now < v.not_before.timestamp() {
         return Err(format!(

@@ -22,6 +22,8 @@ pub(crate) struct Issued {
 
 /// How a certificate is made.
 pub(crate) struct Spec<'a> {
+    /// An unknown extension marked critical (RFC 5280 §4.2).
+    pub(crate) unknown_critical: bool,
     pub(crate) alg: &'static SignatureAlgorithm,
     pub(crate) cn: &'a str,
     pub(crate) sans: &'a [&'a str],
@@ -32,6 +34,7 @@ pub(crate) struct Spec<'a> {
 impl<'a> Spec<'a> {
     pub(crate) fn ee(alg: &'static SignatureAlgorithm, name: &'a [&'a str]) -> Spec<'a> {
         Spec {
+            unknown_critical: false,
             alg,
             cn: name[0],
             sans: name,
@@ -55,6 +58,12 @@ fn params(spec: &Spec) -> CertificateParams {
     };
     p.not_before = rcgen::date_time_ymd(from, 1, 1);
     p.not_after = rcgen::date_time_ymd(to, 1, 1);
+    if spec.unknown_critical {
+        let mut ext =
+            rcgen::CustomExtension::from_oid_content(&[1, 3, 6, 1, 4, 1, 99999, 1], vec![5, 0]);
+        ext.set_criticality(true);
+        p.custom_extensions.push(ext);
+    }
     if spec.ca {
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![
@@ -70,6 +79,7 @@ fn params(spec: &Spec) -> CertificateParams {
 impl Ca {
     pub(crate) fn new(alg: &'static SignatureAlgorithm, name: &str) -> Ca {
         let spec = Spec {
+            unknown_critical: false,
             alg,
             cn: name,
             sans: &[],
@@ -212,6 +222,14 @@ fn chain_failures_are_named() {
     );
     let e = peer_check(&ours, &forged, "b.lab", &SUPPORTED_HASHES).unwrap_err();
     assert!(e.contains("does not verify with its issuer"), "{e}");
+    let mut spec = Spec::ee(&P256, &["b.lab"]);
+    spec.unknown_critical = true;
+    let odd = auth(&ca.issue(&spec), &[], &[&ca]);
+    let e = peer_check(&ours, &odd, "b.lab", &SUPPORTED_HASHES).unwrap_err();
+    assert!(
+        e.contains("critical extension we do not know (1.3.6.1.4.1.99999.1)"),
+        "{e}"
+    );
     let mut spec = Spec::ee(&P256, &["b.lab"]);
     spec.expired = true;
     let old = auth(&ca.issue(&spec), &[], &[&ca]);
