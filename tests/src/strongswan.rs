@@ -65,6 +65,15 @@ impl Auth {
     }
 }
 
+/// A distinguished name (`O=…, CN=…`) in double quotes, as swanctl.conf wants it.
+fn quoted(id: &str) -> String {
+    if id.contains('=') {
+        format!("\"{id}\"")
+    } else {
+        id.to_string()
+    }
+}
+
 /// One side of a site-to-site tunnel, in swanctl terms.
 #[derive(Debug, Clone)]
 pub struct PeerConfig {
@@ -136,8 +145,8 @@ impl PeerConfig {
             la = self.local_addr,
             ra = self.remote_addr,
             ike = self.ike_proposal,
-            lid = self.local_id,
-            rid = self.remote_id,
+            lid = quoted(&self.local_id),
+            rid = quoted(&self.remote_id),
             lts = self.local_ts,
             rts = self.remote_ts,
             esp = self.esp_proposal,

@@ -73,6 +73,26 @@ fn rsa_certificates_with_pss_from_strongswan() {
     }
 }
 
+/// Identities of type DN (ID_DER_ASN1_DN), strongSwan's default with certificates: each end
+/// names itself by its certificate's subject; strongSwan initiates.
+#[test]
+fn distinguished_name_identities() {
+    if !tests::require_root("distinguished_name_identities") {
+        return;
+    }
+    let pki = LabPki::new("attestgate lab CA", &P256);
+    let auth = certs(&pki, pki.issue(GW), pki.issue(VPN));
+    let (a, b, mut ours) = lab_with("aes128gcm16-prfsha256-ecp256", "aes128gcm16", auth);
+    ours.local_id = format!("O=attestgate lab, CN={GW}");
+    ours.remote_id = format!("O=attestgate lab, CN={VPN}");
+    let sw = esp_traffic(&a, &b, &ours, "responder");
+    let log = sw.log();
+    let checked = format!(
+        "authentication of 'O=attestgate lab, CN={GW}' with ECDSA_WITH_SHA256_DER successful"
+    );
+    assert!(log.contains(&checked), "{checked} not in:\n{log}");
+}
+
 /// strongSwan's certificate comes from a CA attestgate does not trust: attestgate refuses
 /// it and says why.
 #[test]
