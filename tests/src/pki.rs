@@ -24,6 +24,8 @@ pub struct LabPki {
     pub ca: PathBuf,
     alg: &'static SignatureAlgorithm,
     issuer: CertifiedIssuer<'static, KeyPair>,
+    /// For an intermediate CA: its certificate, appended to every certificate it issues.
+    chain: Option<String>,
 }
 
 impl std::fmt::Debug for LabPki {
@@ -39,18 +41,39 @@ fn name(cn: &str) -> DistinguishedName {
     dn
 }
 
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2060, 1, 1);
+    params
+}
+
 impl LabPki {
     /// A CA named `cn` whose keys (and those it issues) use `alg`.
     pub fn new(cn: &str, alg: &'static SignatureAlgorithm) -> LabPki {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let issuer = CertifiedIssuer::self_signed(ca_params(cn), key).unwrap();
+        LabPki::with_issuer(issuer, alg, None)
+    }
+
+    /// An intermediate CA under this one; what it issues carries its certificate along
+    /// (`certificate.pem` with the chain after the end-entity, as usually deployed).
+    pub fn intermediate(&self, cn: &str) -> LabPki {
+        let key = KeyPair::generate_for(self.alg).unwrap();
+        let issuer = CertifiedIssuer::signed_by(ca_params(cn), key, &self.issuer).unwrap();
+        let pem = issuer.pem();
+        LabPki::with_issuer(issuer, self.alg, Some(pem))
+    }
+
+    fn with_issuer(
+        issuer: CertifiedIssuer<'static, KeyPair>,
+        alg: &'static SignatureAlgorithm,
+        chain: Option<String>,
+    ) -> LabPki {
         let dir = tempfile::tempdir().unwrap();
-        let mut params = CertificateParams::default();
-        params.distinguished_name = name(cn);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-        params.not_after = rcgen::date_time_ymd(2060, 1, 1);
-        let issuer =
-            CertifiedIssuer::self_signed(params, KeyPair::generate_for(alg).unwrap()).unwrap();
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, issuer.pem()).unwrap();
         LabPki {
@@ -58,6 +81,7 @@ impl LabPki {
             ca,
             alg,
             issuer,
+            chain,
         }
     }
 
@@ -98,7 +122,8 @@ impl LabPki {
             cert: self.dir.path().join(format!("{id}.pem")),
             key: self.dir.path().join(format!("{id}.key")),
         };
-        std::fs::write(&out.cert, cert.pem()).unwrap();
+        let chain = self.chain.as_deref().unwrap_or_default();
+        std::fs::write(&out.cert, cert.pem() + chain).unwrap();
         std::fs::write(&out.key, key_pem).unwrap();
         // a private key only its owner reads, as attestgate's configuration check demands
         let owner_only = std::os::unix::fs::PermissionsExt::from_mode(0o600);

@@ -93,6 +93,24 @@ fn distinguished_name_identities() {
     assert!(log.contains(&checked), "{checked} not in:\n{log}");
 }
 
+/// Our certificate comes from an intermediate CA that strongSwan does not know: we send it
+/// along (a second CERT payload) and strongSwan builds the chain to the root it trusts.
+#[test]
+fn our_certificate_from_an_intermediate_ca() {
+    if !tests::require_root("our_certificate_from_an_intermediate_ca") {
+        return;
+    }
+    let root = LabPki::new("attestgate lab root CA", &P384);
+    let issuing = root.intermediate("attestgate lab issuing CA");
+    let auth = certs(&root, issuing.issue(GW), root.issue(VPN));
+    let sw = certificate_tunnel(auth, "ECDSA_WITH_SHA384_DER", "initiator");
+    let log = sw.log();
+    assert!(
+        log.contains("received issuer cert \"O=attestgate lab, CN=attestgate lab issuing CA\""),
+        "{log}"
+    );
+}
+
 /// strongSwan's certificate comes from a CA attestgate does not trust: attestgate refuses
 /// it and says why.
 #[test]
