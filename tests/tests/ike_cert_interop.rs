@@ -33,6 +33,9 @@ fn certificate_tunnel(auth: Auth, scheme: &str, role: &str) -> Charon {
     let log = sw.log();
     let ours_checked = format!("authentication of '{GW}' with {scheme} successful");
     assert!(log.contains(&ours_checked), "{ours_checked} not in:\n{log}");
+    // our CERTREQ's SHA-1 of the CA's SubjectPublicKeyInfo named the CA strongSwan has
+    let certreq = "received cert request for \"O=attestgate lab, CN=attestgate lab";
+    assert!(log.contains(certreq), "{certreq} not in:\n{log}");
     sw
 }
 
