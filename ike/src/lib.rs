@@ -18,7 +18,7 @@
 //! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
 //!   SA, NAT detection, retransmission; see its module doc for what is not done yet.
 //!
-//! Not written yet (issue 3): rekeying, the ESP data path driver
+//! Not written yet (issue 3): rekeying, certificate authentication, the ESP data path driver
 //! (TUN, UDP): nothing here carries traffic yet.
 
 pub mod cert;

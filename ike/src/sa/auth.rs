@@ -409,3 +409,16 @@ fn certreq(cert: &crate::cert::CertAuth) -> Payload {
         data: cert.certreq(),
     })
 }
+
+/// The X.509 data of every CERT payload, in order (RFC 7296 §3.6: the first holds the key).
+fn x509_certs(payloads: &[Payload]) -> Vec<&[u8]> {
+    payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Cert(c) if c.encoding == crate::wire::CertEncoding::X509_SIGNATURE => {
+                Some(c.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect()
+}

@@ -5,14 +5,13 @@
 //! failures are testable against a peer of our own in microseconds.
 //!
 //! Done: IKE_SA_INIT (with COOKIE and INVALID_KE_PAYLOAD retries as initiator), IKE_AUTH with a
-//! pre-shared key (§2.15) or certificates (RFC 7427, [`crate::cert`]) and the first CHILD_SA
-//! with traffic selector narrowing (§2.9), as initiator and as responder; NAT detection (§2.23)
-//! and the move to UDP 4500; retransmission with exponential backoff (§2.1) and duplicate
-//! requests answered from the last response; INFORMATIONAL requests from the peer (liveness
-//! checks, deletes).
+//! pre-shared key (§2.15) and the first CHILD_SA with traffic selector narrowing (§2.9), as
+//! initiator and as responder; NAT detection (§2.23) and the move to UDP 4500; retransmission
+//! with exponential backoff (§2.1) and duplicate requests answered from the last response;
+//! INFORMATIONAL requests from the peer (liveness checks, deletes).
 //!
-//! Not yet: CREATE_CHILD_SA (rekey of child and IKE SAs), our own liveness checks, IKE
-//! fragmentation (RFC 7383), cookies as a responder.
+//! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
+//! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
 
 mod auth;
 mod child;
@@ -295,19 +294,6 @@ impl Find for [Payload] {
     finder!(id_i, IdInitiator, IdPayload);
     finder!(id_r, IdResponder, IdPayload);
     finder!(auth, Auth, AuthPayload);
-}
-
-/// The X.509 data of every CERT payload, in order (RFC 7296 §3.6: the first holds the key).
-pub(super) fn x509_certs(payloads: &[Payload]) -> Vec<&[u8]> {
-    payloads
-        .iter()
-        .filter_map(|p| match p {
-            Payload::Cert(c) if c.encoding == crate::wire::CertEncoding::X509_SIGNATURE => {
-                Some(c.data.as_slice())
-            }
-            _ => None,
-        })
-        .collect()
 }
 
 pub(super) fn notify(kind: NotifyType, data: Vec<u8>) -> Payload {
