@@ -110,7 +110,9 @@ impl PeerConfig {
     }
 
     fn swanctl_conf(&self) -> String {
-        let (local, remote, secrets) = self.auth.swanctl(&self.local_id, &self.remote_id);
+        let (local, remote, secrets) = self
+            .auth
+            .swanctl(&quoted(&self.local_id), &quoted(&self.remote_id));
         format!(
             r#"connections {{
   lab {{
