@@ -15,6 +15,40 @@ const BIN: &str = env!("CARGO_BIN_EXE_attestgate");
 
 struct Daemon(Child);
 
+impl Daemon {
+    /// `attestgate run` with `config` inside `ns`.
+    fn start(ns: &Netns, config: &Path) -> Daemon {
+        Daemon(
+            Command::new("ip")
+                .args(["netns", "exec", &ns.name, BIN, "-c"])
+                .arg(config)
+                .arg("run")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// The lab configuration with its files made in `dir` (tests/lab/files.sh), changed by `edit`;
+/// returns where it was written.
+fn lab_config(dir: &Path, edit: impl FnOnce(String) -> String) -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    assert!(Command::new("bash")
+        .arg(root.join("tests/lab/files.sh"))
+        .arg(dir)
+        .status()
+        .unwrap()
+        .success());
+    let text = std::fs::read_to_string(root.join("config/examples/lab.toml"))
+        .unwrap()
+        .replace("/run/attestgate-lab", &dir.display().to_string());
+    let config = dir.join("attestgate.toml");
+    std::fs::write(&config, edit(text)).unwrap();
+    config
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -64,20 +98,7 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     b.addr("lo", "198.19.0.1/24");
 
     let dir = tempfile::tempdir().unwrap();
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    assert!(Command::new("bash")
-        .arg(root.join("tests/lab/files.sh"))
-        .arg(dir.path())
-        .status()
-        .unwrap()
-        .success());
-    let text = std::fs::read_to_string(root.join("config/examples/lab.toml")).unwrap();
-    let config = dir.path().join("attestgate.toml");
-    std::fs::write(
-        &config,
-        text.replace("/run/attestgate-lab", &dir.path().display().to_string()),
-    )
-    .unwrap();
+    let config = lab_config(dir.path(), |text| text);
     let psk = std::fs::read_to_string(dir.path().join("corp.psk"))
         .unwrap()
         .trim_end()
@@ -101,16 +122,7 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     // a route of ours (routing protocol 245) that a crashed daemon could have left behind
     a.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "proto", "245"]);
 
-    let _daemon = Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", &a.name, BIN, "-c"])
-            .arg(&config)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _daemon = Daemon::start(&a, &config);
     let up = wait_until(&config, "established", Duration::from_secs(30), |t| {
         t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
     });
@@ -211,4 +223,58 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     let unknown = cli(&config, &["tunnel", "rekey", "nope"]);
     assert_eq!(unknown.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no tunnel named `nope`"));
+}
+
+/// The daemon's `corp` tunnel with certificate authentication (`certificate`, `private_key`,
+/// `peer_ca`) against strongSwan with `auth = pubkey`: a lab CA and ECDSA certificates made at
+/// start-up; the tunnel comes up, strongSwan saw an RFC 7427 signature, ping crosses it.
+#[test]
+fn daemon_tunnel_to_strongswan_with_certificates() {
+    use tests::interop::{lab_with, ping_through, route_into_tun};
+    use tests::pki::{LabPki, P256};
+    if !tests::require_root("daemon_tunnel_to_strongswan_with_certificates") {
+        return;
+    }
+    let pki = LabPki::new("attestgate lab tunnel CA", &P256);
+    let gw = pki.issue("gw.attestgate.lab");
+    let auth = Auth::Cert {
+        ours: gw.clone(),
+        theirs: pki.issue("vpn.corp.lab"),
+        ca: pki.ca.clone(),
+        strongswan_signs: None,
+    };
+    let (a, b, ours) = lab_with("aes256gcm16-prfsha256-ecp256", "aes256gcm16", auth);
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = lab_config(dir.path(), |text| {
+        let psk_line = format!("psk_file = \"{}/corp.psk\"", dir.path().display());
+        assert!(text.contains(&psk_line), "{text}");
+        let cert_lines = format!(
+            "certificate = \"{}\"\nprivate_key = \"{}\"\npeer_ca = [\"{}\"]",
+            gw.cert.display(),
+            gw.key.display(),
+            pki.ca.display()
+        );
+        text.replace(&psk_line, &cert_lines)
+    });
+    let check = cli(&config, &["config", "check", "--strict"]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let sw = Charon::start(&b, &ours.mirrored());
+    let _daemon = Daemon::start(&a, &config);
+    let up = wait_until(&config, "established", Duration::from_secs(30), |t| {
+        t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
+    });
+    let log = sw.log();
+    assert!(
+        log.contains("authentication of 'gw.attestgate.lab' with ECDSA_WITH_SHA256_DER successful"),
+        "{log}"
+    );
+    route_into_tun(&a, up["tun"].as_str().unwrap());
+    assert!(ping_through(&a, 3), "{}", sw.list_sas());
 }

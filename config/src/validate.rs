@@ -431,6 +431,59 @@ fn check_files(cfg: &Config, sink: &mut Sink<'_>, mode: FileChecks) {
             secret_private(sink, &p.value, &p.span, &key);
         }
     }
+    for e in &cfg.egresses {
+        if let EgressKind::Tunnel(t) = &e.kind {
+            tunnel_certificate(sink, &format!("egress.{}", e.name.value), t);
+        }
+    }
+}
+
+/// A tunnel's certificate, private key and peer CAs load, the key belongs to the
+/// certificate, and the certificate names `local_id` (the peer checks that, RFC 4945 §3.1).
+/// Files that do not exist were reported above.
+fn tunnel_certificate(sink: &mut Sink<'_>, path: &str, t: &Tunnel) {
+    let TunnelAuth::Certificate {
+        certificate,
+        private_key,
+        peer_ca,
+    } = &t.auth
+    else {
+        return;
+    };
+    let mut files = [certificate, private_key].into_iter().chain(peer_ca);
+    if !files.all(|f| f.value.is_file()) {
+        return;
+    }
+    let cas: Vec<&Path> = peer_ca.iter().map(|p| p.value.as_path()).collect();
+    let problem =
+        match ike::cert::CertAuth::from_files(&certificate.value, &private_key.value, &cas) {
+            Err(e) => {
+                // point at the file the problem is in
+                let shown = match &e {
+                    ike::cert::CertError::Invalid { what, .. } => what.clone(),
+                    ike::cert::CertError::Read { path, .. } => path.clone(),
+                    ike::cert::CertError::Sign(_) => String::new(),
+                };
+                let at = [("private_key", private_key), ("certificate", certificate)]
+                    .into_iter()
+                    .chain(peer_ca.iter().map(|p| ("peer_ca", p)))
+                    .find(|(_, p)| p.value.display().to_string() == shown);
+                let (key, at) = at.unwrap_or(("certificate", certificate));
+                Some((key, at, e.to_string()))
+            }
+            Ok(auth) => auth
+                .check_identity(&t.local_id)
+                .err()
+                .map(|e| ("certificate", certificate, e)),
+        };
+    if let Some((key, at, problem)) = problem {
+        let _ = sink
+            .error(&at.span, &format!("{path}.{key}"), problem)
+            .expected(
+                "a PEM certificate whose subject or subjectAltName is local_id, its private key \
+                 (PKCS#8, SEC1 or PKCS#1; ECDSA P-256/P-384 or RSA), and the peer's CA certificates",
+            );
+    }
 }
 
 fn file_exists(sink: &mut Sink<'_>, path: &Path, span: &Span, key: &str, mode: FileChecks) -> bool {

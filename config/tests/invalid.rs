@@ -1362,3 +1362,88 @@ fn directory_where_a_file_is_expected() {
         .expected("an existing file")],
     );
 }
+
+// ---- tunnel certificates -------------------------------------------------------------------
+
+#[cfg(unix)]
+fn with_certificate(key: &str, local_id: &str) -> String {
+    let t = replace(
+        &base(),
+        "psk_file = \"corp.psk\"\n",
+        &format!(
+            "certificate = \"corp.crt\"\nprivate_key = \"{key}\"\npeer_ca = [\"corp-ca.crt\"]\n"
+        ),
+    );
+    replace(
+        &t,
+        "local_id = \"gw.example.net\"",
+        &format!("local_id = \"{local_id}\""),
+    )
+}
+
+#[cfg(unix)]
+#[test]
+fn tunnel_certificate_key_and_identity_are_checked_together() {
+    // a CA, `gw.example.net`'s certificate and key, and an unrelated key
+    let dir = lab_files();
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use std::os::unix::fs::PermissionsExt;
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["gw.example.net".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let other = KeyPair::generate().unwrap();
+    for (name, text) in [
+        ("corp.crt", cert.pem()),
+        ("corp-ca.crt", ca.pem()),
+        ("corp.key", key.serialize_pem()),
+        ("other.key", other.serialize_pem()),
+    ] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let fine = accepted_with(
+        &with_certificate("corp.key", "gw.example.net"),
+        dir.path(),
+        FileChecks::Strict,
+    );
+    assert!(fine.warnings.0.is_empty(), "{}", fine.warnings);
+
+    let t = with_certificate("other.key", "gw.example.net");
+    check(
+        &refused_with(&t, dir.path(), FileChecks::Strict),
+        &[error(
+            pos(&t, "\"other.key\""),
+            "egress.corp.private_key",
+            "does not belong to the certificate",
+        )
+        .expected("its private key")],
+    );
+
+    let t = with_certificate("corp.key", "other.example.net");
+    check(
+        &refused_with(&t, dir.path(), FileChecks::Strict),
+        &[error(
+            pos(&t, "\"corp.crt\""),
+            "egress.corp.certificate",
+            "identity other.example.net is neither the subject",
+        )
+        .expected("subjectAltName is local_id")],
+    );
+
+    std::fs::write(dir.path().join("corp-ca.crt"), "not a certificate\n").unwrap();
+    let t = with_certificate("corp.key", "gw.example.net");
+    check(
+        &refused_with(&t, dir.path(), FileChecks::Strict),
+        &[error(
+            pos(&t, "\"corp-ca.crt\""),
+            "egress.corp.peer_ca",
+            "no CERTIFICATE block found",
+        )],
+    );
+}

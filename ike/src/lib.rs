@@ -8,6 +8,8 @@
 //!   into IANA transform identifiers (RFC 7296 §3.3.2), with the suites attestgate supports and
 //!   clear refusals for weak or unknown ones. The configuration uses it to validate tunnels.
 //! - [`identity`]: IKE identities (RFC 7296 §3.5) in strongSwan's notation.
+//! - [`cert`]: certificate authentication: RFC 7427 signatures (ECDSA P-256/P-384, RSA), the
+//!   peer's chain and identity checked against the configured CAs.
 //! - [`crypto`]: the suites (AEAD, CBC+HMAC, PRF and prf+, Diffie-Hellman, key derivation),
 //!   checked against published vectors.
 //! - [`wire`]: checked views and builders for IKE messages and payloads.
@@ -23,6 +25,7 @@
 //! Not written yet (issue 3): rekeying, certificate authentication, the ESP data path driver
 //! (TUN, UDP): nothing here carries traffic yet.
 
+pub mod cert;
 pub mod cookie;
 pub mod crypto;
 pub mod datapath;

@@ -56,12 +56,17 @@ impl Peer {
                 &cfg.remote_addr,
             ])
             .args(["--local-id", &cfg.local_id, "--remote-id", &cfg.remote_id])
-            .args([
-                "--psk",
-                match &cfg.auth {
-                    Auth::Psk(s) => s,
-                },
-            ])
+            .args(match &cfg.auth {
+                Auth::Psk(s) => vec!["--psk".into(), s.clone()],
+                Auth::Cert { ours, ca, .. } => [
+                    ("--cert", &ours.cert),
+                    ("--key", &ours.key),
+                    ("--peer-ca", ca),
+                ]
+                .iter()
+                .flat_map(|(k, v)| [k.to_string(), v.display().to_string()])
+                .collect(),
+            })
             .args(["--ike", &cfg.ike_proposal, "--esp", &cfg.esp_proposal])
             .args([
                 "--local-ts",

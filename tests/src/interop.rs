@@ -1,14 +1,15 @@
-//! What the strongSwan interop tests share: the two-namespace lab, the check of strongSwan's
-//! view of a tunnel, and traffic through attestgate's TUN device.
+//! Shared pieces of the strongSwan interop tests: the two-namespace lab, the check that
+//! strongSwan installed what attestgate negotiated, and traffic through attestgate's TUN device.
 
+use crate::ike_peer::Peer;
 use crate::netns::{veth, Netns};
 use crate::strongswan::{Auth, Charon, PeerConfig};
 use serde_json::Value;
+use std::time::Duration;
 
-/// attestgate's namespace and strongSwan's, linked by a veth (203.0.113.10 ↔ .20), with
-/// 198.18.100.0/24 behind attestgate and 198.19.0.0/24 behind strongSwan; the tunnel as
-/// attestgate sees it.
-pub fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
+/// attestgate (`ag`, 203.0.113.10, 198.18.100.0/24) and strongSwan (`sw`, 203.0.113.20,
+/// 198.19.0.0/24) on one link; `ours` is attestgate's side of the tunnel.
+pub fn lab_with(ike: &str, esp: &str, auth: Auth) -> (Netns, Netns, PeerConfig) {
     let a = Netns::new("ag");
     let b = Netns::new("sw");
     veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
@@ -20,7 +21,7 @@ pub fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
         remote_addr: "203.0.113.20".into(),
         local_id: "gw.attestgate.lab".into(),
         remote_id: "vpn.corp.lab".into(),
-        auth: Auth::Psk("interop-psk-6f1c2a9e".into()),
+        auth,
         ike_proposal: ike.into(),
         esp_proposal: esp.into(),
         local_ts: "198.18.100.0/24".into(),
@@ -31,8 +32,12 @@ pub fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
     (a, b, ours)
 }
 
-/// strongSwan shows the IKE SA established and the child SA installed, with the SPIs of
-/// `child` (an `ike-peer` `child_established` event) crossed.
+/// The PSK lab.
+pub fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
+    lab_with(ike, esp, Auth::Psk("interop-psk-6f1c2a9e".into()))
+}
+
+/// strongSwan shows the IKE SA established and the child SA installed with our SPIs.
 pub fn check_strongswan(sw: &Charon, child: &Value) {
     let sas = sw.list_sas();
     assert!(sas.contains("state=ESTABLISHED"), "{sas}\n{}", sw.log());
@@ -50,7 +55,7 @@ pub fn check_strongswan(sw: &Charon, child: &Value) {
     );
 }
 
-/// Brings attestgate's TUN device `tun` up in `a` and routes strongSwan's side into it.
+/// Brings attestgate's TUN device `tun` up and routes strongSwan's subnet into it.
 pub fn route_into_tun(a: &Netns, tun: &str) {
     a.ip(&["link", "set", tun, "mtu", "1400", "up"]);
     a.ip(&[
@@ -64,12 +69,13 @@ pub fn route_into_tun(a: &Netns, tun: &str) {
     ]);
 }
 
-/// Pings strongSwan's side from attestgate's `count` times; asserts every reply came back.
-pub fn ping_across(a: &Netns, count: u32) {
+/// Pings strongSwan's side through the tunnel `count` times; true when every reply came.
+pub fn ping_through(a: &Netns, count: u32) -> bool {
+    let n = count.to_string();
     let out = a.run(&[
         "ping",
         "-c",
-        &count.to_string(),
+        &n,
         "-i",
         "0.2",
         "-W",
@@ -78,6 +84,57 @@ pub fn ping_across(a: &Netns, count: u32) {
         "198.18.100.1",
         "198.19.0.1",
     ]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!(" {count} received")), "{text}");
+    String::from_utf8_lossy(&out.stdout).contains(&format!(" {count} received"))
+}
+
+/// ESP from attestgate's TUN device to strongSwan and back: attestgate (`ike-peer` as `role`)
+/// and strongSwan bring the tunnel up, then ping and an iperf3 stream cross it, with the SPIs
+/// strongSwan counts packets on. Returns the strongSwan peer for further checks.
+pub fn esp_traffic(a: &Netns, b: &Netns, ours: &PeerConfig, role: &str) -> Charon {
+    let tun = crate::netns::unique("t");
+    let (peer, sw) = if role == "initiator" {
+        let sw = Charon::start(b, &ours.mirrored());
+        (Peer::start_with(a, role, ours, &["--tun", &tun]), Some(sw))
+    } else {
+        (Peer::start_with(a, role, ours, &["--tun", &tun]), None)
+    };
+    route_into_tun(a, &tun);
+    let sw = match sw {
+        Some(sw) => sw,
+        None => {
+            let sw = Charon::start(b, &ours.mirrored());
+            let out = sw.initiate();
+            assert!(
+                out.contains("initiate completed successfully"),
+                "{out}\n{}",
+                sw.log()
+            );
+            sw
+        }
+    };
+    let child = peer.wait_for("child_established", Duration::from_secs(20));
+    check_strongswan(&sw, &child);
+    assert!(ping_through(a, 3), "ping failed\n{}", sw.list_sas());
+    let bps = crate::strongswan::iperf3(b, "198.19.0.1", a, "198.18.100.1", 3);
+    eprintln!(
+        "attestgate ({role}) ↔ strongSwan {} / {}: {:.3} Gbit/s (single TCP stream)",
+        ours.ike_proposal,
+        ours.esp_proposal,
+        bps / 1e9
+    );
+    assert!(bps > 1e6, "the tunnel carried almost nothing: {bps} bit/s");
+    let sas = sw.list_sas();
+    assert!(
+        !sas.contains("packets-in=0 "),
+        "strongSwan counted no ESP: {sas}"
+    );
+    sw
+}
+
+/// Pings strongSwan's side from attestgate's `count` times; asserts every reply came back.
+pub fn ping_across(a: &Netns, count: u32) {
+    assert!(
+        ping_through(a, count),
+        "not every ping came back through the tunnel"
+    );
 }

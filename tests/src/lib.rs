@@ -10,6 +10,7 @@
 pub mod ike_peer;
 pub mod interop;
 pub mod netns;
+pub mod pki;
 pub mod standins;
 pub mod strongswan;
 

@@ -10,6 +10,68 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub enum Auth {
     Psk(String),
+    /// Certificates: this end's certificate and key, the other end's, and the CA both trust.
+    Cert {
+        ours: crate::pki::LabCert,
+        theirs: crate::pki::LabCert,
+        ca: PathBuf,
+        /// strongSwan's own signature scheme (its `local.auth`), e.g. `ike:rsa/pss-sha256`;
+        /// `pubkey` when `None`. Only strongSwan reads it.
+        strongswan_signs: Option<String>,
+    },
+}
+
+impl Auth {
+    /// The same credentials seen from the other end.
+    fn mirrored(&self) -> Auth {
+        match self {
+            Auth::Psk(_) => self.clone(),
+            Auth::Cert {
+                ours,
+                theirs,
+                ca,
+                strongswan_signs,
+            } => Auth::Cert {
+                ours: theirs.clone(),
+                theirs: ours.clone(),
+                ca: ca.clone(),
+                strongswan_signs: strongswan_signs.clone(),
+            },
+        }
+    }
+
+    /// The lines of swanctl's `local` and `remote` sections, and the `secrets` section.
+    fn swanctl(&self, local_id: &str, remote_id: &str) -> (String, &'static str, String) {
+        match self {
+            Auth::Psk(secret) => (
+                "auth = psk".into(),
+                "auth = psk",
+                format!(
+                    "secrets {{\n  ike-lab {{\n    id-1 = {local_id}\n    id-2 = {remote_id}\n    secret = \"{secret}\"\n  }}\n}}\n"
+                ),
+            ),
+            // the files are put into x509/, private/ and x509ca/ by `Charon::start`
+            Auth::Cert {
+                strongswan_signs, ..
+            } => (
+                format!(
+                    "auth = {}\n      certs = local.pem",
+                    strongswan_signs.as_deref().unwrap_or("pubkey")
+                ),
+                "auth = pubkey\n      cacerts = ca.pem",
+                String::new(),
+            ),
+        }
+    }
+}
+
+/// A distinguished name (`O=…, CN=…`) in double quotes, as swanctl.conf wants it.
+fn quoted(id: &str) -> String {
+    if id.contains('=') {
+        format!("\"{id}\"")
+    } else {
+        id.to_string()
+    }
 }
 
 /// One side of a site-to-site tunnel, in swanctl terms.
@@ -42,12 +104,15 @@ impl PeerConfig {
             remote_id: self.local_id.clone(),
             local_ts: self.remote_ts.clone(),
             remote_ts: self.local_ts.clone(),
+            auth: self.auth.mirrored(),
             ..self.clone()
         }
     }
 
     fn swanctl_conf(&self) -> String {
-        let Auth::Psk(secret) = &self.auth;
+        let (local, remote, secrets) = self
+            .auth
+            .swanctl(&quoted(&self.local_id), &quoted(&self.remote_id));
         format!(
             r#"connections {{
   lab {{
@@ -59,11 +124,11 @@ impl PeerConfig {
     remote_addrs = {ra}
     proposals = {ike}
     local {{
-      auth = psk
+      {local}
       id = {lid}
     }}
     remote {{
-      auth = psk
+      {remote}
       id = {rid}
     }}
     children {{
@@ -78,19 +143,12 @@ impl PeerConfig {
     }}
   }}
 }}
-secrets {{
-  ike-lab {{
-    id-1 = {lid}
-    id-2 = {rid}
-    secret = "{secret}"
-  }}
-}}
-"#,
+{secrets}"#,
             la = self.local_addr,
             ra = self.remote_addr,
             ike = self.ike_proposal,
-            lid = self.local_id,
-            rid = self.remote_id,
+            lid = quoted(&self.local_id),
+            rid = quoted(&self.remote_id),
             lts = self.local_ts,
             rts = self.remote_ts,
             esp = self.esp_proposal,
@@ -165,7 +223,7 @@ impl Charon {
             dir.path().join("strongswan.conf"),
             format!(
                 r#"charon {{
-  load = random nonce kdf openssl curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
+  load = random nonce kdf openssl x509 pkcs8 constraints curve25519 chapoly aes sha1 sha2 hmac gcm pem pkcs1 pubkey kernel-libipsec kernel-netlink socket-default vici updown
   install_routes = yes
   retransmit_tries = 3
 {charon_options}  plugins {{
@@ -184,6 +242,17 @@ impl Charon {
         .unwrap();
         let swanctl = options.connection_lines(&cfg.swanctl_conf());
         std::fs::write(dir.path().join("swanctl.conf"), swanctl).unwrap();
+        if let Auth::Cert { ours, ca, .. } = &cfg.auth {
+            // swanctl's credential folders, found through SWANCTL_DIR (see `swanctl`)
+            for (sub, from, to) in [
+                ("x509", &ours.cert, "local.pem"),
+                ("private", &ours.key, "local.key"),
+                ("x509ca", ca, "ca.pem"),
+            ] {
+                std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+                std::fs::copy(from, dir.path().join(sub).join(to)).unwrap();
+            }
+        }
         let log = std::fs::File::create(dir.path().join("charon.log")).unwrap();
         let child = std::process::Command::new("ip")
             .args(["netns", "exec", &ns.name, "unshare", "-m", "sh", "-c"])
@@ -220,6 +289,7 @@ impl Charon {
         let out = std::process::Command::new("ip")
             .args(["netns", "exec", &self.ns_name, "swanctl"])
             .args(args)
+            .env("SWANCTL_DIR", self.dir.path())
             .args(["--uri", &self.vici()])
             .output()
             .unwrap();

@@ -186,40 +186,7 @@ fn initiator_rekeys_children_and_checks_liveness() {
 /// the tunnel, with the SPIs strongSwan counts packets on.
 fn esp_traffic(ike: &str, esp: &str, role: &str) {
     let (a, b, ours) = lab(ike, esp);
-    let tun = tests::netns::unique("t");
-    let peer = if role == "initiator" {
-        let sw = Charon::start(&b, &ours.mirrored());
-        (
-            Peer::start_with(&a, role, &ours, &["--tun", &tun]),
-            Some(sw),
-        )
-    } else {
-        (Peer::start_with(&a, role, &ours, &["--tun", &tun]), None)
-    };
-    let (peer, sw) = peer;
-    route_into_tun(&a, &tun);
-    let sw = match sw {
-        Some(sw) => sw,
-        None => {
-            let sw = Charon::start(&b, &ours.mirrored());
-            assert!(sw.initiate().contains("initiate completed successfully"));
-            sw
-        }
-    };
-    let child = peer.wait_for("child_established", Duration::from_secs(20));
-    check_strongswan(&sw, &child);
-    ping_across(&a, 3);
-    let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 3);
-    eprintln!(
-        "attestgate ({role}) ↔ strongSwan {ike} / {esp}: {:.3} Gbit/s (single TCP stream)",
-        bps / 1e9
-    );
-    assert!(bps > 1e6, "the tunnel carried almost nothing: {bps} bit/s");
-    let sas = sw.list_sas();
-    assert!(
-        !sas.contains("packets-in=0 "),
-        "strongSwan counted no ESP: {sas}"
-    );
+    tests::interop::esp_traffic(&a, &b, &ours, role);
 }
 
 interop!(

@@ -5,7 +5,7 @@
 //! The peer's traffic selectors are routed into the TUN device while their child SA is up
 //! ([`super::routes`], routing protocol 245).
 //!
-//! Not yet: responder-only tunnels (`initiate = false`), certificate authentication, the
+//! Not yet: responder-only tunnels (`initiate = false`), the
 //! policy routing from the NAT pool into the TUN device (issue 6).
 
 use config::{EgressKind, Tunnel, TunnelAuth};
@@ -96,8 +96,10 @@ fn selectors(nets: &[config::Spanned<IpNet>]) -> Vec<TrafficSelector> {
         .collect()
 }
 
-/// The IKE configuration of a tunnel egress; reads the PSK file.
+/// The IKE configuration of a tunnel egress; reads the PSK file, or the certificate, key and
+/// peer CAs.
 pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
+    let mut cert = None;
     let psk = match &t.auth {
         TunnelAuth::Psk { file } => {
             let text = std::fs::read(&file.value)
@@ -106,8 +108,18 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
             let trimmed = text.strip_suffix(b"\n").unwrap_or(&text);
             ike::crypto::SecretBytes::from_slice(trimmed.strip_suffix(b"\r").unwrap_or(trimmed))
         }
-        TunnelAuth::Certificate { .. } => {
-            return Err("certificate authentication is not implemented yet".into())
+        TunnelAuth::Certificate {
+            certificate,
+            private_key,
+            peer_ca,
+        } => {
+            let cas: Vec<&std::path::Path> = peer_ca.iter().map(|p| p.value.as_path()).collect();
+            let auth =
+                ike::cert::CertAuth::from_files(&certificate.value, &private_key.value, &cas)
+                    .map_err(|e| e.to_string())?;
+            auth.check_identity(&t.local_id)?;
+            cert = Some(Arc::new(auth));
+            ike::crypto::SecretBytes::from_slice(&[])
         }
     };
     Ok(SaConfig {
@@ -121,6 +133,7 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
         retransmit_timeout: Duration::from_millis(500),
         retransmit_tries: 5,
         force_udp_encap: true,
+        cert,
     })
 }
 

@@ -1,31 +1,123 @@
-//! IKE_AUTH (RFC 7296 §1.2): shared-key authentication (§2.15) and the first child SA with
-//! traffic selector narrowing (§2.9).
+//! IKE_AUTH (RFC 7296 §1.2): shared-key authentication (§2.15), certificate authentication with
+//! signatures (RFC 7427, RFC 4754; see [`crate::cert`]) and the first child SA with traffic
+//! selector narrowing (§2.9).
 
 use super::*;
 
+/// The PRF, RealMessage, the other side's nonce and SK_p of one side's AUTH (§2.15).
+type AuthInputs<'a> = (crate::proposal::Prf, &'a [u8], &'a [u8], &'a [u8]);
+
 impl IkeSa {
+    /// What the AUTH of one side covers (§2.15): the PRF, that side's IKE_SA_INIT message,
+    /// the other side's nonce, and that side's SK_p.
+    fn auth_inputs(&self, ours: bool) -> Option<AuthInputs<'_>> {
+        let keys = self.keys.as_ref()?;
+        let prf = self.chosen.as_ref()?.prf[0];
+        let from_initiator = ours == (self.role == Role::Initiator);
+        Some(if from_initiator {
+            (prf, &self.init_request, &self.nr, keys.sk_pi.as_bytes())
+        } else {
+            (prf, &self.init_response, &self.ni, keys.sk_pr.as_bytes())
+        })
+    }
+
     /// Our AUTH value, or the value we expect from the peer.
     pub(super) fn auth_value(
         &self,
         ours: bool,
         id: &IdPayload,
     ) -> Option<zeroize::Zeroizing<Vec<u8>>> {
-        let keys = self.keys.as_ref()?;
-        let prf = self.chosen.as_ref()?.prf[0];
-        let from_initiator = ours == (self.role == Role::Initiator);
-        let (real, nonce, sk_p) = if from_initiator {
-            (&self.init_request, &self.nr, &keys.sk_pi)
-        } else {
-            (&self.init_response, &self.ni, &keys.sk_pr)
-        };
+        let (prf, real, nonce, sk_p) = self.auth_inputs(ours)?;
+        let psk = self.config.psk.as_bytes();
         Some(negotiate::psk_auth(
             prf,
-            self.config.psk.as_bytes(),
+            psk,
             real,
             nonce,
-            sk_p.as_bytes(),
+            sk_p,
             &id.auth_octets(),
         ))
+    }
+
+    /// InitiatorSignedOctets or ResponderSignedOctets (§2.15): the sender's IKE_SA_INIT
+    /// message, the other side's nonce, and prf(SK_p, RestOfIDPayload).
+    fn signed_octets(&self, ours: bool, id: &IdPayload) -> Option<Vec<u8>> {
+        let (prf, real, nonce, sk_p) = self.auth_inputs(ours)?;
+        let maced_id = crate::crypto::prf::prf(prf, sk_p, &id.auth_octets());
+        Some([real, nonce, &maced_id].concat())
+    }
+
+    /// The hashes the peer announced in its IKE_SA_INIT (RFC 7427 §4).
+    fn peer_signature_hashes(&self) -> Vec<u16> {
+        let theirs = match self.role {
+            Role::Initiator => &self.init_response,
+            Role::Responder => &self.init_request,
+        };
+        Message::parse(theirs)
+            .ok()
+            .and_then(|m| {
+                find_notify(&m.payloads, NotifyType::SIGNATURE_HASH_ALGORITHMS)
+                    .and_then(|n| n.signature_hashes())
+            })
+            .unwrap_or_default()
+    }
+
+    /// With certificates: SIGNATURE_HASH_ALGORITHMS in both IKE_SA_INIT messages (RFC 7427
+    /// §4) and, in the response, CERTREQ naming the CAs we trust (§3.7).
+    pub(super) fn cert_init_payloads(&self, response: bool) -> Vec<Payload> {
+        let Some(cert) = self.config.cert.as_ref() else {
+            return vec![];
+        };
+        let hashes = crate::cert::SUPPORTED_HASHES
+            .iter()
+            .flat_map(|h| h.to_be_bytes())
+            .collect();
+        let mut out = vec![notify(NotifyType::SIGNATURE_HASH_ALGORITHMS, hashes)];
+        if response {
+            out.push(certreq(cert));
+        }
+        out
+    }
+
+    /// Our ID, and with certificates our CERT payloads (and, from the initiator, CERTREQ) and
+    /// AUTH, in the order §1.2 shows them.
+    fn our_auth_payloads(&self, id: IdPayload) -> Result<Vec<Payload>, String> {
+        let initiator = self.role == Role::Initiator;
+        let Some(cert) = self.config.cert.as_ref() else {
+            let auth = self.auth_value(true, &id).ok_or("no keys")?;
+            let id = if initiator {
+                Payload::IdInitiator(id)
+            } else {
+                Payload::IdResponder(id)
+            };
+            return Ok(vec![
+                id,
+                Payload::Auth(AuthPayload {
+                    method: AuthMethod::SHARED_KEY_MIC,
+                    data: auth.to_vec(),
+                }),
+            ]);
+        };
+        let octets = self.signed_octets(true, &id).ok_or("no keys")?;
+        let (method, data) = cert
+            .sign(&octets, &self.peer_signature_hashes())
+            .map_err(|e| e.to_string())?;
+        let mut out = vec![if initiator {
+            Payload::IdInitiator(id)
+        } else {
+            Payload::IdResponder(id)
+        }];
+        out.extend(cert.chain().iter().map(|c| {
+            Payload::Cert(crate::wire::CertPayload {
+                encoding: crate::wire::CertEncoding::X509_SIGNATURE,
+                data: c.clone(),
+            })
+        }));
+        if initiator {
+            out.push(certreq(cert));
+        }
+        out.push(Payload::Auth(AuthPayload { method, data }));
+        Ok(out)
     }
 
     pub(super) fn send_auth(&mut self, now: Instant) {
@@ -33,8 +125,9 @@ impl IkeSa {
             Ok(id) => id,
             Err(e) => return self.close(format!("local identity: {e}")),
         };
-        let Some(auth) = self.auth_value(true, &id) else {
-            return self.close("no keys".into());
+        let mut inner = match self.our_auth_payloads(id) {
+            Ok(p) => p,
+            Err(e) => return self.close(format!("cannot authenticate: {e}")),
         };
         let proposals = self
             .config
@@ -52,17 +145,12 @@ impl IkeSa {
                 )
             })
             .collect();
-        let inner = vec![
-            Payload::IdInitiator(id),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: auth.to_vec(),
-            }),
+        inner.extend([
             notify(NotifyType::INITIAL_CONTACT, vec![]),
             Payload::Sa(SaPayload { proposals }),
             Payload::TsInitiator(TsPayload::new(self.config.local_ts.clone())),
             Payload::TsResponder(TsPayload::new(self.config.remote_ts.clone())),
-        ];
+        ]);
         let header = self.header(ExchangeType::IKE_AUTH, 1, false);
         match self.seal(&header, &inner) {
             Some(data) => {
@@ -83,10 +171,18 @@ impl IkeSa {
         };
         self.pending = None;
         if find_notify(&payloads, NotifyType::AUTHENTICATION_FAILED).is_some() {
-            return self.close(format!(
-                "peer refused our authentication (is the PSK for {} the same on both ends?)",
-                self.config.local_id
-            ));
+            return self.close(if self.config.cert.is_some() {
+                format!(
+                    "peer refused our authentication (does it trust our certificate's CA, and \
+                     does it expect {} as our identity?)",
+                    self.config.local_id
+                )
+            } else {
+                format!(
+                    "peer refused our authentication (is the PSK for {} the same on both ends?)",
+                    self.config.local_id
+                )
+            });
         }
         let id = payloads.id_r();
         let auth = payloads.auth();
@@ -96,7 +192,13 @@ impl IkeSa {
                 .unwrap_or_else(|| "no IDr or AUTH".into());
             return self.close(format!("IKE_AUTH failed: {why}"));
         };
-        if let Err(why) = self.verify_peer(id, auth) {
+        if let Err(why) = self.verify_peer(&payloads, id, auth) {
+            // §2.21.2: the responder learns it in a separate INFORMATIONAL; no answer awaited
+            let header = self.header(ExchangeType::INFORMATIONAL, self.next_request_id, false);
+            let failed = [notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
+            if let Some(data) = self.seal(&header, &failed) {
+                self.queue(data);
+            }
             return self.close(why);
         }
         self.remote = from;
@@ -107,8 +209,14 @@ impl IkeSa {
     }
 
     /// The peer's identity is the configured one and its AUTH proves the shared key (§2.15),
-    /// compared in constant time; the same check for both roles.
-    fn verify_peer(&self, id: &IdPayload, auth: &AuthPayload) -> Result<(), String> {
+    /// compared in constant time, or is a signature by a certificate that chains to our CAs
+    /// and names that identity; the same check for both roles.
+    fn verify_peer(
+        &self,
+        payloads: &[Payload],
+        id: &IdPayload,
+        auth: &AuthPayload,
+    ) -> Result<(), String> {
         match id.to_identity() {
             Ok(peer) if peer == self.config.remote_id => {}
             Ok(peer) => {
@@ -118,6 +226,10 @@ impl IkeSa {
                 ))
             }
             Err(e) => return Err(format!("peer identity: {e}")),
+        }
+        if let Some(cert) = self.config.cert.as_ref() {
+            let octets = self.signed_octets(false, id).ok_or("no keys")?;
+            return cert.verify_peer(&x509_certs(payloads), id, auth.method, &auth.data, &octets);
         }
         let expected = self.auth_value(false, id);
         let ok = auth.method == AuthMethod::SHARED_KEY_MIC
@@ -201,7 +313,7 @@ impl IkeSa {
             self.close("IKE_AUTH request lacks IDi or AUTH".into());
             return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
         };
-        if let Err(why) = self.verify_peer(id, auth) {
+        if let Err(why) = self.verify_peer(payloads, id, auth) {
             self.close(why);
             return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
         }
@@ -212,18 +324,15 @@ impl IkeSa {
                 return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
             }
         };
-        let Some(our_auth) = self.auth_value(true, &our_id) else {
-            return vec![];
+        let mut out = match self.our_auth_payloads(our_id) {
+            Ok(p) => p,
+            Err(e) => {
+                self.close(format!("cannot authenticate: {e}"));
+                return vec![notify(NotifyType::AUTHENTICATION_FAILED, vec![])];
+            }
         };
         self.state = State::Established;
         self.established_event();
-        let mut out = vec![
-            Payload::IdResponder(our_id),
-            Payload::Auth(AuthPayload {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: our_auth.to_vec(),
-            }),
-        ];
         out.extend(self.answer_child(payloads));
         out
     }
@@ -291,4 +400,25 @@ impl IkeSa {
             Payload::TsResponder(TsPayload::new(ts_r)),
         ]
     }
+}
+
+/// CERTREQ for X.509 signatures with our trusted CAs' key hashes (RFC 7296 §3.7).
+fn certreq(cert: &crate::cert::CertAuth) -> Payload {
+    Payload::CertReq(crate::wire::CertPayload {
+        encoding: crate::wire::CertEncoding::X509_SIGNATURE,
+        data: cert.certreq(),
+    })
+}
+
+/// The X.509 data of every CERT payload, in order (RFC 7296 §3.6: the first holds the key).
+fn x509_certs(payloads: &[Payload]) -> Vec<&[u8]> {
+    payloads
+        .iter()
+        .filter_map(|p| match p {
+            Payload::Cert(c) if c.encoding == crate::wire::CertEncoding::X509_SIGNATURE => {
+                Some(c.data.as_slice())
+            }
+            _ => None,
+        })
+        .collect()
 }

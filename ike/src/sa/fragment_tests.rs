@@ -51,6 +51,7 @@ fn config(
         retransmit_timeout: Duration::from_secs(1),
         retransmit_tries: 5,
         force_udp_encap: false,
+        cert: None,
     })
 }
 

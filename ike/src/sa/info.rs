@@ -5,6 +5,11 @@ use super::*;
 impl IkeSa {
     /// Liveness checks get an empty answer; deletes are confirmed (§1.4.1).
     pub(super) fn answer_informational(&mut self, payloads: &[Payload]) -> Vec<Payload> {
+        if find_notify(payloads, NotifyType::AUTHENTICATION_FAILED).is_some() {
+            // the initiator refused our IKE_AUTH response (§2.21.2)
+            self.close("peer refused our authentication after IKE_AUTH".into());
+            return vec![];
+        }
         let mut out = Vec::new();
         for p in payloads {
             if let Payload::Delete(d) = p {

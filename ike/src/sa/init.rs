@@ -97,6 +97,7 @@ impl IkeSa {
         payloads.extend(self.nat_notifies());
         // RFC 7383 §2.3: announce that we can take fragmented messages
         payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
+        payloads.extend(self.cert_init_payloads(false));
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, false))
             .payloads(payloads)
             .build()
@@ -299,6 +300,7 @@ impl IkeSa {
             self.frag.negotiated = true;
             payloads.push(notify(NotifyType::IKEV2_FRAGMENTATION_SUPPORTED, vec![]));
         }
+        payloads.extend(self.cert_init_payloads(true));
         match MessageBuilder::new(self.header(ExchangeType::IKE_SA_INIT, 0, true))
             .payloads(payloads)
             .build()

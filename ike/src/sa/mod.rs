@@ -69,6 +69,9 @@ pub struct SaConfig {
     /// Carry ESP in UDP 4500 even without a NAT (RFC 3948), making the peer see one. Needed
     /// until raw ESP (IP protocol 50) is implemented.
     pub force_udp_encap: bool,
+    /// Certificate authentication (RFC 7427 signatures, see [`crate::cert`]); the PSK is not
+    /// used when this is set.
+    pub cert: Option<Arc<crate::cert::CertAuth>>,
 }
 
 /// Which end started the IKE SA.

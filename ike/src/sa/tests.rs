@@ -3,6 +3,10 @@
 use super::*;
 use crate::wire::AddressRange;
 
+// certificate authentication over the same pair harness
+#[path = "cert_tests.rs"]
+mod cert_tests;
+
 fn ts(a: &str, b: &str) -> TrafficSelector {
     TrafficSelector::new(AddressRange::V4 {
         start: a.parse().unwrap(),
@@ -36,6 +40,7 @@ fn config(ike: &str, esp: &str, psk: &str, initiator: bool) -> Arc<SaConfig> {
         retransmit_timeout: Duration::from_secs(1),
         retransmit_tries: 4,
         force_udp_encap: false,
+        cert: None,
     })
 }
 

@@ -6,9 +6,12 @@
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
 //!          [--fragment-size OCTETS] [--cookie-threshold N]
 //!          [--tun NAME] [--raw-esp 1] [--restart 1] [--rekey-every S] [--dpd-every S]
+//!
+//! Certificate authentication instead of the PSK: --cert PEM --key PEM --peer-ca PEM[,…]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
+use ike::cert::CertAuth;
 use ike::cookie::{CookieGate, DEFAULT_ROTATION};
 use ike::crypto::SecretBytes;
 use ike::driver::{accept, accept_with_cookies, drive_with, Command, IkeSockets};
@@ -19,6 +22,7 @@ use ike::{EspProposal, Identity, IkeProposal};
 use serde_json::json;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +62,7 @@ async fn main() {
     let config = Arc::new(SaConfig {
         local_id: Identity::parse(&get("local-id")).unwrap(),
         remote_id: Identity::parse(&get("remote-id")).unwrap(),
-        psk: SecretBytes::from_slice(get("psk").as_bytes()),
+        psk: SecretBytes::from_slice(opt.get("psk").map(String::as_bytes).unwrap_or_default()),
         ike_proposals: get("ike")
             .split(',')
             .map(|p| IkeProposal::parse(p).unwrap())
@@ -77,7 +81,17 @@ async fn main() {
         // UDP-encapsulated ESP unless --raw-esp: then only when a NAT is detected (RFC 7296
         // §2.23), else raw ESP (IP protocol 50)
         force_udp_encap: !opt.contains_key("raw-esp"),
+        cert: opt.get("cert").map(|cert| {
+            let cas: Vec<String> = get("peer-ca").split(',').map(String::from).collect();
+            let key = get("key");
+            let auth = CertAuth::from_files(Path::new(cert), Path::new(&key), &cas)
+                .unwrap_or_else(|e| panic!("certificate authentication: {e}"));
+            Arc::new(auth)
+        }),
     });
+    if opt.contains_key("cert") == opt.contains_key("psk") {
+        panic!("give either --psk or --cert/--key/--peer-ca");
+    }
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
     let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");
