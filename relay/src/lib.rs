@@ -73,6 +73,7 @@
 pub mod capsule;
 mod connect_tcp;
 pub mod connect_udp;
+mod dns;
 mod egress;
 mod flows;
 mod h2;
@@ -88,12 +89,16 @@ pub mod tls;
 #[cfg(test)]
 #[path = "../tests/support/certs.rs"]
 mod test_certs;
+#[cfg(test)]
+#[path = "../tests/support/dns_server.rs"]
+mod test_dns;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::SystemTime;
 
+pub use dns::EgressDns;
 pub use egress::{DirectEgress, Egress, EgressError};
 pub use flows::{FlowInfo, HttpVersion};
 pub use request::{HeaderSecret, HeaderSecretError};
