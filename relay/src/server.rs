@@ -152,6 +152,8 @@ pub struct RelayStats {
     pub(crate) device_limit_refusals: AtomicU64,
     pub(crate) flows_revoked: AtomicU64,
     pub(crate) connections_revoked: AtomicU64,
+    pub(crate) http2_streams_refused: AtomicU64,
+    pub(crate) http2_protocol_errors: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -166,8 +168,8 @@ pub struct RelayStatsSnapshot {
     pub connections_active: u64,
     pub requests: u64,
     /// Requests answered 400, reset by the HTTP/3 layer as malformed (RFC 9114 §4.1.2), or
-    /// connect-udp flows reset for a malformed capsule. (h2 resets malformed HTTP/2 requests
-    /// itself, unseen and uncounted.)
+    /// connect-udp flows reset for a malformed capsule. (Malformed HTTP/2 requests that h2
+    /// refuses itself are counted in `http2_streams_refused`.)
     pub malformed_requests: u64,
     /// Requests answered 501 (methods other than CONNECT, extended CONNECT other than
     /// connect-udp).
@@ -191,6 +193,16 @@ pub struct RelayStatsSnapshot {
     pub flows_revoked: u64,
     /// Connections closed by [`RelayHandle::revoke_certificate`].
     pub connections_revoked: u64,
+    /// HTTP/2 request streams that h2 refused before the relay saw them: a malformed header
+    /// section (RST_STREAM PROTOCOL_ERROR, RFC 9113 §8.1.1), one over `max_header_bytes`
+    /// (431, then REFUSED_STREAM), one beyond `max_streams_per_connection`. Counted from the
+    /// gap in the stream IDs when the connection's next request arrives (client streams are
+    /// opened in order, RFC 9113 §5.1.1), so a refused last stream is not counted.
+    pub http2_streams_refused: u64,
+    /// HTTP/2 connections that h2 closed for the device's protocol error (GOAWAY with
+    /// PROTOCOL_ERROR, COMPRESSION_ERROR, ENHANCE_YOUR_CALM…; h2 treats some malformed
+    /// header sections, such as an unknown pseudo-header field, as connection errors).
+    pub http2_protocol_errors: u64,
 }
 
 impl RelayStats {
@@ -216,6 +228,8 @@ impl RelayStats {
             device_limit_refusals: get(&self.device_limit_refusals),
             flows_revoked: get(&self.flows_revoked),
             connections_revoked: get(&self.connections_revoked),
+            http2_streams_refused: get(&self.http2_streams_refused),
+            http2_protocol_errors: get(&self.http2_protocol_errors),
         }
     }
 }

@@ -8,6 +8,8 @@
 
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/dns_server.rs"]
+mod dns_server;
 #[path = "support/h3_mini.rs"]
 mod h3_mini;
 #[path = "support/lab.rs"]
@@ -574,4 +576,48 @@ async fn graceful_shutdown_lets_open_flows_finish() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(stats.snapshot().flows_opened, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolve_through_the_egress() {
+    let mut lab = lab().await;
+    let (address, _received) = target(TargetKind::Echo).await;
+    let port = address.port().to_string();
+    // Through the `lab` egress's name server, then its static hosts.
+    for name in [DNS_NAME, STATIC_NAME] {
+        let authority = format!("{name}:{port}");
+        let out = lab
+            .client(
+                Some("good"),
+                &["connect", "--authority", &authority, "--send", "1000"],
+            )
+            .await;
+        assert_eq!(out["status"], 200, "{name}: {out}");
+        assert_eq!(out["received"], 1000, "{name}: {out}");
+    }
+    // Only the first name was asked for, from the route's source address, A only (the
+    // source is IPv4).
+    let query = lab.dns_queries.recv().await.unwrap();
+    assert_eq!(
+        (query.name.as_str(), query.qtype, query.from.ip()),
+        (DNS_NAME, 1, "127.0.0.1".parse::<IpAddr>().unwrap())
+    );
+    assert!(lab.dns_queries.try_recv().is_err());
+
+    // A name the egress's server does not know: 502 with Proxy-Status dns_error (RFC 9209
+    // §2.3.2).
+    let out = lab
+        .client(
+            Some("good"),
+            &["connect", "--authority", "missing.lab.test:443"],
+        )
+        .await;
+    assert_eq!(out["status"], 502, "{out}");
+    let value = out["proxy_status"].as_str().unwrap();
+    assert!(
+        value.starts_with("attestgate; error=dns_error; details=\"resolving missing.lab.test"),
+        "{value}"
+    );
+    let stats = lab.stats_until(|s| s.egress_failures >= 1).await;
+    assert_eq!((stats.egress_failures, stats.flows_opened), (1, 2));
 }
