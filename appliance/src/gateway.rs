@@ -208,6 +208,7 @@ pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
         max_streams_per_connection: r.limits.max_streams_per_connection,
         max_connections_per_device: r.limits.max_connections_per_device,
         max_header_bytes: u64::from(r.limits.max_header_bytes),
+        stream_idle_timeout: r.limits.stream_idle_timeout,
         ..relay::RelayLimits::default()
     };
     if r.udp_path != config::DEFAULT_UDP_PATH {

@@ -14,9 +14,14 @@
 //!   connection with the RST bit set", RFC 9114 §4.4; RFC 9113 §8.5).
 //! - Revocation: the stream is reset with H3_REQUEST_CANCELLED / CANCEL and the TCP
 //!   connection with RST, at once.
+//! - Idleness: none by default (push channels keep CONNECT streams idle for hours); with
+//!   `stream_idle_timeout`, a flow that carried no byte either way for that long is ended:
+//!   the stream reset with H3_NO_ERROR / NO_ERROR, the TCP connection with RST.
 
 use std::future::{poll_fn, Future};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -39,6 +44,8 @@ pub(crate) enum SpliceEnd {
     Target(std::io::Error),
     /// The flow was revoked; the stream was cancelled and TCP reset.
     Revoked,
+    /// Nothing moved for the stream idle timeout; the stream and TCP were reset.
+    Idle,
 }
 
 enum Failure {
@@ -54,7 +61,28 @@ pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
     mut tcp: TcpStream,
     meter: Meter<'_>,
     revoked: impl Future<Output = ()>,
+    idle_timeout: Option<Duration>,
 ) -> SpliceEnd {
+    let started = Instant::now();
+    // When bytes last moved, in milliseconds since `started`.
+    let last_activity = AtomicU64::new(0);
+    let touch = || {
+        let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last_activity.store(now, Ordering::Relaxed);
+    };
+    let idle = async {
+        let Some(timeout) = idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            let quiet = started.elapsed().saturating_sub(last);
+            if quiet >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
+    };
     let outcome = {
         let (mut tcp_read, mut tcp_write) = tcp.split();
         let up = async {
@@ -84,6 +112,7 @@ pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
                     .map_err(Failure::Target)?;
                 // Only now may the device send more (HTTP/2 flow control).
                 recv.release(n).map_err(Failure::Device)?;
+                touch();
                 total += n as u64;
                 meter.add_from_device(n as u64);
             }
@@ -110,25 +139,33 @@ pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
                 send.send(buf.split().freeze())
                     .await
                     .map_err(Failure::Device)?;
+                touch();
                 total += n as u64;
                 meter.add_to_device(n as u64);
             }
         };
         tokio::select! {
-            result = async { tokio::try_join!(up, down) } => Some(result),
+            result = async { tokio::try_join!(up, down) } => Some(Ok(result)),
             () = revoked => None,
+            () = idle => Some(Err(())),
         }
     };
     match outcome {
-        Some(Ok((up, down))) => SpliceEnd::Finished { up, down },
-        Some(Err(Failure::Device(error))) => {
+        Some(Ok(Ok((up, down)))) => SpliceEnd::Finished { up, down },
+        Some(Err(())) => {
+            let _ = tcp.set_zero_linger();
+            send.reset(ResetReason::NoError);
+            recv.abort(ResetReason::NoError);
+            SpliceEnd::Idle
+        }
+        Some(Ok(Err(Failure::Device(error)))) => {
             // Best effort: the socket is dropped right after either way.
             let _ = tcp.set_zero_linger();
             send.reset(ResetReason::ConnectError);
             recv.abort(ResetReason::ConnectError);
             SpliceEnd::Device(error)
         }
-        Some(Err(Failure::Target(error))) => {
+        Some(Ok(Err(Failure::Target(error)))) => {
             send.reset(ResetReason::ConnectError);
             recv.abort(ResetReason::ConnectError);
             SpliceEnd::Target(error)

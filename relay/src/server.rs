@@ -43,6 +43,10 @@ pub struct RelayLimits {
     pub handshake_timeout: Duration,
     /// How long a forwarded request may take to reach its target before it is answered 504.
     pub connect_timeout: Duration,
+    /// A classic CONNECT flow that carried no byte either way for this long is ended (stream
+    /// reset H3_NO_ERROR / NO_ERROR, target TCP reset). `None`, the default: flows may idle
+    /// for as long as their connection lives (push channels do, for hours).
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 impl Default for RelayLimits {
@@ -55,6 +59,7 @@ impl Default for RelayLimits {
             max_header_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            stream_idle_timeout: None,
         }
     }
 }
