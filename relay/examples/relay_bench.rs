@@ -304,12 +304,7 @@ async fn idle_client(relay: SocketAddr, n: usize, files: ClientFiles) {
         }
     }
     println!("ready {}", held.len());
-    let mut line = String::new();
-    let _ = tokio::io::AsyncBufReadExt::read_line(
-        &mut tokio::io::BufReader::new(tokio::io::stdin()),
-        &mut line,
-    )
-    .await;
+    let _ = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new())).await;
     for (connection, ..) in &held {
         connection.close(0x100u32.into(), b"");
     }
