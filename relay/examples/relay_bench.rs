@@ -276,7 +276,7 @@ fn client_files_from(args: &[String]) -> ClientFiles {
 
 /// Child: opens `n` connections to the relay, each with one CONNECT stream to a TCP server
 /// of this process, prints `ready`, then holds them idle until its standard input closes.
-async fn idle_client(relay: SocketAddr, n: usize, files: ClientFiles) {
+async fn idle_client(relay: SocketAddr, n: usize, with_stream: bool, files: ClientFiles) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -295,8 +295,12 @@ async fn idle_client(relay: SocketAddr, n: usize, files: ClientFiles) {
             tasks.push(tokio::spawn(async move {
                 let connection = endpoint.connect(relay, "localhost").unwrap().await.unwrap();
                 let control = control_stream(&connection).await;
-                let (send, reader) = h3_connect(&connection, &target.to_string()).await;
-                (connection, control, send, reader)
+                let stream = if with_stream {
+                    Some(h3_connect(&connection, &target.to_string()).await)
+                } else {
+                    None
+                };
+                (connection, control, stream)
             }));
         }
         for task in tasks {
@@ -363,7 +367,8 @@ async fn main() {
             return idle_client(
                 args[1].parse().unwrap(),
                 args[2].parse().unwrap(),
-                client_files_from(&args[3..]),
+                args[3] == "stream",
+                client_files_from(&args[4..]),
             )
             .await
         }
@@ -443,12 +448,20 @@ async fn main() {
     // 1. Memory per idle connection with one idle stream.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = vm_rss();
-    let mut idle_args = vec![relay.local_addr().to_string(), idle.to_string()];
+    // RELAY_BENCH_IDLE_NO_STREAM=1: connections only, to see what the stream adds.
+    let with_stream = std::env::var_os("RELAY_BENCH_IDLE_NO_STREAM").is_none();
+    let mut idle_args = vec![
+        relay.local_addr().to_string(),
+        idle.to_string(),
+        if with_stream { "stream" } else { "none" }.to_string(),
+    ];
     idle_args.extend(file_args.iter().cloned());
     let mut idle_child = child("idle-client", &idle_args);
     let ready = first_line(&mut idle_child).await;
     assert_eq!(ready.trim(), format!("ready {idle}"));
-    while relay.stats().snapshot().flows_active < idle as u64 {
+    while relay.stats().snapshot().connections_active < idle as u64
+        || (with_stream && relay.stats().snapshot().flows_active < idle as u64)
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Let the handshakes' and first packets' buffers settle.
@@ -456,7 +469,12 @@ async fn main() {
     let after = vm_rss();
     let per = after.saturating_sub(before) as f64 / idle as f64;
     println!(
-        "idle connections: {idle} with one idle CONNECT stream each: VmRSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection (target <= 64 KiB)",
+        "idle connections: {idle}, {} each: VmRSS {:.1} MiB -> {:.1} MiB = {:.1} KiB per connection (target <= 64 KiB)",
+        if with_stream {
+            "one idle CONNECT stream"
+        } else {
+            "no stream"
+        },
         before as f64 / 1048576.0,
         after as f64 / 1048576.0,
         per / 1024.0

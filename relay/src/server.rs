@@ -15,6 +15,9 @@ use crate::request::HeaderSecret;
 use crate::tls::{TlsError, TlsFiles, TlsMaterial};
 use crate::{Authorizer, Egress, IdentitySource};
 
+/// Unidirectional streams a device may have open at once (see `quic_server_config`).
+const MAX_UNI_STREAMS: u32 = 8;
+
 /// H3_NO_ERROR (RFC 9114 §8.1), the code a graceful close uses.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -30,7 +33,9 @@ pub struct RelayLimits {
     /// hours.
     pub connection_idle_timeout: Duration,
     /// Concurrent request streams per connection (QUIC MAX_STREAMS, RFC 9000 §4.6;
-    /// SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2).
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2). Default 100, the least RFC 9114
+    /// §6.1 advises. quinn keeps state for every stream the peer may open, so this sets the
+    /// memory of an idle connection (at 256, about 20 KiB more each).
     pub max_streams_per_connection: u32,
     /// Connections one device (serial) may have open over both listeners; more are refused
     /// (H3_EXCESSIVE_LOAD on HTTP/3, GOAWAY ENHANCE_YOUR_CALM on HTTP/2) and counted.
@@ -54,7 +59,7 @@ impl Default for RelayLimits {
         RelayLimits {
             keepalive_interval: Duration::from_secs(25),
             connection_idle_timeout: Duration::from_secs(600),
-            max_streams_per_connection: 256,
+            max_streams_per_connection: 100,
             max_connections_per_device: 16,
             max_header_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
@@ -430,6 +435,10 @@ fn quic_server_config(
     transport.max_idle_timeout(Some(idle));
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams_per_connection));
+    // The device's unidirectional streams: its control and QPACK streams (RFC 9114 §6.2
+    // asks for at least three), with room for reserved stream types (grease, §6.2.3); quinn
+    // keeps state for each one allowed, 100 by default.
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS));
     server.transport_config(Arc::new(transport));
     Ok(server)
 }
