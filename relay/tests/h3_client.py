@@ -29,6 +29,7 @@ Modes:
 
 --header name:value (repeatable) adds a header to every request. concurrent spreads
 --streams over --connections connections.
+H3_CLIENT_PROFILE=FILE writes a cProfile of the run to FILE.
 
 Needs aioquic: python3 -m pip install aioquic
 """
