@@ -198,6 +198,7 @@ async def one_connect(client, authority, payload, wait_end_first, timeout, extra
     result["ended"] = await asyncio.wait_for(state.ended, timeout)
     result["received"] = state.received
     result["received_sha256"] = state.digest.hexdigest()
+    result["received_text"] = bytes(state.data[:4096]).decode("latin-1")
     result["reset"] = state.reset
     result["send_acknowledged"] = await client.wait_sent(stream_id, timeout)
     return result
@@ -522,7 +523,10 @@ async def run(args):
                 elif args.mode == "udp":
                     output.update(await udp_session(client, args))
                 elif args.mode == "connect":
-                    payload = random.Random(args.seed).randbytes(args.send)
+                    if args.payload is not None:
+                        payload = args.payload.encode().decode("unicode_escape").encode("latin-1")
+                    else:
+                        payload = random.Random(args.seed).randbytes(args.send)
                     extra = {
                         "method": args.method,
                         "scheme": args.scheme,
@@ -574,6 +578,9 @@ def main():
     parser.add_argument("--key", help="client key (PEM)")
     parser.add_argument("--authority", required=True)
     parser.add_argument("--send", type=int, default=0)
+    parser.add_argument(
+        "--payload", help="connect: send this text (backslash escapes allowed) instead of --send"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--wait-end-first", action="store_true")

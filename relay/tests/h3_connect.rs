@@ -33,16 +33,7 @@ async fn connect_round_trips_one_mib() {
     let (address, mut received) = target(TargetKind::Echo).await;
     let size = 1024 * 1024;
     let out = lab
-        .client(
-            Some("good"),
-            &[
-                "connect",
-                "--authority",
-                &authority(address),
-                "--send",
-                &size.to_string(),
-            ],
-        )
+        .connect_good(address, &["--send", &size.to_string()])
         .await;
     assert_eq!(out["status"], 200, "{out}");
     assert_eq!(out["proxy_status"], Value::Null, "{out}");
@@ -620,4 +611,21 @@ async fn names_resolve_through_the_egress() {
     );
     let stats = lab.stats_until(|s| s.egress_failures >= 1).await;
     assert_eq!((stats.egress_failures, stats.flows_opened), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_an_http_server() {
+    let lab = lab().await;
+    let (address, mut received) = target(TargetKind::Http).await;
+    let request = format!("GET / HTTP/1.1\\r\\nHost: {address}\\r\\nConnection: close\\r\\n\\r\\n");
+    let out = lab.connect_good(address, &["--payload", &request]).await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["ended"], true, "{out}");
+    let text = out["received_text"].as_str().unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with(&format!("\r\n\r\n{HTTP_BODY}")), "{text}");
+    // The server got the request byte for byte.
+    let at_target = next(&mut received).await;
+    assert_eq!(at_target.sha256, out["sent_sha256"].as_str().unwrap());
+    assert_eq!(at_target.bytes, out["sent"].as_u64().unwrap());
 }

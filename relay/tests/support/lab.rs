@@ -251,6 +251,14 @@ impl Lab {
         self.run(Client::Aioquic, device, args).await
     }
 
+    /// One aioquic CONNECT as the `good` device to `target`, with `extra` arguments.
+    pub async fn connect_good(&self, target: SocketAddr, extra: &[&str]) -> Value {
+        let authority = authority(target);
+        let mut args = vec!["connect", "--authority", &authority];
+        args.extend_from_slice(extra);
+        self.client(Some("good"), &args).await
+    }
+
     /// Runs the Node.js HTTP/2 client as `device` and returns its JSON.
     pub async fn node(&self, device: Option<&str>, args: &[&str]) -> Value {
         self.run(Client::Node, device, args).await
@@ -399,7 +407,12 @@ pub enum TargetKind {
     TalksFirst,
     /// Accepts and never reads (backpressure tests).
     Stall,
+    /// A minimal HTTP/1.1 server: reads one request head, answers `200` with [`HTTP_BODY`]
+    /// and closes (RFC 9112).
+    Http,
 }
+
+pub const HTTP_BODY: &str = "hello over HTTP/1.1 through the relay\n";
 
 pub const GREETING: &[u8] = b"hello from the target\n";
 
@@ -416,6 +429,27 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                 let mut total = 0u64;
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut kept = Vec::new();
+                if let TargetKind::Http = kind {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
+                        HTTP_BODY.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                    digest.update(&head);
+                    let _ = tx.send(Received {
+                        bytes: head.len() as u64,
+                        sha256: hex(digest.finish().as_ref()),
+                    });
+                    return;
+                }
                 if let TargetKind::Stall = kind {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     drop(stream);
@@ -438,7 +472,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                             }
                         }
                         TargetKind::EchoAfterEof => kept.extend_from_slice(&buf[..n]),
-                        TargetKind::TalksFirst | TargetKind::Stall => {}
+                        TargetKind::TalksFirst | TargetKind::Stall | TargetKind::Http => {}
                     }
                 }
                 match kind {
@@ -449,7 +483,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                         let _ = stream.write_all(&kept).await;
                         let _ = stream.shutdown().await;
                     }
-                    TargetKind::TalksFirst | TargetKind::Stall => {}
+                    TargetKind::TalksFirst | TargetKind::Stall | TargetKind::Http => {}
                 }
                 let _ = tx.send(Received {
                     bytes: total,
