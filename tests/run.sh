@@ -31,6 +31,10 @@ fi
 if ! python3 -c "import aioquic" 2>/dev/null; then
   python3 -m pip install -q aioquic==1.7.2
 fi
+# the raw HTTP/2 client of the relay's malformed-input tests
+if ! python3 -c "import h2" 2>/dev/null; then
+  python3 -m pip install -q h2==4.3.0
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -296,7 +296,8 @@ impl Shared {
     /// (an address not on this host, an unreadable file) leaves the daemon running without it.
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
-        let fingerprint = format!("{:?}", cfg.relay);
+        let egress = crate::gateway::relay_egress(&cfg);
+        let fingerprint = format!("{:?} {:?}", cfg.relay, egress);
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -307,12 +308,8 @@ impl Shared {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
         let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
-            relay::Relay::bind(
-                rc,
-                self.gateway.clone(),
-                Arc::new(relay::DirectEgress::default()),
-            )
-            .map_err(|e| e.to_string())
+            relay::Relay::bind(rc, self.gateway.clone(), Arc::new(egress))
+                .map_err(|e| e.to_string())
         });
         let state = match started {
             Ok(handle) => {

@@ -5,7 +5,7 @@
 //!
 //! Not yet (issue 6): sources from a tunnel's NAT pool (the pool is not routed into the tunnel
 //! yet, so such decisions are refused rather than sent out untrusted), fail-over between the
-//! internet pair, per-egress resolvers.
+//! internet pair.
 
 use crate::compliance::DeviceTable;
 use crate::policy::{DeviceState, PolicyEngine, Protocol, SourceSelection, Target, Verdict};
@@ -208,6 +208,7 @@ pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
         max_streams_per_connection: r.limits.max_streams_per_connection,
         max_connections_per_device: r.limits.max_connections_per_device,
         max_header_bytes: u64::from(r.limits.max_header_bytes),
+        stream_idle_timeout: r.limits.stream_idle_timeout,
         ..relay::RelayLimits::default()
     };
     if r.udp_path != config::DEFAULT_UDP_PATH {
@@ -221,4 +222,18 @@ pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
             Some(relay::HeaderSecret::new(&h.header, trimmed).map_err(|e| e.to_string())?);
     }
     Ok(rc)
+}
+
+/// The relay's way out: names resolved through each egress's `dns` servers and `hosts`
+/// (the host's resolver for an egress without `dns`).
+pub fn relay_egress(cfg: &config::Config) -> relay::DirectEgress {
+    cfg.egresses
+        .iter()
+        .filter(|e| !e.dns.is_empty() || !e.hosts.is_empty())
+        .fold(relay::DirectEgress::default(), |egress, e| {
+            egress.with_egress_dns(
+                e.name.value.clone(),
+                relay::EgressDns::new(&e.dns, e.hosts.clone()),
+            )
+        })
 }

@@ -14,12 +14,18 @@
 //!   connection with the RST bit set", RFC 9114 §4.4; RFC 9113 §8.5).
 //! - Revocation: the stream is reset with H3_REQUEST_CANCELLED / CANCEL and the TCP
 //!   connection with RST, at once.
+//! - Idleness: none by default (push channels keep CONNECT streams idle for hours); with
+//!   `stream_idle_timeout`, a flow that carried no byte either way for that long is ended:
+//!   the stream reset with H3_NO_ERROR / NO_ERROR, the TCP connection with RST.
 
 use std::future::{poll_fn, Future};
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
+use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::flows::Meter;
@@ -39,6 +45,8 @@ pub(crate) enum SpliceEnd {
     Target(std::io::Error),
     /// The flow was revoked; the stream was cancelled and TCP reset.
     Revoked,
+    /// Nothing moved for the stream idle timeout; the stream and TCP were reset.
+    Idle,
 }
 
 enum Failure {
@@ -54,38 +62,74 @@ pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
     mut tcp: TcpStream,
     meter: Meter<'_>,
     revoked: impl Future<Output = ()>,
+    idle_timeout: Option<Duration>,
 ) -> SpliceEnd {
+    let started = Instant::now();
+    // When bytes last moved, in milliseconds since `started`.
+    let last_activity = AtomicU64::new(0);
+    let touch = || {
+        let now = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        last_activity.store(now, Ordering::Relaxed);
+    };
+    let idle = async {
+        let Some(timeout) = idle_timeout else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
+            let quiet = started.elapsed().saturating_sub(last);
+            if quiet >= timeout {
+                return;
+            }
+            tokio::time::sleep(timeout - quiet).await;
+        }
+    };
     let outcome = {
-        let (mut tcp_read, mut tcp_write) = tcp.split();
+        let (tcp_read, mut tcp_write) = tcp.split();
         let up = async {
             let mut total = 0u64;
-            let mut buf = BytesMut::with_capacity(CHUNK);
             let mut finished = false;
             while !finished {
-                // Wait for data, then take whatever else is already there (QUIC hands over
-                // about one packet per chunk): one TCP write per batch, not per packet.
-                match poll_fn(|cx| recv.poll_data(cx)).await {
-                    Ok(Some(chunk)) => buf.put(chunk),
-                    Ok(None) => finished = true,
+                // Wait for data holding no buffer (an idle flow costs no memory), then take
+                // whatever else is already there (QUIC hands over about one packet per
+                // chunk): one TCP write per batch, not per packet; a lone chunk is written
+                // as it is, without a copy.
+                let first = match poll_fn(|cx| recv.poll_data(cx)).await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
                     Err(error) => return Err(Failure::Device(error)),
-                }
-                while !finished && buf.len() < CHUNK {
+                };
+                let mut batch: Option<BytesMut> = None;
+                let mut len = first.len();
+                while len < CHUNK {
                     match poll_fn(|cx| Poll::Ready(recv.poll_data(cx))).await {
-                        Poll::Ready(Ok(Some(chunk))) => buf.put(chunk),
-                        Poll::Ready(Ok(None)) => finished = true,
+                        Poll::Ready(Ok(Some(chunk))) => {
+                            let buf = batch.get_or_insert_with(|| {
+                                let mut buf = BytesMut::with_capacity(CHUNK.max(len));
+                                buf.put(first.clone());
+                                buf
+                            });
+                            len += chunk.len();
+                            buf.put(chunk);
+                        }
+                        Poll::Ready(Ok(None)) => {
+                            finished = true;
+                            break;
+                        }
                         Poll::Ready(Err(error)) => return Err(Failure::Device(error)),
                         Poll::Pending => break,
                     }
                 }
-                let n = buf.len();
+                let mut data = batch.map_or(first, BytesMut::freeze);
                 tcp_write
-                    .write_all_buf(&mut buf)
+                    .write_all_buf(&mut data)
                     .await
                     .map_err(Failure::Target)?;
                 // Only now may the device send more (HTTP/2 flow control).
-                recv.release(n).map_err(Failure::Device)?;
-                total += n as u64;
-                meter.add_from_device(n as u64);
+                recv.release(len).map_err(Failure::Device)?;
+                touch();
+                total += len as u64;
+                meter.add_from_device(len as u64);
             }
             // The device finished its side: half-close towards the target.
             tcp_write.shutdown().await.map_err(Failure::Target)?;
@@ -93,42 +137,61 @@ pub(crate) async fn splice<S: DeviceSend, R: DeviceRecv>(
         };
         let down = async {
             let mut total = 0u64;
-            let mut buf = BytesMut::with_capacity(CHUNK);
             loop {
-                buf.reserve(CHUNK);
-                let n = tokio::select! {
-                    read = tcp_read.read_buf(&mut buf) => read.map_err(Failure::Target)?,
+                // Wait until the target sent something before taking a buffer: an idle flow
+                // holds none.
+                tokio::select! {
+                    ready = tcp_read.readable() => ready.map_err(Failure::Target)?,
                     error = poll_fn(|cx| send.poll_device_reset(cx)) => {
                         return Err(Failure::Device(error));
                     }
+                };
+                let mut buf = BytesMut::with_capacity(CHUNK);
+                let n = match tcp_read.try_read_buf(&mut buf) {
+                    Ok(n) => n,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(error) => return Err(Failure::Target(error)),
                 };
                 if n == 0 {
                     // Target end of file: finish the relay's side of the stream.
                     send.finish().await.map_err(Failure::Device)?;
                     return Ok::<u64, Failure>(total);
                 }
-                send.send(buf.split().freeze())
-                    .await
-                    .map_err(Failure::Device)?;
+                // The stream keeps what it sends until the device acknowledges it: a small
+                // read is copied out rather than pinning a whole chunk.
+                let data = if n < CHUNK / 4 {
+                    Bytes::copy_from_slice(&buf)
+                } else {
+                    buf.freeze()
+                };
+                send.send(data).await.map_err(Failure::Device)?;
+                touch();
                 total += n as u64;
                 meter.add_to_device(n as u64);
             }
         };
         tokio::select! {
-            result = async { tokio::try_join!(up, down) } => Some(result),
+            result = async { tokio::try_join!(up, down) } => Some(Ok(result)),
             () = revoked => None,
+            () = idle => Some(Err(())),
         }
     };
     match outcome {
-        Some(Ok((up, down))) => SpliceEnd::Finished { up, down },
-        Some(Err(Failure::Device(error))) => {
+        Some(Ok(Ok((up, down)))) => SpliceEnd::Finished { up, down },
+        Some(Err(())) => {
+            let _ = tcp.set_zero_linger();
+            send.reset(ResetReason::NoError);
+            recv.abort(ResetReason::NoError);
+            SpliceEnd::Idle
+        }
+        Some(Ok(Err(Failure::Device(error)))) => {
             // Best effort: the socket is dropped right after either way.
             let _ = tcp.set_zero_linger();
             send.reset(ResetReason::ConnectError);
             recv.abort(ResetReason::ConnectError);
             SpliceEnd::Device(error)
         }
-        Some(Err(Failure::Target(error))) => {
+        Some(Ok(Err(Failure::Target(error)))) => {
             send.reset(ResetReason::ConnectError);
             recv.abort(ResetReason::ConnectError);
             SpliceEnd::Target(error)

@@ -1,15 +1,18 @@
 //! The way out: the [`Egress`] trait the relay dials targets through, and [`DirectEgress`],
-//! which uses the system resolver and ordinary kernel sockets bound to the route's source
-//! address (policy routing then picks the path; DESIGN.md "Data flow"). Per-egress resolvers
-//! (hickory, static hosts) are the appliance's egresses' job; not built yet.
+//! which resolves names through the route's egress (its static hosts and name servers,
+//! [`crate::dns`]; the host's resolver for an egress without name servers) and connects with
+//! ordinary kernel sockets bound to the route's source address (policy routing then picks
+//! the path; DESIGN.md "Data flow").
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream, UdpSocket};
 
+use crate::dns::{EgressDns, Lookup, Resolvers};
 use crate::proxy_status::ProxyError;
 use crate::EgressRoute;
 
@@ -94,21 +97,20 @@ pub trait Egress: Send + Sync + 'static {
     ) -> impl Future<Output = Result<UdpSocket, EgressError>> + Send;
 }
 
-/// Resolves with the system resolver (tokio's `lookup_host`) and connects with a kernel
-/// socket bound to the route's source address, trying each resolved address of the right
-/// family in turn.
+/// Resolves through the route's egress ([`DirectEgress::with_egress_dns`]; the system
+/// resolver, tokio's `lookup_host`, for an egress without name servers) and connects with a
+/// kernel socket bound to the route's source address, trying each resolved address of the
+/// right family in turn.
 #[derive(Debug, Clone)]
 pub struct DirectEgress {
     dns_timeout: Duration,
     attempt_timeout: Duration,
+    resolvers: Arc<Resolvers>,
 }
 
 impl Default for DirectEgress {
     fn default() -> Self {
-        DirectEgress {
-            dns_timeout: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(5),
-        }
+        DirectEgress::new(Duration::from_secs(5), Duration::from_secs(5))
     }
 }
 
@@ -119,12 +121,30 @@ impl DirectEgress {
         DirectEgress {
             dns_timeout,
             attempt_timeout,
+            resolvers: Arc::default(),
         }
     }
 
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, EgressError> {
-        if let Ok(ip) = host.parse::<IpAddr>() {
-            return Ok(vec![SocketAddr::new(ip, port)]);
+    /// Names sent out egress `name` (a route's [`EgressRoute::name`]) are resolved with
+    /// `dns`: its static hosts first, then its name servers (queried from the route's source
+    /// address); without name servers, the system resolver.
+    pub fn with_egress_dns(mut self, name: impl Into<String>, dns: EgressDns) -> DirectEgress {
+        self.resolvers = Arc::new(self.resolvers.with(name.into(), dns));
+        self
+    }
+
+    async fn resolve(
+        &self,
+        route: &EgressRoute,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, EgressError> {
+        let found = self.resolvers.lookup(route, host, self.dns_timeout).await?;
+        if let Lookup::Found(addresses) = found {
+            return Ok(addresses
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect());
         }
         match tokio::time::timeout(self.dns_timeout, tokio::net::lookup_host((host, port))).await {
             Err(_) => Err(EgressError::DnsTimeout {
@@ -193,7 +213,7 @@ impl DirectEgress {
         host: &str,
         port: u16,
     ) -> Result<Vec<SocketAddr>, EgressError> {
-        let mut addresses = self.resolve(host, port).await?;
+        let mut addresses = self.resolve(route, host, port).await?;
         if let Some(source) = route.source {
             addresses.retain(|a| a.is_ipv4() == source.is_ipv4());
             if addresses.is_empty() {
@@ -264,6 +284,7 @@ impl Egress for DirectEgress {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
@@ -360,5 +381,80 @@ mod tests {
             EgressError::Timeout(Duration::from_secs(1)).status(),
             (504, ProxyError::ConnectionTimeout)
         );
+    }
+
+    #[tokio::test]
+    async fn resolves_through_the_egress() {
+        use crate::test_dns::dns_server;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let names = [("svc.corp.test".to_string(), "127.0.0.1".parse().unwrap())];
+        let (server, mut queries) = dns_server(names.into_iter().collect()).await;
+        let hosts = [("lab.test".to_string(), vec!["127.0.0.1".parse().unwrap()])];
+        let egress = DirectEgress::new(Duration::from_secs(2), Duration::from_secs(2))
+            .with_egress_dns(
+                "corp",
+                EgressDns {
+                    servers: vec![server],
+                    hosts: hosts.into_iter().collect(),
+                },
+            );
+        let corp = EgressRoute {
+            name: "corp".into(),
+            source: Some("127.0.0.2".parse().unwrap()),
+        };
+
+        // A static entry: no query is sent.
+        egress.connect_tcp(&corp, "LAB.test.", port).await.unwrap();
+        // Through the egress's name server, queried from the route's source address.
+        egress
+            .connect_tcp(&corp, "svc.corp.test", port)
+            .await
+            .unwrap();
+        let query = queries.recv().await.unwrap();
+        assert_eq!((query.name.as_str(), query.qtype), ("svc.corp.test", 1));
+        assert_eq!(query.from.ip(), "127.0.0.2".parse::<IpAddr>().unwrap());
+
+        // NXDOMAIN: 502 dns_error.
+        let error = egress
+            .connect_tcp(&corp, "nope.corp.test", port)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), (502, ProxyError::DnsError), "{error}");
+        assert!(error.details().contains("NXDOMAIN"), "{error}");
+        // UDP goes the same way.
+        egress.bind_udp(&corp, "svc.corp.test", port).await.unwrap();
+
+        // A name server nobody runs: 504 dns_timeout.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let slow = DirectEgress::new(Duration::from_millis(300), Duration::from_secs(1))
+            .with_egress_dns(
+                "corp",
+                EgressDns {
+                    servers: vec![silent.local_addr().unwrap()],
+                    hosts: BTreeMap::new(),
+                },
+            );
+        let error = slow
+            .connect_tcp(&corp, "svc.corp.test", port)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), (504, ProxyError::DnsTimeout), "{error}");
+
+        // Only IPv6 name servers for an IPv4 source: refused, not sent elsewhere.
+        let v6_only = DirectEgress::default().with_egress_dns(
+            "corp",
+            EgressDns::new(&["::1".parse().unwrap()], BTreeMap::new()),
+        );
+        let error = v6_only
+            .connect_tcp(&corp, "svc.corp.test", port)
+            .await
+            .unwrap_err();
+        assert_eq!(error.status(), (502, ProxyError::DnsError), "{error}");
+        // Another egress without DNS settings keeps the system resolver.
+        v6_only
+            .connect_tcp(&route(None), "localhost", port)
+            .await
+            .unwrap();
     }
 }

@@ -16,6 +16,7 @@
 
 use std::future::poll_fn;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -195,13 +196,27 @@ async fn serve_connection<A: Authorizer, E: Egress>(
     tokio::pin!(drain);
     let mut requests = JoinSet::new();
     let (mut closing, mut aborting) = (false, false);
+    // The next client stream ID expected (odd, in order: RFC 9113 §5.1.1).
+    let mut next_stream_id = 1u32;
     loop {
         tokio::select! {
             accepted = connection.accept() => match accepted {
                 Some(Ok((request, respond))) => {
+                    let id = respond.stream_id().as_u32();
+                    if id > next_stream_id {
+                        // The streams in between were refused by h2 itself.
+                        let refused = u64::from((id - next_stream_id) / 2);
+                        stats.http2_streams_refused.fetch_add(refused, Ordering::Relaxed);
+                        debug!(peer = %address, device = %serial, refused, "relay: HTTP/2 streams refused by the protocol layer");
+                    }
+                    next_stream_id = id.saturating_add(2);
                     requests.spawn(handle_request(request, respond, peer.clone(), shared.clone()));
                 }
                 Some(Err(error)) => {
+                    if error.is_library() {
+                        // h2 found the device's error and sent GOAWAY.
+                        count(&stats.http2_protocol_errors);
+                    }
                     info!(peer = %address, device = %serial, %error, "relay: connection ended");
                     break;
                 }

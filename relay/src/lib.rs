@@ -35,22 +35,36 @@
 //! - An optional shared header secret ([`HeaderSecret`]) checked in constant time on every
 //!   request of both listeners; missing or wrong → `403` with `Proxy-Status:
 //!   …; error=connection_refused; details="missing or wrong relay header"`.
+//! - Names resolved through the decided egress ([`DirectEgress::with_egress_dns`],
+//!   [`EgressDns`]): its static hosts, then its own name servers (hickory-resolver, queried
+//!   from the route's source address); NXDOMAIN or no records → `502` with `Proxy-Status:
+//!   …; error=dns_error`, no answer → `504 dns_timeout`. An egress without name servers uses
+//!   the host's resolver.
+//! - Idle behaviour: no stream idle timeout by default (`limits.stream_idle_timeout` can set
+//!   one for TCP flows), QUIC keepalive PINGs and HTTP/2 PINGs every `keepalive_interval`, a
+//!   connection idle timeout, per-connection stream limits (QUIC MAX_STREAMS, 100 by
+//!   default; 8 unidirectional streams) and the per-device connection limit.
 //! - [`RelayStats`] counters shared by both listeners and a graceful [`RelayHandle::shutdown`].
+//!   Malformed input is counted: `malformed_requests` (400s, requests h3 resets with
+//!   H3_MESSAGE_ERROR or answers 431, malformed capsules), `http2_streams_refused` (streams h2
+//!   refuses itself), `http2_protocol_errors` (HTTP/2 connections h2 closes), and
+//!   `datagrams_dropped` (HTTP Datagrams for no connect-udp flow).
 //!
-//! # What is not built yet (issue 4 continues)
+//! # What is not built yet, or known limits
 //!
-//! - `attestgate flows` and the wiring of `revoke` to compliance changes (the appliance's
-//!   side); the configuration keys for `http2_listen`, `header_secret` and the new limits in
-//!   the `config` crate's model as the relay takes them.
-//! - Per-egress DNS resolvers (hickory, static hosts: [`DirectEgress`] uses the system
-//!   resolver).
+//! - Sources from a tunnel's NAT pool (the appliance's side, issue 6).
+//! - h3 0.0.8 accepts some malformed HTTP/3 requests the relay cannot see as such: a
+//!   pseudo-header field after a regular one, a repeated pseudo-header field (the last one
+//!   wins); they are decided and served (or answered 501) like well-formed ones
+//!   (`tests/malformed.rs` records this).
 //! - The peer's SETTINGS_H3_DATAGRAM is not checked before datagrams are sent (h3 0.0.8 keeps
 //!   the peer's settings behind its unstable API); the QUIC `max_datagram_frame_size` is.
-//! - Handshake-failure logs are not rate-limited; malformed-request counters exist, but
-//!   per-connection abuse limits do not. Malformed HTTP/2 requests are reset by h2 itself
-//!   and not counted.
+//! - Handshake-failure logs are not rate-limited; per-connection abuse limits do not exist
+//!   beyond the stream and header limits. HTTP/3 connection-level protocol errors are not
+//!   counted separately.
 //! - `revoke_certificate` closes the connections that are open; a reconnect with the same
 //!   certificate is refused only by a CRL or by the authorizer.
+//! - The stream idle timeout applies to classic CONNECT flows, not to connect-udp.
 //! - The benchmark measures the HTTP/3 listener only; no HTTP/2 throughput figure yet.
 //!
 //! HTTP Datagrams are read from and written to the quinn connection directly rather than
@@ -59,8 +73,11 @@
 //!
 //! # Benchmark
 //!
-//! `cargo run --release -p relay --example relay_bench` prints one CONNECT stream's throughput
-//! next to a TCP loopback copy and quinn's raw stream, and mTLS handshakes per second.
+//! `cargo run --release -p relay --example relay_bench` prints the memory per idle device
+//! connection (1,000 connections with one idle CONNECT stream each, clients in another
+//! process), one CONNECT stream's throughput next to a TCP loopback copy and quinn's raw
+//! stream, and full mutual-TLS handshakes per second (clients in another process, the relay
+//! process's CPU time per handshake apart).
 //!
 //! # Tests
 //!
@@ -69,10 +86,17 @@
 //! `tests/h2_connect.rs` drives the HTTP/2 listener with Node.js's built-in `http2` module
 //! (`tests/h2_client.js`; run with Node 20). `tests/revocation.rs` revokes flows on both
 //! listeners at once and checks the per-device limit and the header secret.
+//! `tests/load.rs`: 1 GiB each way through one CONNECT with equal SHA-256 digests (aioquic;
+//! `RELAY_BULK_MIB` changes the size), 1,000 concurrent CONNECTs over 10 connections.
+//! `tests/malformed.rs`: malformed requests on both listeners (aioquic, and the raw HTTP/2
+//! client `tests/h2_raw.py` on the `h2` library) and stray HTTP Datagrams.
+//! `tests/idle.rs`: keepalive, the connection idle timeout, the stream idle timeout and the
+//! stream limit.
 
 pub mod capsule;
 mod connect_tcp;
 pub mod connect_udp;
+mod dns;
 mod egress;
 mod flows;
 mod h2;
@@ -88,12 +112,16 @@ pub mod tls;
 #[cfg(test)]
 #[path = "../tests/support/certs.rs"]
 mod test_certs;
+#[cfg(test)]
+#[path = "../tests/support/dns_server.rs"]
+mod test_dns;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::SystemTime;
 
+pub use dns::EgressDns;
 pub use egress::{DirectEgress, Egress, EgressError};
 pub use flows::{FlowInfo, HttpVersion};
 pub use request::{HeaderSecret, HeaderSecretError};

@@ -376,7 +376,8 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         stats,
         flow: &context.flow,
     };
-    match splice(send, recv, tcp, meter, context.flow.revoked()).await {
+    let idle_timeout = shared.limits.stream_idle_timeout;
+    match splice(send, recv, tcp, meter, context.flow.revoked(), idle_timeout).await {
         SpliceEnd::Finished { up, down } => {
             info!(%device, %target, flow, %egress, up, down, "relay: TCP flow closed")
         }
@@ -385,6 +386,9 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         }
         SpliceEnd::Target(error) => {
             info!(%device, %target, flow, %egress, %error, "relay: TCP flow ended by the target side; stream reset")
+        }
+        SpliceEnd::Idle => {
+            info!(%device, %target, flow, %egress, timeout = ?idle_timeout, "relay: TCP flow idle; stream and target reset")
         }
         SpliceEnd::Revoked => {
             count(&stats.flows_revoked);

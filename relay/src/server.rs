@@ -15,6 +15,9 @@ use crate::request::HeaderSecret;
 use crate::tls::{TlsError, TlsFiles, TlsMaterial};
 use crate::{Authorizer, Egress, IdentitySource};
 
+/// Unidirectional streams a device may have open at once (see `quic_server_config`).
+const MAX_UNI_STREAMS: u32 = 8;
+
 /// H3_NO_ERROR (RFC 9114 §8.1), the code a graceful close uses.
 const H3_NO_ERROR: u32 = 0x100;
 
@@ -30,7 +33,9 @@ pub struct RelayLimits {
     /// hours.
     pub connection_idle_timeout: Duration,
     /// Concurrent request streams per connection (QUIC MAX_STREAMS, RFC 9000 §4.6;
-    /// SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2).
+    /// SETTINGS_MAX_CONCURRENT_STREAMS, RFC 9113 §6.5.2). Default 100, the least RFC 9114
+    /// §6.1 advises. quinn keeps state for every stream the peer may open, so this sets the
+    /// memory of an idle connection (at 256, about 20 KiB more each).
     pub max_streams_per_connection: u32,
     /// Connections one device (serial) may have open over both listeners; more are refused
     /// (H3_EXCESSIVE_LOAD on HTTP/3, GOAWAY ENHANCE_YOUR_CALM on HTTP/2) and counted.
@@ -43,6 +48,10 @@ pub struct RelayLimits {
     pub handshake_timeout: Duration,
     /// How long a forwarded request may take to reach its target before it is answered 504.
     pub connect_timeout: Duration,
+    /// A classic CONNECT flow that carried no byte either way for this long is ended (stream
+    /// reset H3_NO_ERROR / NO_ERROR, target TCP reset). `None`, the default: flows may idle
+    /// for as long as their connection lives (push channels do, for hours).
+    pub stream_idle_timeout: Option<Duration>,
 }
 
 impl Default for RelayLimits {
@@ -50,11 +59,12 @@ impl Default for RelayLimits {
         RelayLimits {
             keepalive_interval: Duration::from_secs(25),
             connection_idle_timeout: Duration::from_secs(600),
-            max_streams_per_connection: 256,
+            max_streams_per_connection: 100,
             max_connections_per_device: 16,
             max_header_bytes: 16 * 1024,
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            stream_idle_timeout: None,
         }
     }
 }
@@ -152,6 +162,8 @@ pub struct RelayStats {
     pub(crate) device_limit_refusals: AtomicU64,
     pub(crate) flows_revoked: AtomicU64,
     pub(crate) connections_revoked: AtomicU64,
+    pub(crate) http2_streams_refused: AtomicU64,
+    pub(crate) http2_protocol_errors: AtomicU64,
 }
 
 /// The counters at one moment.
@@ -166,8 +178,8 @@ pub struct RelayStatsSnapshot {
     pub connections_active: u64,
     pub requests: u64,
     /// Requests answered 400, reset by the HTTP/3 layer as malformed (RFC 9114 §4.1.2), or
-    /// connect-udp flows reset for a malformed capsule. (h2 resets malformed HTTP/2 requests
-    /// itself, unseen and uncounted.)
+    /// connect-udp flows reset for a malformed capsule. (Malformed HTTP/2 requests that h2
+    /// refuses itself are counted in `http2_streams_refused`.)
     pub malformed_requests: u64,
     /// Requests answered 501 (methods other than CONNECT, extended CONNECT other than
     /// connect-udp).
@@ -191,6 +203,16 @@ pub struct RelayStatsSnapshot {
     pub flows_revoked: u64,
     /// Connections closed by [`RelayHandle::revoke_certificate`].
     pub connections_revoked: u64,
+    /// HTTP/2 request streams that h2 refused before the relay saw them: a malformed header
+    /// section (RST_STREAM PROTOCOL_ERROR, RFC 9113 §8.1.1), one over `max_header_bytes`
+    /// (431, then REFUSED_STREAM), one beyond `max_streams_per_connection`. Counted from the
+    /// gap in the stream IDs when the connection's next request arrives (client streams are
+    /// opened in order, RFC 9113 §5.1.1), so a refused last stream is not counted.
+    pub http2_streams_refused: u64,
+    /// HTTP/2 connections that h2 closed for the device's protocol error (GOAWAY with
+    /// PROTOCOL_ERROR, COMPRESSION_ERROR, ENHANCE_YOUR_CALM…; h2 treats some malformed
+    /// header sections, such as an unknown pseudo-header field, as connection errors).
+    pub http2_protocol_errors: u64,
 }
 
 impl RelayStats {
@@ -216,6 +238,8 @@ impl RelayStats {
             device_limit_refusals: get(&self.device_limit_refusals),
             flows_revoked: get(&self.flows_revoked),
             connections_revoked: get(&self.connections_revoked),
+            http2_streams_refused: get(&self.http2_streams_refused),
+            http2_protocol_errors: get(&self.http2_protocol_errors),
         }
     }
 }
@@ -411,6 +435,10 @@ fn quic_server_config(
     transport.max_idle_timeout(Some(idle));
     transport
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(limits.max_streams_per_connection));
+    // The device's unidirectional streams: its control and QPACK streams (RFC 9114 §6.2
+    // asks for at least three), with room for reserved stream types (grease, §6.2.3); quinn
+    // keeps state for each one allowed, 100 by default.
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_UNI_STREAMS));
     server.transport_config(Arc::new(transport));
     Ok(server)
 }

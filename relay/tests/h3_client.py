@@ -17,7 +17,19 @@ Modes:
               echoes arrive, then the final object with the reset code and its time (ms since
               the epoch).
 
---header name:value (repeatable) adds a header to every request.
+  bulk        one CONNECT streaming --send bytes (generated chunk by chunk, never held whole) to
+              an echo target while reading the echo, at most --window bytes unechoed; prints
+              both SHA-256 digests and the rate.
+  raw         one request with exactly the header fields of --headers-json (a JSON list of
+              [name, value] pairs, sent unchecked, in order), the answer or reset reported;
+              then, when --then-authority is given, a well-formed CONNECT on the same
+              connection with 10 bytes echoed (the connection survived).
+  stray       QUIC DATAGRAM frames for streams that carry no connect-udp flow (a request
+              stream never opened, the client's control stream), then like raw's follow-up.
+
+--header name:value (repeatable) adds a header to every request. concurrent spreads
+--streams over --connections connections.
+H3_CLIENT_PROFILE=FILE writes a cProfile of the run to FILE.
 
 Needs aioquic: python3 -m pip install aioquic
 """
@@ -26,6 +38,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import os
 import random
 import socket
 import ssl
@@ -185,6 +198,7 @@ async def one_connect(client, authority, payload, wait_end_first, timeout, extra
     result["ended"] = await asyncio.wait_for(state.ended, timeout)
     result["received"] = state.received
     result["received_sha256"] = state.digest.hexdigest()
+    result["received_text"] = bytes(state.data[:4096]).decode("latin-1")
     result["reset"] = state.reset
     result["send_acknowledged"] = await client.wait_sent(stream_id, timeout)
     return result
@@ -286,12 +300,186 @@ async def hold(client, args):
     return result
 
 
+async def follow_up(client, args, result):
+    """A well-formed CONNECT after the malformed input: the connection is still served."""
+    if not args.then_authority or client.terminated is not None:
+        return
+    payload = b"0123456789"
+    after = await one_connect(client, args.then_authority, payload, False, args.timeout)
+    result["then_status"] = after.get("status")
+    result["then_received"] = after.get("received")
+
+
+def field_value(value):
+    """A field value from --headers-json: a string, or {"repeat": s, "times": n} for long
+    ones (a command line argument is limited to 128 KiB)."""
+    if isinstance(value, dict):
+        return value["repeat"] * value["times"]
+    return value
+
+
+async def raw_request(client, args):
+    """One request with exactly the given header fields (aioquic does not check what it
+    sends), then the follow-up."""
+    headers = [(n.encode(), field_value(v).encode()) for n, v in json.loads(args.headers_json)]
+    stream_id = client._quic.get_next_available_stream_id()
+    state = StreamState(asyncio.get_running_loop())
+    client.streams[stream_id] = state
+    client.h3.send_headers(stream_id, headers, end_stream=False)
+    client.transmit()
+    result = {"stream_id": stream_id}
+    try:
+        response = await asyncio.wait_for(state.response, args.timeout)
+    except asyncio.TimeoutError:
+        response = None
+        result["no_answer"] = True
+    result["status"] = status_of(response)
+    result["proxy_status"] = header(response, "proxy-status")
+    # A reset may follow the answer (h3 answers 431, then resets): give it a moment.
+    await asyncio.sleep(0.2)
+    result["reset"] = state.reset
+    await follow_up(client, args, result)
+    result["terminated"] = client.terminated
+    return result
+
+
+async def stray_datagrams(client, args):
+    """HTTP Datagrams (RFC 9297 section 2.1) that belong to no connect-udp flow: for a stream
+    never opened, for an open classic CONNECT stream, and one too short to name a stream.
+    The relay drops them; the CONNECT stream still echoes afterwards."""
+    stream_id, state = client.open_connect(args.then_authority)
+    headers = await asyncio.wait_for(state.response, args.timeout)
+    result = {"then_status": status_of(headers)}
+    for target in (stream_id + 400, stream_id):
+        for i in range(args.datagrams):
+            client._quic.send_datagram_frame(varint(target // 4) + b"\x00" + b"stray %d" % i)
+    client._quic.send_datagram_frame(b"")
+    client.transmit()
+    await asyncio.sleep(0.3)
+    result["sent"] = 2 * args.datagrams + 1
+    client.send(stream_id, b"0123456789", end=True)
+    result["ended"] = await asyncio.wait_for(state.ended, args.timeout)
+    result["then_received"] = state.received
+    result["terminated"] = client.terminated
+    return result
+
+
+def chunk_of(seed, index, size):
+    """Deterministic pseudo-random bytes, cheap to make: SHAKE-128 of seed and index."""
+    return hashlib.shake_128(b"%d:%d" % (seed, index)).digest(size)
+
+
+async def bulk(client, args):
+    """Streams --send bytes through an echo target and checks the echo, chunk by chunk."""
+    stream_id, state = client.open_connect(args.authority)
+    result = {"stream_id": stream_id}
+    headers = await asyncio.wait_for(state.response, args.timeout)
+    result["status"] = status_of(headers)
+    if result["status"] != 200:
+        return result
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    sent = 0
+    index = 0
+    digest = hashlib.sha256()
+    block = 1 << 20
+    while sent < args.send and client.terminated is None and state.reset is None:
+        if sent - state.received >= args.window:
+            await asyncio.sleep(0.001)
+            continue
+        size = min(block, args.send - sent)
+        data = chunk_of(args.seed, index, size)
+        digest.update(data)
+        client.send(stream_id, data, end=sent + size >= args.send)
+        sent += size
+        index += 1
+        # Let aioquic's transmit and receive run.
+        await asyncio.sleep(0)
+    if sent == 0:
+        client.send(stream_id, b"", end=True)
+    result["sent"] = sent
+    result["sent_sha256"] = digest.hexdigest()
+    result["ended"] = await asyncio.wait_for(state.ended, args.timeout)
+    elapsed = loop.time() - started
+    result["received"] = state.received
+    result["received_sha256"] = state.digest.hexdigest()
+    result["reset"] = state.reset
+    result["seconds"] = round(elapsed, 3)
+    result["mb_per_s_each_way"] = round(sent / 1e6 / elapsed, 1) if elapsed > 0 else None
+    return result
+
+
+def open_client(args, configuration):
+    """A connection to the relay (an async context manager)."""
+    return connect(
+        args.host,
+        args.port,
+        configuration=configuration,
+        create_protocol=Client,
+        wait_connected=True,
+    )
+
+
+async def concurrent(args, configuration):
+    """--streams CONNECTs spread over --connections connections, all at once."""
+    per_connection = [args.streams // args.connections] * args.connections
+    for i in range(args.streams % args.connections):
+        per_connection[i] += 1
+
+    async def one_connection(first, count):
+        async with open_client(args, configuration) as client:
+            tasks = []
+            for i in range(first, first + count):
+                payload = random.Random(args.seed + i).randbytes(args.send)
+                tasks.append(one_connect(client, args.authority, payload, False, args.timeout))
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            return results, client.terminated
+
+    firsts = [sum(per_connection[:i]) for i in range(args.connections)]
+    done = await asyncio.gather(
+        *[one_connection(f, c) for f, c in zip(firsts, per_connection)], return_exceptions=True
+    )
+    results = []
+    output = {"connections_failed": 0, "terminated": []}
+    for item in done:
+        if isinstance(item, BaseException):
+            output["connections_failed"] += 1
+            continue
+        results.extend(item[0])
+        if item[1] is not None:
+            output["terminated"].append(item[1])
+    return results, output
+
+
+def summarize(results, args, output):
+    ok = 0
+    statuses = {}
+    for r in results:
+        if isinstance(r, BaseException):
+            statuses["exception"] = statuses.get("exception", 0) + 1
+            continue
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+        if (
+            r.get("status") == 200
+            and r.get("ended") is True
+            and r.get("received") == args.send
+            and r.get("received_sha256") == r.get("sent_sha256")
+        ):
+            ok += 1
+    output["streams"] = args.streams
+    output["ok"] = ok
+    output["statuses"] = statuses
+
+
 async def run(args):
     configuration = QuicConfiguration(
         is_client=True,
         alpn_protocols=H3_ALPN,
         server_name=args.server_name,
         max_datagram_frame_size=65536,
+        # The largest UDP payload quinn accepts by default (1472) less headroom: fewer,
+        # fuller packets for the bulk transfers (Python pays per packet).
+        max_datagram_size=1452,
     )
     configuration.verify_mode = ssl.CERT_REQUIRED
     configuration.load_verify_locations(args.ca)
@@ -299,14 +487,20 @@ async def run(args):
         configuration.load_cert_chain(args.cert, args.key)
 
     output = {"connected": False}
+    if args.mode == "concurrent" and args.connections > 1:
+        started = time.time()
+        try:
+            results, extra = await concurrent(args, configuration)
+        except (ConnectionError, asyncio.TimeoutError) as error:
+            output["connect_error"] = str(error) or "timeout"
+            return output
+        output["connected"] = True
+        output.update(extra)
+        summarize(results, args, output)
+        output["seconds"] = round(time.time() - started, 3)
+        return output
     try:
-        async with connect(
-            args.host,
-            args.port,
-            configuration=configuration,
-            create_protocol=Client,
-            wait_connected=True,
-        ) as client:
+        async with open_client(args, configuration) as client:
             output["connected"] = True
             # A larger receive buffer than the default 208 KiB: Python reads slowly, and a
             # lost CONNECTION_CLOSE is only noticed at the idle timeout (aioquic does not
@@ -320,10 +514,19 @@ async def run(args):
             try:
                 if args.mode == "hold":
                     output.update(await hold(client, args))
+                elif args.mode == "bulk":
+                    output.update(await bulk(client, args))
+                elif args.mode == "raw":
+                    output.update(await raw_request(client, args))
+                elif args.mode == "stray":
+                    output.update(await stray_datagrams(client, args))
                 elif args.mode == "udp":
                     output.update(await udp_session(client, args))
                 elif args.mode == "connect":
-                    payload = random.Random(args.seed).randbytes(args.send)
+                    if args.payload is not None:
+                        payload = args.payload.encode().decode("unicode_escape").encode("latin-1")
+                    else:
+                        payload = random.Random(args.seed).randbytes(args.send)
                     extra = {
                         "method": args.method,
                         "scheme": args.scheme,
@@ -348,23 +551,7 @@ async def run(args):
                             one_connect(client, args.authority, payload, False, args.timeout)
                         )
                     results = await asyncio.gather(*tasks, return_exceptions=True)
-                    ok = 0
-                    statuses = {}
-                    for r in results:
-                        if isinstance(r, BaseException):
-                            statuses["exception"] = statuses.get("exception", 0) + 1
-                            continue
-                        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
-                        if (
-                            r.get("status") == 200
-                            and r.get("ended") is True
-                            and r.get("received") == args.send
-                            and r.get("received_sha256") == r.get("sent_sha256")
-                        ):
-                            ok += 1
-                    output["streams"] = args.streams
-                    output["ok"] = ok
-                    output["statuses"] = statuses
+                    summarize(results, args, output)
                     output["distinct_stream_ids"] = len(
                         {r["stream_id"] for r in results if isinstance(r, dict)}
                     )
@@ -380,7 +567,9 @@ async def run(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("mode", choices=["connect", "concurrent", "udp", "hold"])
+    parser.add_argument(
+        "mode", choices=["connect", "concurrent", "udp", "hold", "bulk", "raw", "stray"]
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--server-name", default="localhost")
@@ -389,6 +578,9 @@ def main():
     parser.add_argument("--key", help="client key (PEM)")
     parser.add_argument("--authority", required=True)
     parser.add_argument("--send", type=int, default=0)
+    parser.add_argument(
+        "--payload", help="connect: send this text (backslash escapes allowed) instead of --send"
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--wait-end-first", action="store_true")
@@ -399,8 +591,20 @@ def main():
     parser.add_argument("--protocol", help="send :protocol (extended CONNECT, RFC 9220)")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--header", action="append", help="name:value added to requests")
+    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--window", type=int, default=8 << 20, help="bulk: most bytes unechoed")
+    parser.add_argument("--headers-json", help="raw: the request's fields, [[name, value], ...]")
+    parser.add_argument("--then-authority", help="raw, stray: a good CONNECT afterwards")
     args = parser.parse_args()
-    output = asyncio.run(asyncio.wait_for(run(args), args.timeout * 2))
+    profile = os.environ.get("H3_CLIENT_PROFILE")
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        output = profiler.runcall(asyncio.run, asyncio.wait_for(run(args), args.timeout * 2))
+        profiler.dump_stats(profile)
+    else:
+        output = asyncio.run(asyncio.wait_for(run(args), args.timeout * 2))
     json.dump(output, sys.stdout)
     sys.stdout.write("\n")
 

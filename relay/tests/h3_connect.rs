@@ -8,6 +8,8 @@
 
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/dns_server.rs"]
+mod dns_server;
 #[path = "support/h3_mini.rs"]
 mod h3_mini;
 #[path = "support/lab.rs"]
@@ -31,16 +33,7 @@ async fn connect_round_trips_one_mib() {
     let (address, mut received) = target(TargetKind::Echo).await;
     let size = 1024 * 1024;
     let out = lab
-        .client(
-            Some("good"),
-            &[
-                "connect",
-                "--authority",
-                &authority(address),
-                "--send",
-                &size.to_string(),
-            ],
-        )
+        .connect_good(address, &["--send", &size.to_string()])
         .await;
     assert_eq!(out["status"], 200, "{out}");
     assert_eq!(out["proxy_status"], Value::Null, "{out}");
@@ -574,4 +567,65 @@ async fn graceful_shutdown_lets_open_flows_finish() {
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(stats.snapshot().flows_opened, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolve_through_the_egress() {
+    let mut lab = lab().await;
+    let (address, _received) = target(TargetKind::Echo).await;
+    let port = address.port().to_string();
+    // Through the `lab` egress's name server, then its static hosts.
+    for name in [DNS_NAME, STATIC_NAME] {
+        let authority = format!("{name}:{port}");
+        let out = lab
+            .client(
+                Some("good"),
+                &["connect", "--authority", &authority, "--send", "1000"],
+            )
+            .await;
+        assert_eq!(out["status"], 200, "{name}: {out}");
+        assert_eq!(out["received"], 1000, "{name}: {out}");
+    }
+    // Only the first name was asked for, from the route's source address, A only (the
+    // source is IPv4).
+    let query = lab.dns_queries.recv().await.unwrap();
+    assert_eq!(
+        (query.name.as_str(), query.qtype, query.from.ip()),
+        (DNS_NAME, 1, "127.0.0.1".parse::<IpAddr>().unwrap())
+    );
+    assert!(lab.dns_queries.try_recv().is_err());
+
+    // A name the egress's server does not know: 502 with Proxy-Status dns_error (RFC 9209
+    // §2.3.2).
+    let out = lab
+        .client(
+            Some("good"),
+            &["connect", "--authority", "missing.lab.test:443"],
+        )
+        .await;
+    assert_eq!(out["status"], 502, "{out}");
+    let value = out["proxy_status"].as_str().unwrap();
+    assert!(
+        value.starts_with("attestgate; error=dns_error; details=\"resolving missing.lab.test"),
+        "{value}"
+    );
+    let stats = lab.stats_until(|s| s.egress_failures >= 1).await;
+    assert_eq!((stats.egress_failures, stats.flows_opened), (1, 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_to_an_http_server() {
+    let lab = lab().await;
+    let (address, mut received) = target(TargetKind::Http).await;
+    let request = format!("GET / HTTP/1.1\\r\\nHost: {address}\\r\\nConnection: close\\r\\n\\r\\n");
+    let out = lab.connect_good(address, &["--payload", &request]).await;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["ended"], true, "{out}");
+    let text = out["received_text"].as_str().unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with(&format!("\r\n\r\n{HTTP_BODY}")), "{text}");
+    // The server got the request byte for byte.
+    let at_target = next(&mut received).await;
+    assert_eq!(at_target.sha256, out["sent_sha256"].as_str().unwrap());
+    assert_eq!(at_target.bytes, out["sent"].as_u64().unwrap());
 }

@@ -8,6 +8,8 @@
 
 #[path = "support/certs.rs"]
 mod certs;
+#[path = "support/dns_server.rs"]
+mod dns_server;
 #[path = "support/lab.rs"]
 mod lab;
 

@@ -188,7 +188,7 @@ impl Reader<'_, '_> {
         let max_connections_per_device =
             self.int_key(&f, "max_connections_per_device", 1, 10_000, 16);
         let max_streams_per_connection =
-            self.int_key(&f, "max_streams_per_connection", 1, 100_000, 256);
+            self.int_key(&f, "max_streams_per_connection", 1, 100_000, 100);
         let connection_idle_timeout =
             self.duration_key(&f, "connection_idle_timeout", Duration::from_secs(600));
         let keepalive_interval =

@@ -23,6 +23,16 @@ pub struct ClientFiles {
 }
 
 pub fn client_endpoint(files: &ClientFiles, alpn: &[u8]) -> quinn::Endpoint {
+    endpoint(files, alpn, true)
+}
+
+/// A client endpoint that never resumes a TLS session: every handshake is a full one
+/// (certificates sent and verified both ways).
+pub fn full_handshake_endpoint(files: &ClientFiles, alpn: &[u8]) -> quinn::Endpoint {
+    endpoint(files, alpn, false)
+}
+
+fn endpoint(files: &ClientFiles, alpn: &[u8], resumption: bool) -> quinn::Endpoint {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
@@ -37,6 +47,9 @@ pub fn client_endpoint(files: &ClientFiles, alpn: &[u8]) -> quinn::Endpoint {
         .with_client_auth_cert(chain, key)
         .unwrap();
     tls.alpn_protocols = vec![alpn.to_vec()];
+    if !resumption {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use relay::tls::TlsFiles;
 use relay::{
-    Authorizer, DenyStatus, DirectEgress, EgressRoute, Protocol, Relay, RelayConfig, RelayDecision,
-    RelayHandle, RelayRequest, RelayStatsSnapshot,
+    Authorizer, DenyStatus, DirectEgress, EgressDns, EgressRoute, Protocol, Relay, RelayConfig,
+    RelayDecision, RelayHandle, RelayRequest, RelayStatsSnapshot,
 };
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::certs::{write_file, DeviceCert, TestCa, Validity};
+use super::dns_server::{dns_server, Query};
 
 pub const GOOD: &str = "C02GOOD0001";
 pub const DENIED: &str = "C02DENY0001";
@@ -159,7 +160,14 @@ pub struct Lab {
     pub pki: Pki,
     pub relay: RelayHandle,
     pub policy: Arc<TestPolicy>,
+    /// The queries the `lab` egress's name server received.
+    pub dns_queries: mpsc::UnboundedReceiver<Query>,
 }
+
+/// A name the `lab` egress's name server answers with 127.0.0.1.
+pub const DNS_NAME: &str = "target.lab.test";
+/// A name in the `lab` egress's static hosts (127.0.0.1).
+pub const STATIC_NAME: &str = "static.lab.test";
 
 pub async fn lab() -> Lab {
     lab_with(|_| {}).await
@@ -173,8 +181,24 @@ pub async fn lab_with(adjust: impl FnOnce(&mut RelayConfig)) -> Lab {
     config.http2_listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.tls.crl = vec![pki.crl.clone()];
     adjust(&mut config);
-    let relay = Relay::bind(config, policy.clone(), Arc::new(DirectEgress::default())).unwrap();
-    Lab { pki, relay, policy }
+    // The `lab` egress resolves through its own name server and static hosts.
+    let names = [(DNS_NAME.to_string(), "127.0.0.1".parse().unwrap())];
+    let (server, dns_queries) = dns_server(names.into_iter().collect()).await;
+    let hosts = [(STATIC_NAME.to_string(), vec!["127.0.0.1".parse().unwrap()])];
+    let egress = DirectEgress::default().with_egress_dns(
+        "lab",
+        EgressDns {
+            servers: vec![server],
+            hosts: hosts.into_iter().collect(),
+        },
+    );
+    let relay = Relay::bind(config, policy.clone(), Arc::new(egress)).unwrap();
+    Lab {
+        pki,
+        relay,
+        policy,
+        dns_queries,
+    }
 }
 
 /// Which independent client plays the device.
@@ -184,6 +208,8 @@ pub enum Client {
     Aioquic,
     /// Node.js `http2` on the HTTP/2 listener.
     Node,
+    /// The raw HTTP/2 client on the `h2` library (`tests/h2_raw.py`), for malformed input.
+    RawH2,
 }
 
 impl Lab {
@@ -197,6 +223,7 @@ impl Lab {
         let (program, script, port) = match client {
             Client::Aioquic => ("python3", "h3_client.py", self.relay.local_addrs()[0]),
             Client::Node => ("node", "h2_client.js", self.relay.http2_local_addrs()[0]),
+            Client::RawH2 => ("python3", "h2_raw.py", self.relay.http2_local_addrs()[0]),
         };
         let script = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
         let mut command = tokio::process::Command::new(program);
@@ -224,6 +251,14 @@ impl Lab {
         self.run(Client::Aioquic, device, args).await
     }
 
+    /// One aioquic CONNECT as the `good` device to `target`, with `extra` arguments.
+    pub async fn connect_good(&self, target: SocketAddr, extra: &[&str]) -> Value {
+        let authority = authority(target);
+        let mut args = vec!["connect", "--authority", &authority];
+        args.extend_from_slice(extra);
+        self.client(Some("good"), &args).await
+    }
+
     /// Runs the Node.js HTTP/2 client as `device` and returns its JSON.
     pub async fn node(&self, device: Option<&str>, args: &[&str]) -> Value {
         self.run(Client::Node, device, args).await
@@ -231,13 +266,35 @@ impl Lab {
 
     /// Runs `client` to its end and returns its JSON.
     pub async fn run(&self, client: Client, device: Option<&str>, args: &[&str]) -> Value {
+        self.run_for(Duration::from_secs(120), client, device, args)
+            .await
+    }
+
+    /// Runs the aioquic client with more patience than [`Lab::client`].
+    pub async fn client_for(
+        &self,
+        patience: Duration,
+        device: Option<&str>,
+        args: &[&str],
+    ) -> Value {
+        self.run_for(patience, Client::Aioquic, device, args).await
+    }
+
+    /// Runs `client` to its end, killing it after `patience`, and returns its JSON.
+    pub async fn run_for(
+        &self,
+        patience: Duration,
+        client: Client,
+        device: Option<&str>,
+        args: &[&str],
+    ) -> Value {
         let child = self
             .command(client, device, args)
             .spawn()
             .unwrap_or_else(|e| panic!("{client:?} client runs (python3 with aioquic; node): {e}"));
-        let output = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        let output = tokio::time::timeout(patience, child.wait_with_output())
             .await
-            .expect("the client finishes within 120 s (killed)")
+            .unwrap_or_else(|_| panic!("the client finishes within {patience:?} (killed)"))
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -350,7 +407,12 @@ pub enum TargetKind {
     TalksFirst,
     /// Accepts and never reads (backpressure tests).
     Stall,
+    /// A minimal HTTP/1.1 server: reads one request head, answers `200` with [`HTTP_BODY`]
+    /// and closes (RFC 9112).
+    Http,
 }
+
+pub const HTTP_BODY: &str = "hello over HTTP/1.1 through the relay\n";
 
 pub const GREETING: &[u8] = b"hello from the target\n";
 
@@ -367,6 +429,27 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                 let mut total = 0u64;
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut kept = Vec::new();
+                if let TargetKind::Http = kind {
+                    let mut head = Vec::new();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{HTTP_BODY}",
+                        HTTP_BODY.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                    digest.update(&head);
+                    let _ = tx.send(Received {
+                        bytes: head.len() as u64,
+                        sha256: hex(digest.finish().as_ref()),
+                    });
+                    return;
+                }
                 if let TargetKind::Stall = kind {
                     tokio::time::sleep(Duration::from_secs(3600)).await;
                     drop(stream);
@@ -389,7 +472,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                             }
                         }
                         TargetKind::EchoAfterEof => kept.extend_from_slice(&buf[..n]),
-                        TargetKind::TalksFirst | TargetKind::Stall => {}
+                        TargetKind::TalksFirst | TargetKind::Stall | TargetKind::Http => {}
                     }
                 }
                 match kind {
@@ -400,7 +483,7 @@ pub async fn target(kind: TargetKind) -> (SocketAddr, mpsc::UnboundedReceiver<Re
                         let _ = stream.write_all(&kept).await;
                         let _ = stream.shutdown().await;
                     }
-                    TargetKind::TalksFirst | TargetKind::Stall => {}
+                    TargetKind::TalksFirst | TargetKind::Stall | TargetKind::Http => {}
                 }
                 let _ = tx.send(Received {
                     bytes: total,
