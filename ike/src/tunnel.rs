@@ -90,6 +90,41 @@ struct Outbound {
     spi_in: u32,
 }
 
+/// The outbound SAs of a tunnel, make-before-break: the newest covering SA sends. A child SA
+/// the peer rekeyed (we answered) is only sent on once the peer deletes the old one, so the
+/// peer has it installed by then (what strongSwan does too); an SA we rekeyed is used at once.
+#[derive(Default)]
+struct OutboundSet {
+    live: Vec<Outbound>,
+    /// (inbound SPI of the SA waited for, the staged SA)
+    staged: Vec<(u32, Outbound)>,
+}
+
+impl OutboundSet {
+    fn install(&mut self, o: Outbound, waits_for: Option<u32>) {
+        match waits_for {
+            Some(old) if self.live.iter().any(|l| l.spi_in == old) => self.staged.push((old, o)),
+            _ => self.live.push(o),
+        }
+    }
+
+    fn remove(&mut self, spi_in: u32) {
+        self.live.retain(|o| o.spi_in != spi_in);
+        self.staged.retain(|(_, o)| o.spi_in != spi_in);
+        let (ready, wait): (Vec<_>, Vec<_>) =
+            self.staged.drain(..).partition(|(old, _)| *old == spi_in);
+        self.staged = wait;
+        self.live.extend(ready.into_iter().map(|(_, o)| o));
+    }
+
+    fn route(&mut self, dst: IpAddr) -> Option<&mut Outbound> {
+        self.live
+            .iter_mut()
+            .rev()
+            .find(|o| covers(&o.remote_ts, dst))
+    }
+}
+
 fn covers(selectors: &[TrafficSelector], addr: IpAddr) -> bool {
     selectors.iter().any(|t| t.addresses.contains(addr))
 }
@@ -105,7 +140,7 @@ pub async fn run(
 ) -> (IkeSa, TunnelCounters) {
     let mut counters = TunnelCounters::default();
     let mut inbound: HashMap<u32, InboundEsp> = HashMap::new();
-    let mut outbound: Vec<Outbound> = Vec::new();
+    let mut outbound = OutboundSet::default();
     let mut tun_buf = vec![0u8; 65_535];
     let mut udp_buf = vec![0u8; 65_535];
     let mut ike_buf = vec![0u8; 65_535];
@@ -127,14 +162,20 @@ pub async fn run(
                 ) {
                     (Ok(out), Ok(inn)) => {
                         inbound.insert(child.spi_in, inn);
-                        // make-before-break: the new SA takes over sending at once; the old
-                        // inbound SA stays until its delete
-                        outbound.retain(|o| Some(o.spi_in) != child.rekeys);
-                        outbound.push(Outbound {
-                            esp: out,
-                            remote_ts: child.remote_ts.clone(),
-                            spi_in: child.spi_in,
-                        });
+                        // make-before-break: both old and new SA stay until the old one's
+                        // delete; a rekey we made sends on the new one at once, one the peer
+                        // made once the old one is deleted
+                        let waits_for = child
+                            .rekeys
+                            .filter(|_| child.role == crate::sa::Role::Responder);
+                        outbound.install(
+                            Outbound {
+                                esp: out.with_limits(sa.lifetimes().esp_limits()),
+                                remote_ts: child.remote_ts.clone(),
+                                spi_in: child.spi_in,
+                            },
+                            waits_for,
+                        );
                     }
                     (Err(err), _) | (_, Err(err)) => {
                         tracing::warn!(error = %err, "cannot install child SA")
@@ -142,7 +183,7 @@ pub async fn run(
                 },
                 Event::ChildSaDeleted { spi_in, .. } => {
                     inbound.remove(spi_in);
-                    outbound.retain(|o| o.spi_in != *spi_in);
+                    outbound.remove(*spi_in);
                 }
                 _ => {}
             }
@@ -163,7 +204,7 @@ pub async fn run(
                 let Ok(n) = r else { continue };
                 let packet = &tun_buf[..n];
                 let Ok(inner) = InnerPacket::parse(packet) else { continue };
-                let Some(o) = outbound.iter_mut().rev().find(|o| covers(&o.remote_ts, inner.dst)) else {
+                let Some(o) = outbound.route(inner.dst) else {
                     counters.no_sa += 1;
                     continue;
                 };
@@ -199,6 +240,8 @@ pub async fn run(
                         match esp.open_in_place(&mut udp_buf[..n]) {
                             Ok(Opened::Packet { at, .. }) => {
                                 counters.packets_in += 1;
+                                // the peer is alive: no liveness check needed (RFC 3706 idea)
+                                sa.traffic_received(Instant::now());
                                 let _ = tun.write(&udp_buf[at]).await;
                             }
                             Ok(Opened::Dummy { .. }) => {}
@@ -229,10 +272,22 @@ pub async fn run(
                     }
                     Command::CheckLiveness => sa.check_liveness(now),
                     Command::Delete => sa.delete(now),
+                    Command::RekeyIke => sa.rekey_ike(now),
                 }
             }
         }
     }
+}
+
+/// What [`supervise`] does when liveness checks find the peer dead (`dpd_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpdAction {
+    /// Initiate a new IKE SA at once (with backoff while the peer stays away).
+    #[default]
+    Restart,
+    /// Stay down until traffic for the tunnel arrives on the TUN device (or the operator
+    /// brings it up again), then initiate.
+    Clear,
 }
 
 /// How [`supervise`] keeps a tunnel up.
@@ -245,12 +300,17 @@ pub struct Supervision {
     pub max_delay: std::time::Duration,
     /// While false, no IKE SA is initiated (an operator brought the tunnel down).
     pub enabled: tokio::sync::watch::Receiver<bool>,
+    /// SA lifetimes (rekey with jitter, hard expiry) and the liveness interval.
+    pub lifetimes: crate::sa::Lifetimes,
+    pub dpd_action: DpdAction,
 }
 
 /// Keeps a tunnel up as its initiator: whenever the IKE SA closes (the peer deleted it, stopped
 /// answering liveness checks, or refused us), a new one is initiated after a delay that doubles
 /// up to `max_delay` and resets once an SA was established — the `dpd_action = restart`
-/// behaviour. Returns when `commands` is closed.
+/// behaviour. With `dpd_action = clear`, a peer found dead leaves the tunnel down until a packet
+/// for it arrives on the TUN device or the operator brings it up again. Returns when
+/// `commands` is closed.
 pub async fn supervise(
     sockets: &IkeSockets,
     tun: &TunDevice,
@@ -265,9 +325,37 @@ pub async fn supervise(
                 return;
             }
         }
-        let sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
+        let mut sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
+        sa.set_lifetimes(plan.lifetimes);
         let (sa, counters) = run(sockets, tun, sa, events.clone(), commands).await;
         tracing::info!(remote = %plan.remote, ?counters, "IKE SA closed");
+        if plan.dpd_action == DpdAction::Clear
+            && sa.was_established()
+            && sa.close_cause() == crate::sa::CloseCause::PeerSilent
+        {
+            let _ = events.send(Event::Cleared {
+                reason: format!(
+                    "peer {} is dead; dpd_action = clear: waiting for traffic",
+                    plan.remote
+                ),
+            });
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                tokio::select! {
+                    // a packet to send: initiate (it is dropped; the sender retransmits)
+                    _ = tun.read(&mut buf) => break,
+                    // the operator's `tunnel up` (or down and up)
+                    r = plan.enabled.changed() => if r.is_err() { return } else { break },
+                    c = commands.recv() => match c {
+                        None => return,
+                        Some(Command::RekeyChildren | Command::RekeyIke) => break,
+                        Some(_) => {}
+                    },
+                }
+            }
+            delay = std::time::Duration::from_millis(500);
+            continue;
+        }
         delay = if sa.was_established() {
             std::time::Duration::from_millis(500)
         } else {

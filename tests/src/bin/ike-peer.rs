@@ -4,6 +4,8 @@
 //!
 //! ike-peer --role initiator|responder --local IP --remote IP --local-id ID --remote-id ID
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
+//!          [--ike-lifetime SECS] [--child-lifetime SECS] [--child-bytes N] [--dpd SECS]
+//!          [--dpd-action restart|clear] [--rekey-every SECS] [--ike-rekey-every SECS]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test tool: bad arguments end it
 
@@ -73,6 +75,18 @@ async fn main() {
         // the data plane only speaks UDP-encapsulated ESP so far
         force_udp_encap: true,
     });
+    let secs = |k: &str| {
+        opt.get(k)
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+    };
+    let lifetimes = ike::sa::Lifetimes {
+        ike: secs("ike-lifetime"),
+        child: secs("child-lifetime"),
+        child_bytes: opt.get("child-bytes").and_then(|s| s.parse().ok()),
+        child_packets: None,
+        dpd: secs("dpd"),
+    };
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
     let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");
@@ -85,7 +99,7 @@ async fn main() {
         "{}",
         json!({"event": "listening", "local": local.to_string(), "tun": tun_name})
     );
-    let sa = if get("role") == "initiator" {
+    let mut sa = if get("role") == "initiator" {
         IkeSa::initiate(
             config.clone(),
             SocketAddr::new(local, IKE_PORT),
@@ -95,6 +109,7 @@ async fn main() {
     } else {
         accept(&sockets, config.clone()).await.expect("receive")
     };
+    sa.set_lifetimes(lifetimes);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
@@ -116,14 +131,31 @@ async fn main() {
                 Event::ChildSaFailed { reason } => {
                     json!({"event": "child_failed", "reason": reason})
                 }
-                Event::ChildSaDeleted { spi_in, spi_out } => json!({"event": "child_deleted",
-                    "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}")}),
+                Event::ChildSaDeleted {
+                    spi_in,
+                    spi_out,
+                    reason,
+                } => json!({"event": "child_deleted",
+                    "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}"), "reason": reason}),
                 Event::ChildRekeyFailed { spi_in, reason } => json!({"event": "child_rekey_failed",
                     "spi_in": format!("{spi_in:08x}"), "reason": reason}),
-                Event::IkeSaRekeyed { spi_i, spi_r } => json!({"event": "ike_rekeyed",
-                    "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}")}),
+                Event::IkeSaRekeyed {
+                    spi_i,
+                    spi_r,
+                    reason,
+                } => json!({"event": "ike_rekeyed",
+                    "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}"), "reason": reason}),
+                Event::IkeRekeyFailed { reason } => {
+                    json!({"event": "ike_rekey_failed", "reason": reason})
+                }
+                Event::RekeyScheduled { child, after } => json!({"event": "rekey_scheduled",
+                    "child": child.map(|s| format!("{s:08x}")), "after_ms": after.as_millis() as u64}),
+                Event::InitialContact { remote_id } => {
+                    json!({"event": "initial_contact", "remote_id": remote_id.to_string()})
+                }
                 Event::Alive => json!({"event": "alive"}),
                 Event::Closed { reason } => json!({"event": "closed", "reason": reason}),
+                Event::Cleared { reason } => json!({"event": "cleared", "reason": reason}),
             };
             println!("{line}");
         }
@@ -136,11 +168,12 @@ async fn main() {
     for (key, command) in [
         ("rekey-every", Command::RekeyChildren),
         ("dpd-every", Command::CheckLiveness),
+        ("ike-rekey-every", Command::RekeyIke),
     ] {
-        if let Some(secs) = opt.get(key).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(secs) = opt.get(key).and_then(|s| s.parse::<f64>().ok()) {
             let ctl = ctl.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(secs));
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(secs));
                 tick.tick().await;
                 loop {
                     tick.tick().await;
@@ -164,6 +197,12 @@ async fn main() {
                 remote,
                 max_delay: Duration::from_secs(5),
                 enabled,
+                lifetimes,
+                dpd_action: if opt.get("dpd-action").map(String::as_str) == Some("clear") {
+                    ike::tunnel::DpdAction::Clear
+                } else {
+                    ike::tunnel::DpdAction::Restart
+                },
             };
             let run = ike::tunnel::supervise(&sockets, tun, plan, tx, &mut commands);
             let _ = tokio::time::timeout(limit, run).await;
