@@ -12,26 +12,8 @@ use tests::netns::{veth, Netns};
 use tests::strongswan::{Auth, Charon, PeerConfig};
 
 fn lab(ike: &str, esp: &str) -> (Netns, Netns, PeerConfig) {
-    let a = Netns::new("ag");
-    let b = Netns::new("sw");
-    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
-    // strongSwan installs its routes with a source address inside its local selector
-    a.addr("lo", "198.18.100.1/24");
-    b.addr("lo", "198.19.0.1/24");
-    let ours = PeerConfig {
-        local_addr: "203.0.113.10".into(),
-        remote_addr: "203.0.113.20".into(),
-        local_id: "gw.attestgate.lab".into(),
-        remote_id: "vpn.corp.lab".into(),
-        auth: Auth::Psk("interop-psk-6f1c2a9e".into()),
-        ike_proposal: ike.into(),
-        esp_proposal: esp.into(),
-        local_ts: "198.18.100.0/24".into(),
-        remote_ts: "198.19.0.0/24".into(),
-        child_rekey: "1h".into(),
-        ike_rekey: "4h".into(),
-    };
-    (a, b, ours)
+    let l = tests::ike_lab::TunnelLab::new(ike, esp);
+    (l.a, l.b, l.ours)
 }
 
 fn check_strongswan(sw: &Charon, child: &Value) {

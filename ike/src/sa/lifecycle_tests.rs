@@ -377,6 +377,12 @@ impl Sim {
                 if let Some(sa) = n.sa.as_mut() {
                     if sa.poll_timeout().is_some_and(|t| t <= now) {
                         sa.handle_timeout(now);
+                        // a timer that stays due would spin the driver
+                        assert!(
+                            sa.poll_timeout().is_none_or(|t| t > now),
+                            "timer still due after handle_timeout: {:?}",
+                            sa.poll_timeout().map(|t| now - t)
+                        );
                     }
                 }
             }

@@ -184,7 +184,8 @@ async fn main() {
             });
         }
     }
-    drop(ctl);
+    // kept open: the supervisor returns once its command channel closes
+    let _ctl = ctl;
     let limit = Duration::from_secs(exit_after);
     match &tun {
         // --restart: keep the tunnel up as initiator (dpd_action = restart)
