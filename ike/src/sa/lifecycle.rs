@@ -570,6 +570,8 @@ impl IkeSa {
         self.pending = None;
         self.outstanding = None;
         self.held_ike = None;
+        // a rekey of ours still queued would replace the new SA at once
+        self.ops.retain(|op| *op != Op::RekeyIke);
         self.timers.armed = false;
         self.timers.ike_group = None;
         self.events.push_back(Event::IkeSaRekeyed {

@@ -7,11 +7,15 @@
 //! Done: IKE_SA_INIT (with COOKIE and INVALID_KE_PAYLOAD retries as initiator), IKE_AUTH with a
 //! pre-shared key (§2.15) and the first CHILD_SA with traffic selector narrowing (§2.9), as
 //! initiator and as responder; NAT detection (§2.23) and the move to UDP 4500; retransmission
-//! with exponential backoff (§2.1) and duplicate requests answered from the last response;
-//! INFORMATIONAL requests from the peer (liveness checks, deletes).
+//! with exponential backoff (§2.1) up to a limit that closes the SA, duplicate requests answered
+//! from the cached response (§2.2), out-of-window messages dropped; INFORMATIONAL (liveness
+//! checks, deletes); CREATE_CHILD_SA rekeys of child SAs (`child.rs`) and of the IKE SA by
+//! either end, simultaneous rekeys and other collisions, lifetimes with jitter and liveness
+//! checks after silence (`lifecycle.rs`).
 //!
-//! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
-//! SAs), our own liveness checks, IKE fragmentation (RFC 7383), cookies as a responder.
+//! Not yet: certificate authentication (RFC 7427), IKE fragmentation (RFC 7383), cookies as a
+//! responder; INITIAL_CONTACT is reported ([`Event::InitialContact`]) but deleting the other IKE
+//! SAs is up to their owner (no endpoint holds several SAs yet).
 
 mod auth;
 mod child;
