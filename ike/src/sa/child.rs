@@ -54,6 +54,7 @@ impl IkeSa {
             expire_at,
             replaced: false,
             delete_reason: None,
+            awaiting: None,
         });
         rekey_at
     }
@@ -127,12 +128,18 @@ impl IkeSa {
             Op::RekeyChild(old) => {
                 let Some(rec) = self
                     .children
-                    .iter()
+                    .iter_mut()
                     .find(|c| c.spi_in == old && !c.replaced)
-                    .cloned()
                 else {
                     return false;
                 };
+                if rec.awaiting.is_some_and(|(_, until)| now < until) {
+                    // the peer may not have our answer that made it yet (a reordered
+                    // request would find no such SA): try again in a second
+                    rec.rekey_at = Some(now + Duration::from_secs(1));
+                    return false;
+                }
+                let rec = rec.clone();
                 let new_spi_in = random_spi(&self.rng);
                 let ni = self.nonce();
                 // PFS with the first group our ESP proposals name (§1.3.1)
@@ -220,7 +227,17 @@ impl IkeSa {
         self.start_next_op(now);
     }
 
+    /// Child SA `spi_in` is gone: SAs that waited for it to be deleted are confirmed.
+    pub(super) fn child_gone(&mut self, spi_in: u32) {
+        for c in &mut self.children {
+            if c.awaiting.is_some_and(|(old, _)| old == spi_in) {
+                c.awaiting = None;
+            }
+        }
+    }
+
     fn forget_child(&mut self, spi_in: u32) {
+        self.child_gone(spi_in);
         if let Some(pos) = self.children.iter().position(|c| c.spi_in == spi_in) {
             let c = self.children.remove(pos);
             self.events.push_back(Event::ChildSaDeleted {
@@ -249,6 +266,7 @@ impl IkeSa {
                 if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == old) {
                     c.delete_reason = Some("the peer no longer has it (CHILD_SA_NOT_FOUND)".into());
                 }
+                self.child_gone(old);
                 if let Some(pos) = self.children.iter().position(|c| c.spi_in == old) {
                     let c = self.children.remove(pos);
                     self.events.push_back(Event::ChildSaDeleted {
@@ -474,6 +492,7 @@ impl IkeSa {
                 _ => self.replace_child(old, false, "replaced by the peer's rekey"),
             }
         }
+        let awaiting = rekeyed.map(|old| (old, self.now + Duration::from_secs(10)));
         self.child_established(ChildSa {
             spi_in,
             spi_out,
@@ -485,6 +504,9 @@ impl IkeSa {
             udp_encap: self.natt,
             rekeys: rekeyed,
         });
+        if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == spi_in) {
+            c.awaiting = awaiting;
+        }
         let mut out = vec![
             Payload::Sa(SaPayload { proposals: vec![p] }),
             Payload::Nonce(NoncePayload { data: nr }),

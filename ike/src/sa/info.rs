@@ -44,6 +44,7 @@ impl IkeSa {
         for spi in spis {
             if let Some(pos) = self.children.iter().position(|c| c.spi_out == *spi) {
                 let c = self.children.remove(pos);
+                self.child_gone(c.spi_in);
                 ours.push(c.spi_in);
                 // a delete we queued for it is moot now (§1.4.1: simultaneous deletes)
                 self.ops.retain(|op| *op != Op::DeleteChild(c.spi_in));

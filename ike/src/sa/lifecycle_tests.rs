@@ -408,7 +408,13 @@ impl Sim {
     /// Both ends have the same live child SAs, paired by SPI, and the same IKE SPIs.
     fn assert_consistent(&mut self) {
         let (ai, bi) = (self.a.sa().spis(), self.b.sa().spis());
-        assert_eq!(ai, bi, "IKE SPIs differ");
+        assert_eq!(
+            ai,
+            bi,
+            "IKE SPIs differ; closed: {:?} / {:?}",
+            self.a.closed(),
+            self.b.closed()
+        );
         assert!(self.a.sa().is_established() && self.b.sa().is_established());
         let a: Vec<(u32, u32)> = self
             .a
@@ -889,4 +895,120 @@ fn byte_lifetime_rekeys_the_child_sa_in_the_data_plane() {
     assert!(rekeys >= 2, "{:?}", s.a.events);
     s.assert_consistent();
     assert_eq!(s.a.esp_lost + s.b.esp_lost, 0);
+}
+
+#[test]
+fn frequent_rekeys_from_both_ends_through_a_bad_network_stay_consistent() {
+    // lifetimes short enough that both ends' rekeys often cross: simultaneous rekeys, rekeys
+    // meeting deletes, lost and duplicated answers, reordered requests
+    // (margins of 10–20 % leave seconds for retransmissions through 15 % loss)
+    let l = Lifetimes {
+        ike: Some(Duration::from_secs(30)),
+        child: Some(Duration::from_secs(10)),
+        dpd: Some(Duration::from_secs(2)),
+        ..Lifetimes::default()
+    };
+    let mut collisions = 0;
+    for seed in 1..=8 {
+        let mut s = Sim::established(seed * 7919, l, l);
+        s.loss = 5;
+        s.dup = 10;
+        s.jitter_ms = 60;
+        s.traffic = true;
+        for round in 0..24 {
+            // besides the lifetimes, both ends start the same rekey at the same moment
+            let now = s.now;
+            for n in [&mut s.a, &mut s.b] {
+                let sa = n.sa();
+                if round % 3 == 0 {
+                    sa.rekey_ike(now);
+                } else if let Some(spi) = sa.child_spis().first().copied() {
+                    sa.rekey_child(spi, now);
+                }
+            }
+            s.run(Duration::from_millis(2500));
+        }
+        for n in [&s.a, &s.b] {
+            let ike: Vec<String> = n
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::IkeSaRekeyed { reason, .. } => Some(reason.clone()),
+                    Event::IkeRekeyFailed { reason } => Some(format!("failed: {reason}")),
+                    Event::Closed { reason } => Some(format!("closed: {reason}")),
+                    Event::RekeyScheduled { child: None, after } => {
+                        Some(format!("planned {after:?}"))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let spis = |n: &Node| {
+                let sa = n.sa.as_ref().unwrap();
+                (
+                    sa.spis(),
+                    sa.retired
+                        .iter()
+                        .map(|r| (r.spi_i, r.spi_r))
+                        .collect::<Vec<_>>(),
+                    sa.held_ike.as_ref().map(|h| (h.spi_i, h.spi_r)),
+                )
+            };
+            assert!(
+                n.closed().is_none(),
+                "seed {seed}: {:#?}\nA {:?}\nB {:?}\nA {:#?}\nB {:#?}",
+                ike,
+                spis(&s.a),
+                spis(&s.b),
+                s.a.ike_rekeys(),
+                s.b.ike_rekeys()
+            );
+        }
+        collisions +=
+            s.a.events
+                .iter()
+                .chain(&s.b.events)
+                .filter(|e| match e {
+                    Event::IkeSaRekeyed { reason, .. } => reason.contains("simultaneous"),
+                    Event::ChildSaDeleted { reason, .. } => reason.contains("lowest nonce"),
+                    _ => false,
+                })
+                .count();
+        // let the last exchanges finish on a clean network, then compare both ends
+        s.loss = 0;
+        s.dup = 0;
+        s.jitter_ms = 0;
+        s.a.sa().set_lifetimes(Lifetimes::default());
+        s.b.sa().set_lifetimes(Lifetimes::default());
+        s.run(Duration::from_secs(20));
+        s.assert_consistent();
+        let story = |n: &Node| -> Vec<String> {
+            n.events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::ChildSaEstablished(c) => Some(format!(
+                        "+{:08x} (rekeys {:08x?}) {:?}",
+                        c.spi_in, c.rekeys, c.role
+                    )),
+                    Event::ChildSaDeleted { spi_in, reason, .. } => {
+                        Some(format!("-{spi_in:08x}: {reason}"))
+                    }
+                    Event::ChildRekeyFailed { spi_in, reason } => {
+                        Some(format!("!{spi_in:08x}: {reason}"))
+                    }
+                    Event::IkeSaRekeyed { reason, .. } => Some(format!("IKE {reason}")),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            s.a.sa().child_spis().len(),
+            1,
+            "seed {seed}:\nA {:#?}\nB {:#?}",
+            story(&s.a),
+            story(&s.b)
+        );
+        assert!(s.a.received > 2000, "seed {seed}: {}", s.a.received);
+    }
+    eprintln!("{collisions} collisions resolved");
+    assert!(collisions > 0);
 }

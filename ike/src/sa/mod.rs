@@ -275,6 +275,9 @@ pub(crate) struct ChildRecord {
     pub(crate) replaced: bool,
     /// Why it is being deleted, for the event.
     pub(crate) delete_reason: Option<String>,
+    /// Made by the peer's rekey of this SA (its inbound SPI here), not rekeyed by us until the
+    /// peer deleted that one — so the peer surely has it — or until the instant given.
+    pub(crate) awaiting: Option<(u32, Instant)>,
 }
 
 /// A request an established SA still has to make.
