@@ -85,6 +85,10 @@ pub(crate) struct Timers {
     last_heard: Option<Instant>,
     /// The D-H group the peer asked for in an INVALID_KE_PAYLOAD to our IKE rekey.
     ike_group: Option<DhGroup>,
+    /// After losing an IKE rekey collision: no requests on the new SA until the peer shows it
+    /// installed it (its delete of the old SA, or any message on the new one), at the latest
+    /// until this instant — the peer may still wait for its own answer.
+    pub(crate) quiet_until: Option<Instant>,
 }
 
 /// Our CREATE_CHILD_SA that rekeys the IKE SA.
@@ -206,6 +210,18 @@ impl IkeSa {
         self.timers.last_heard = Some(now);
     }
 
+    /// The peer showed it uses the current IKE SA: requests may go out again.
+    pub(super) fn peer_installed(&mut self, now: Instant) {
+        if self.timers.quiet_until.take().is_some() {
+            self.start_next_op(now);
+        }
+    }
+
+    /// True while requests wait for the peer to install a new IKE SA.
+    pub(super) fn quiet(&self) -> bool {
+        self.timers.quiet_until.is_some_and(|t| self.now < t)
+    }
+
     pub(super) fn child_timers(&self) -> (Option<Instant>, Option<Instant>) {
         match self.lifetimes.child {
             Some(hard) => (
@@ -239,6 +255,7 @@ impl IkeSa {
 
     pub(super) fn lifecycle_timeout(&self) -> Option<Instant> {
         let mut at: Vec<Instant> = Vec::new();
+        at.extend(self.timers.quiet_until);
         at.extend(self.timers.ike_rekey_at);
         at.extend(self.timers.ike_expire_at);
         if let (Some(dpd), Some(heard), true) = (
@@ -262,6 +279,9 @@ impl IkeSa {
     /// Runs whatever lifetime, liveness and retired-SA timers are due.
     pub(super) fn lifecycle_timers(&mut self, now: Instant) {
         self.retired_timers(now);
+        if self.timers.quiet_until.is_some_and(|t| now >= t) {
+            self.peer_installed(now);
+        }
         if !self.is_established() {
             return;
         }
@@ -445,6 +465,7 @@ impl IkeSa {
                 false,
                 "rekeyed by the peer (simultaneous rekey; ours had the lowest nonce and is deleted)",
             );
+            self.timers.quiet_until = Some(self.now + self.retired_linger());
         } else {
             self.retire_new(theirs, false, false);
             self.install_ike(
@@ -640,6 +661,15 @@ impl IkeSa {
             return;
         }
         let Ok((_, payloads)) = protect::open(&r.cipher_in, datagram) else {
+            return;
+        };
+        if payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Delete(DeletePayload::Ike)))
+        {
+            self.peer_installed(now);
+        }
+        let Some(r) = self.retired.get_mut(i) else {
             return;
         };
         let answer = if header.exchange_type == ExchangeType::CREATE_CHILD_SA {

@@ -515,7 +515,7 @@ impl IkeSa {
     }
 
     pub(super) fn start_next_op(&mut self, now: Instant) {
-        if self.pending.is_some() || !self.is_established() {
+        if self.pending.is_some() || !self.is_established() || self.quiet() {
             return;
         }
         while let Some(op) = self.ops.pop_front() {
@@ -714,6 +714,7 @@ impl IkeSa {
                 };
                 self.pending = None;
                 self.heard(now);
+                self.timers.quiet_until = None;
                 self.exchange_answered(&payloads, now);
             }
             _ => {}
@@ -748,6 +749,7 @@ impl IkeSa {
             return;
         };
         self.heard(now);
+        self.timers.quiet_until = None; // the peer uses this SA: it has installed it
         if header.exchange_type == ExchangeType::IKE_AUTH
             && find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some()
         {
