@@ -61,6 +61,23 @@ fn since_unix(t: &Value) -> String {
     }
 }
 
+/// `in 3m 12s` until a unix time in the future, `due` once passed, `-` without one.
+fn until_unix(t: &Value) -> String {
+    match t.as_i64() {
+        Some(t) => {
+            let now = crate::timefmt::unix(std::time::SystemTime::now());
+            match u64::try_from(t - now) {
+                Ok(secs) if secs > 0 => format!(
+                    "in {}",
+                    crate::policy::human(std::time::Duration::from_secs(secs))
+                ),
+                _ => "due".into(),
+            }
+        }
+        None => "-".into(),
+    }
+}
+
 pub fn status(r: &Value) -> String {
     let mut o = String::new();
     let c = &r["config"];
@@ -263,11 +280,13 @@ pub fn tunnels(r: &Value) -> String {
         if let Some(p) = t["ike_proposal"].as_str() {
             let _ = writeln!(
                 o,
-                "  IKE SA {}_i {}_r  {p}  up {}  rekeys {}  last liveness {}",
+                "  IKE SA {}_i {}_r  {p}  up {}  rekeys {}  IKE rekeys {}  next IKE rekey {}  last liveness {}",
                 s(&t["ike_spi_i"]),
                 s(&t["ike_spi_r"]),
                 since_unix(&t["established_at"]).trim_end_matches(" ago"),
                 s(&t["rekeys"]),
+                s(&t["ike_rekeys"]),
+                until_unix(&t["ike_rekey_at"]),
                 since_unix(&t["last_alive"]),
             );
         }
@@ -288,6 +307,7 @@ pub fn tunnels(r: &Value) -> String {
                             list(&c["local_ts"]),
                             list(&c["remote_ts"]),
                             since_unix(&c["established_at"]),
+                            until_unix(&c["rekey_at"]),
                         ]
                     })
                     .collect()
@@ -302,6 +322,7 @@ pub fn tunnels(r: &Value) -> String {
                     "LOCAL TS",
                     "REMOTE TS",
                     "INSTALLED",
+                    "REKEY",
                 ],
                 &rows,
             ));

@@ -137,6 +137,12 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
         human.contains("corp  ESTABLISHED  203.0.113.10 → 203.0.113.20"),
         "{human}"
     );
+    // time to rekey: the IKE SA at 80–90 % of ike_lifetime (4 h), the child at 80–90 % of 1 h
+    assert!(human.contains("next IKE rekey in 3h"), "{human}");
+    assert!(up["ike_rekey_at"].as_i64().is_some(), "{up}");
+    let child_rekey = up["children"][0]["rekey_at"].as_i64().unwrap()
+        - up["children"][0]["established_at"].as_i64().unwrap();
+    assert!((2870..=3250).contains(&child_rekey), "{up}");
     let status: Value =
         serde_json::from_slice(&cli(&config, &["--json", "status"]).stdout).unwrap();
     let corp = status["result"]["config"]["egresses"]
@@ -188,6 +194,16 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
                 .is_some_and(|c| c.len() == 1 && c[0]["spi_out"] != first_out.as_str())
     });
     let new_out = rekeyed["children"][0]["spi_out"].as_str().unwrap();
+    // the CLI rekeys the IKE SA too (RFC 7296 §1.3.2)
+    let rekeyed = wait_until(&config, "IKE rekeyed", Duration::from_secs(10), |t| {
+        t["ike_rekeys"] == 1 && t["ike_spi_i"] != up["ike_spi_i"]
+    });
+    assert!(
+        sw.list_sas()
+            .contains(rekeyed["ike_spi_i"].as_str().unwrap()),
+        "{}",
+        sw.list_sas()
+    );
     let sas = sw.list_sas();
     assert!(sas.contains(&format!("spi-in={new_out}")), "{sas}");
 

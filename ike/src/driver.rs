@@ -104,6 +104,8 @@ pub enum Command {
     CheckLiveness,
     /// Delete the IKE SA.
     Delete,
+    /// Rekey the IKE SA (CREATE_CHILD_SA, RFC 7296 §1.3.2).
+    RekeyIke,
 }
 
 /// Drives `sa` until it closes, sending its events to `events`.
@@ -155,6 +157,7 @@ pub async fn drive_with(
                     }
                     Command::CheckLiveness => sa.check_liveness(now),
                     Command::Delete => sa.delete(now),
+                    Command::RekeyIke => sa.rekey_ike(now),
                 }
             }
         }

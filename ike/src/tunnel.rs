@@ -71,6 +71,8 @@ pub async fn run(
         counters.clone(),
         ike_tx,
     )));
+    // packets the decrypt tasks counted so far: ESP from the peer proves it alive
+    let mut packets_in_seen = 0u64;
     let mut ike_buf = vec![0u8; 65_535];
     // RFC 3948 §2.3: keep the NAT's mapping alive while nothing else is sent
     let mut keepalive = tokio::time::interval(NAT_KEEPALIVE_INTERVAL);
@@ -105,7 +107,13 @@ pub async fn run(
                         }
                         EspPath::Raw
                     };
-                    if let Err(err) = sad.install(child, path) {
+                    // make-before-break: a rekey we made sends on the new SA at once, one the peer
+                    // made only once the peer deleted the old SA (it has the new one by then)
+                    let waits_for = child
+                        .rekeys
+                        .filter(|_| child.role == crate::sa::Role::Responder);
+                    let limits = sa.lifetimes().esp_limits();
+                    if let Err(err) = sad.install(child, path, limits, waits_for) {
                         tracing::warn!(error = %err, "cannot install child SA")
                     }
                 }
@@ -132,7 +140,17 @@ pub async fn run(
                 }
             }
             Some(spi) = rekey_rx.recv() => sa.rekey_child(spi, Instant::now()),
-            () = sleep => sa.handle_timeout(Instant::now()),
+            () = sleep => {
+                let now = Instant::now();
+                // ESP arrived since the last timer: the peer is alive, no liveness check is
+                // due (checked here, not per packet, so the decrypt task stays lock-free)
+                let packets_in = counters.snapshot().packets_in;
+                if packets_in != packets_in_seen {
+                    packets_in_seen = packets_in;
+                    sa.traffic_received(now);
+                }
+                sa.handle_timeout(now);
+            }
             _ = keepalive.tick() => {
                 if sa.is_established() && sa.remote().port() == crate::sa::NATT_PORT {
                     let _ = sockets.natt_socket().send_to(&crate::wire::NAT_KEEPALIVE, sa.remote()).await;
@@ -148,10 +166,22 @@ pub async fn run(
                     }
                     Command::CheckLiveness => sa.check_liveness(now),
                     Command::Delete => sa.delete(now),
+                    Command::RekeyIke => sa.rekey_ike(now),
                 }
             }
         }
     }
+}
+
+/// What [`supervise`] does when liveness checks find the peer dead (`dpd_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DpdAction {
+    /// Initiate a new IKE SA at once (with backoff while the peer stays away).
+    #[default]
+    Restart,
+    /// Stay down until traffic for the tunnel arrives on the TUN device (or the operator
+    /// brings it up again), then initiate.
+    Clear,
 }
 
 /// How [`supervise`] keeps a tunnel up.
@@ -166,12 +196,17 @@ pub struct Supervision {
     pub enabled: tokio::sync::watch::Receiver<bool>,
     /// The largest IP datagram of an IKE fragment (RFC 7383), see [`IkeSa::set_fragment_size`].
     pub fragment_size: usize,
+    /// SA lifetimes (rekey with jitter, hard expiry) and the liveness interval.
+    pub lifetimes: crate::sa::Lifetimes,
+    pub dpd_action: DpdAction,
 }
 
 /// Keeps a tunnel up as its initiator: whenever the IKE SA closes (the peer deleted it, stopped
 /// answering liveness checks, or refused us), a new one is initiated after a delay that doubles
 /// up to `max_delay` and resets once an SA was established — the `dpd_action = restart`
-/// behaviour. Returns when `commands` is closed.
+/// behaviour. With `dpd_action = clear`, a peer found dead leaves the tunnel down until a packet
+/// for it arrives on the TUN device or the operator brings it up again. Returns when
+/// `commands` is closed.
 pub async fn supervise(
     sockets: &IkeSockets,
     tun: &TunDevice,
@@ -188,8 +223,36 @@ pub async fn supervise(
         }
         let mut sa = IkeSa::initiate(plan.config.clone(), plan.local, plan.remote, Instant::now());
         sa.set_fragment_size(plan.fragment_size);
+        sa.set_lifetimes(plan.lifetimes);
         let (sa, counters) = run(sockets, tun, sa, events.clone(), commands).await;
         tracing::info!(remote = %plan.remote, ?counters, "IKE SA closed");
+        if plan.dpd_action == DpdAction::Clear
+            && sa.was_established()
+            && sa.close_cause() == crate::sa::CloseCause::PeerSilent
+        {
+            let _ = events.send(Event::Cleared {
+                reason: format!(
+                    "peer {} is dead; dpd_action = clear: waiting for traffic",
+                    plan.remote
+                ),
+            });
+            let mut reader = tun.reader();
+            loop {
+                tokio::select! {
+                    // a packet to send: initiate (it is dropped; the sender retransmits)
+                    _ = reader.read() => break,
+                    // the operator's `tunnel up` (or down and up)
+                    r = plan.enabled.changed() => if r.is_err() { return } else { break },
+                    c = commands.recv() => match c {
+                        None => return,
+                        Some(Command::RekeyChildren | Command::RekeyIke) => break,
+                        Some(_) => {}
+                    },
+                }
+            }
+            delay = std::time::Duration::from_millis(500);
+            continue;
+        }
         delay = if sa.was_established() {
             std::time::Duration::from_millis(500)
         } else {

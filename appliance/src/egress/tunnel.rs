@@ -33,6 +33,9 @@ pub struct ChildStatus {
     pub udp_encap: bool,
     #[serde(with = "crate::timefmt::unix_serde")]
     pub established_at: SystemTime,
+    /// When this child SA is to be rekeyed (its lifetime minus a random margin).
+    #[serde(with = "crate::timefmt::opt_unix")]
+    pub rekey_at: Option<SystemTime>,
 }
 
 /// A tunnel's state for `attestgate tunnels`.
@@ -41,7 +44,8 @@ pub struct TunnelStatus {
     pub name: String,
     pub local: String,
     pub remote: String,
-    /// `connecting`, `established`, `down`, `error`.
+    /// `connecting`, `established`, `down`, `cleared` (peer dead, `dpd_action = clear`),
+    /// `error`.
     pub state: &'static str,
     pub tun: Option<String>,
     pub ike_spi_i: Option<String>,
@@ -54,6 +58,10 @@ pub struct TunnelStatus {
     pub rekeys: u64,
     pub last_alive: Option<i64>,
     pub last_event: Option<String>,
+    /// When the IKE SA is to be rekeyed.
+    #[serde(with = "crate::timefmt::opt_unix")]
+    pub ike_rekey_at: Option<SystemTime>,
+    pub ike_rekeys: u64,
 }
 
 type Shared = Arc<Mutex<TunnelStatus>>;
@@ -137,6 +145,19 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
     })
 }
 
+/// The lifetimes of a tunnel egress: rekey before `ike_lifetime` / `child_lifetime` /
+/// `child_lifetime_bytes` (minus a random margin), liveness checks after `dpd_interval` of
+/// silence from the peer.
+pub fn lifetimes(t: &Tunnel) -> ike::sa::Lifetimes {
+    ike::sa::Lifetimes {
+        ike: Some(t.ike_lifetime),
+        child: Some(t.child_lifetime),
+        child_bytes: t.child_lifetime_bytes,
+        child_packets: None,
+        dpd: Some(t.dpd_interval.max(Duration::from_secs(1))),
+    }
+}
+
 /// The TUN device name of a tunnel egress (at most 15 octets).
 pub fn tun_name(egress: &str) -> String {
     let mut n = format!("ag-{egress}");
@@ -179,6 +200,8 @@ pub fn start_all(
             rekeys: 0,
             last_alive: None,
             last_event: None,
+            ike_rekey_at: None,
+            ike_rekeys: 0,
         }));
         let (control, rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(run_tunnel(
@@ -263,21 +286,6 @@ async fn run_tunnel(
     let remote = SocketAddr::new(t.remote_address.value, IKE_PORT);
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Event>();
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
-    // liveness checks (DPD) at the configured interval
-    {
-        let cmd_tx = cmd_tx.clone();
-        let every = t.dpd_interval.max(Duration::from_secs(1));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                if cmd_tx.send(Command::CheckLiveness).is_err() {
-                    break;
-                }
-            }
-        });
-    }
     // events → routes, status and the event log
     {
         let status = status.clone();
@@ -313,6 +321,7 @@ async fn run_tunnel(
             while let Some(c) = control.recv().await {
                 match c {
                     Control::Rekey => {
+                        let _ = cmd_tx.send(Command::RekeyIke);
                         let _ = cmd_tx.send(Command::RekeyChildren);
                     }
                     Control::Down => {
@@ -340,6 +349,11 @@ async fn run_tunnel(
         max_delay: Duration::from_secs(30),
         enabled,
         fragment_size: usize::from(t.fragment_size),
+        lifetimes: lifetimes(&t),
+        dpd_action: match t.dpd_action {
+            config::DpdAction::Restart => ike::tunnel::DpdAction::Restart,
+            config::DpdAction::Clear => ike::tunnel::DpdAction::Clear,
+        },
     };
     ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
 }
@@ -393,6 +407,7 @@ fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event
                 remote_ts: describe(&c.remote_ts),
                 udp_encap: c.udp_encap,
                 established_at: now,
+                rekey_at: None,
             };
             set(status, |s| {
                 if c.rekeys.is_some() {
@@ -402,12 +417,16 @@ fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event
             });
             log.emit("tunnel.child_established", json!({"tunnel": name, "spi_in": child.spi_in, "spi_out": child.spi_out, "proposal": child.proposal, "rekeys": c.rekeys.map(|r| format!("{r:08x}"))}));
         }
-        Event::ChildSaDeleted { spi_in, spi_out } => {
+        Event::ChildSaDeleted {
+            spi_in,
+            spi_out,
+            reason,
+        } => {
             let spi = format!("{spi_in:08x}");
             set(status, |s| s.children.retain(|c| c.spi_in != spi));
             log.emit(
                 "tunnel.child_deleted",
-                json!({"tunnel": name, "spi_in": spi, "spi_out": format!("{spi_out:08x}")}),
+                json!({"tunnel": name, "spi_in": spi, "spi_out": format!("{spi_out:08x}"), "reason": reason}),
             );
         }
         Event::ChildSaFailed { reason } | Event::ChildRekeyFailed { reason, .. } => {
@@ -417,12 +436,56 @@ fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event
                 json!({"tunnel": name, "reason": reason}),
             );
         }
-        Event::IkeSaRekeyed { spi_i, spi_r } => {
+        Event::IkeSaRekeyed {
+            spi_i,
+            spi_r,
+            reason,
+        } => {
             set(status, |s| {
                 s.ike_spi_i = Some(format!("{spi_i:016x}"));
                 s.ike_spi_r = Some(format!("{spi_r:016x}"));
+                s.ike_rekeys += 1;
             });
-            log.emit("tunnel.ike_rekeyed", json!({"tunnel": name}));
+            log.emit(
+                "tunnel.ike_rekeyed",
+                json!({"tunnel": name, "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}"), "reason": reason}),
+            );
+        }
+        Event::IkeRekeyFailed { reason } => {
+            set(status, |s| s.last_event = Some(reason.clone()));
+            log.emit(
+                "tunnel.ike_rekey_failed",
+                json!({"tunnel": name, "reason": reason}),
+            );
+        }
+        Event::RekeyScheduled { child, after } => {
+            let at = now + after;
+            set(status, |s| match child {
+                None => s.ike_rekey_at = Some(at),
+                Some(spi) => {
+                    let spi = format!("{spi:08x}");
+                    if let Some(c) = s.children.iter_mut().find(|c| c.spi_in == spi) {
+                        c.rekey_at = Some(at);
+                    }
+                }
+            });
+        }
+        Event::InitialContact { remote_id } => {
+            log.emit(
+                "tunnel.initial_contact",
+                json!({"tunnel": name, "remote_id": remote_id.to_string()}),
+            );
+        }
+        Event::Cleared { reason } => {
+            set(status, |s| {
+                if s.state != "down" {
+                    s.state = "cleared";
+                }
+                s.children.clear();
+                s.ike_rekey_at = None;
+                s.last_event = Some(reason.clone());
+            });
+            log.emit("tunnel.cleared", json!({"tunnel": name, "reason": reason}));
         }
         Event::Alive => set(status, |s| s.last_alive = Some(crate::timefmt::unix(now))),
         Event::Closed { reason } => {
@@ -431,6 +494,7 @@ fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event
                     s.state = "connecting";
                 }
                 s.children.clear();
+                s.ike_rekey_at = None;
                 s.last_event = Some(reason.clone());
             });
             log.emit("tunnel.closed", json!({"tunnel": name, "reason": reason}));

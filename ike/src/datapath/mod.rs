@@ -136,6 +136,9 @@ impl OutboundSa {
 #[derive(Default)]
 pub struct Sad {
     outbound: Mutex<Vec<OutboundSa>>,
+    /// Outbound SAs of rekeys the peer made, by the inbound SPI of the SA they replace: they
+    /// send once the peer deleted that one (by then it has installed the new SA).
+    staged: Mutex<Vec<(u32, OutboundSa)>>,
     inbound: Mutex<HashMap<u32, InboundEsp>>,
     raw: OnceLock<RawEsp>,
 }
@@ -161,28 +164,52 @@ fn covers(selectors: &[TrafficSelector], addr: std::net::IpAddr) -> bool {
 }
 
 impl Sad {
-    /// Installs both halves of `child`. Make-before-break: the new SA takes over sending at
-    /// once (the one it rekeys stops sending); the old inbound SA stays until its delete.
-    pub fn install(&self, child: &ChildSa, path: EspPath) -> Result<(), crate::esp::EspSaError> {
-        let out = OutboundEsp::from_child(child)?;
+    /// Installs both halves of `child`, its outbound half sealing within `limits`.
+    /// Make-before-break: the inbound SA takes packets at once and the old one stays until its
+    /// delete. The outbound SA takes over sending at once (the one it rekeys stops sending),
+    /// unless `waits_for` names an SA still sending: then it is staged until that one is
+    /// removed.
+    pub fn install(
+        &self,
+        child: &ChildSa,
+        path: EspPath,
+        limits: crate::esp::EspLimits,
+        waits_for: Option<u32>,
+    ) -> Result<(), crate::esp::EspSaError> {
+        let out = OutboundEsp::from_child(child)?.with_limits(limits);
         let inn = InboundEsp::from_child(child)?;
         lock(&self.inbound).insert(child.spi_in, inn);
-        let mut outbound = lock(&self.outbound);
-        outbound.retain(|o| Some(o.spi_in) != child.rekeys);
-        outbound.push(OutboundSa {
+        let sa = OutboundSa {
             esp: out,
             remote_ts: child.remote_ts.clone(),
             spi_in: child.spi_in,
             path,
             rekey_asked: None,
-        });
+        };
+        let mut outbound = lock(&self.outbound);
+        match waits_for {
+            Some(old) if outbound.iter().any(|o| o.spi_in == old) => {
+                lock(&self.staged).push((old, sa));
+            }
+            _ => {
+                outbound.retain(|o| Some(o.spi_in) != child.rekeys);
+                outbound.push(sa);
+            }
+        }
         Ok(())
     }
 
-    /// Removes the child SA whose inbound SPI is `spi_in`.
+    /// Removes the child SA whose inbound SPI is `spi_in`; SAs staged behind it start sending.
     pub fn remove(&self, spi_in: u32) {
         lock(&self.inbound).remove(&spi_in);
-        lock(&self.outbound).retain(|o| o.spi_in != spi_in);
+        let mut outbound = lock(&self.outbound);
+        outbound.retain(|o| o.spi_in != spi_in);
+        let mut staged = lock(&self.staged);
+        staged.retain(|(_, o)| o.spi_in != spi_in);
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            staged.drain(..).partition(|(old, _)| *old == spi_in);
+        *staged = waiting;
+        outbound.extend(ready.into_iter().map(|(_, o)| o));
     }
 
     /// The raw ESP socket, once one was opened.

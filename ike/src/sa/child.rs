@@ -2,11 +2,11 @@
 //! (§1.3.3, §2.17), and the peer's rekey of the IKE SA (§1.3.2, §2.18); plus the requests an
 //! established SA makes (liveness checks, deletes).
 //!
-//! Not yet: rekeying the IKE SA on our own initiative, and resolving simultaneous rekeys by
-//! nonce (§2.8.1) — both sides' new SAs are kept until the old one is deleted.
+//! Our own IKE rekey, lifetimes and collisions are in `lifecycle.rs`; the rules for
+//! simultaneous child rekeys (§2.8.1) and for a rekey meeting a delete (§2.25.1) are applied
+//! here.
 
 use super::*;
-use crate::crypto::keys::rekey_skeyseed;
 
 /// A child rekey we asked for.
 #[derive(Debug)]
@@ -17,38 +17,71 @@ pub(crate) struct RekeyRequest {
     ke: Option<KeyExchange>,
 }
 
-/// The previous IKE SA after the peer rekeyed it, until the peer deletes it.
-#[derive(Debug)]
-pub(crate) struct OldIke {
-    pub(crate) spi_i: u64,
-    pub(crate) spi_r: u64,
-    initiator_flag: bool,
-    cipher_in: SaCipher,
-    cipher_out: SaCipher,
-    expected_request_id: u32,
-}
-
 /// A new IKE SA agreed in a CREATE_CHILD_SA we answered, switched to after the answer.
 #[derive(Debug)]
 pub(crate) struct NewIke {
-    spi_i: u64,
-    spi_r: u64,
-    chosen: IkeProposal,
-    keys: IkeSaKeys,
-    ni: Vec<u8>,
-    nr: Vec<u8>,
+    pub(crate) spi_i: u64,
+    pub(crate) spi_r: u64,
+    pub(crate) chosen: IkeProposal,
+    pub(crate) keys: IkeSaKeys,
+    pub(crate) ni: Vec<u8>,
+    pub(crate) nr: Vec<u8>,
 }
 
 impl IkeSa {
     pub(super) fn child_established(&mut self, child: ChildSa) {
+        let rekey_at = self.record_child(&child);
+        let spi_in = child.spi_in;
+        self.events
+            .push_back(Event::ChildSaEstablished(Box::new(child)));
+        if let Some(at) = rekey_at {
+            self.events.push_back(Event::RekeyScheduled {
+                child: Some(spi_in),
+                after: at.saturating_duration_since(self.now),
+            });
+        }
+    }
+
+    /// Remembers a child SA with its lifetime timers; returns when it is to be rekeyed.
+    fn record_child(&mut self, child: &ChildSa) -> Option<Instant> {
+        let (rekey_at, expire_at) = self.child_timers();
         self.children.push(ChildRecord {
             spi_in: child.spi_in,
             spi_out: child.spi_out,
             local_ts: child.local_ts.clone(),
             remote_ts: child.remote_ts.clone(),
+            rekey_at,
+            expire_at,
+            replaced: false,
+            delete_reason: None,
+            awaiting: None,
         });
-        self.events
-            .push_back(Event::ChildSaEstablished(Box::new(child)));
+        rekey_at
+    }
+
+    /// Marks child SA `spi_in` replaced by a rekey: no more timers, deleted next (by us when
+    /// `delete`, else by the peer).
+    fn replace_child(&mut self, spi_in: u32, delete: bool, reason: &str) {
+        if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == spi_in) {
+            c.replaced = true;
+            c.rekey_at = None;
+            c.expire_at = None;
+            c.delete_reason = Some(reason.into());
+        }
+        self.ops.retain(|op| *op != Op::RekeyChild(spi_in));
+        if delete {
+            self.ops.push_front(Op::DeleteChild(spi_in));
+        }
+    }
+
+    /// True while we are deleting child SA `spi_in` (or it was replaced by a rekey).
+    fn child_going(&self, spi_in: u32) -> bool {
+        self.ops.contains(&Op::DeleteChild(spi_in))
+            || matches!(self.outstanding, Some(Outstanding::DeleteChild(s)) if s == spi_in)
+            || self
+                .children
+                .iter()
+                .any(|c| c.spi_in == spi_in && c.replaced)
     }
 
     fn child_keys_pfs(
@@ -74,6 +107,10 @@ impl IkeSa {
                 vec![Payload::Delete(DeletePayload::Ike)],
                 Outstanding::DeleteIke,
             ),
+            Op::RekeyIke => match self.rekey_ike_request() {
+                Some((inner, outstanding)) => (ExchangeType::CREATE_CHILD_SA, inner, outstanding),
+                None => return false,
+            },
             Op::DeleteChild(spi_in) => {
                 if !self.children.iter().any(|c| c.spi_in == spi_in) {
                     return false;
@@ -89,9 +126,20 @@ impl IkeSa {
                 )
             }
             Op::RekeyChild(old) => {
-                let Some(rec) = self.children.iter().find(|c| c.spi_in == old).cloned() else {
+                let Some(rec) = self
+                    .children
+                    .iter_mut()
+                    .find(|c| c.spi_in == old && !c.replaced)
+                else {
                     return false;
                 };
+                if rec.awaiting.is_some_and(|(_, until)| now < until) {
+                    // the peer may not have our answer that made it yet (a reordered
+                    // request would find no such SA): try again in a second
+                    rec.rekey_at = Some(now + Duration::from_secs(1));
+                    return false;
+                }
+                let rec = rec.clone();
                 let new_spi_in = random_spi(&self.rng);
                 let ni = self.nonce();
                 // PFS with the first group our ESP proposals name (§1.3.1)
@@ -167,20 +215,35 @@ impl IkeSa {
     pub(super) fn exchange_answered(&mut self, payloads: &[Payload], now: Instant) {
         match self.outstanding.take() {
             Some(Outstanding::Liveness) => self.events.push_back(Event::Alive),
-            Some(Outstanding::DeleteIke) => self.close("deleted".into()),
+            Some(Outstanding::DeleteIke) => {
+                self.cause = CloseCause::Deleted;
+                self.close("deleted".into())
+            }
             Some(Outstanding::DeleteChild(spi_in)) => self.forget_child(spi_in),
             Some(Outstanding::RekeyChild(req)) => self.rekey_answered(*req, payloads),
+            Some(Outstanding::RekeyIke(req)) => self.ike_rekey_answered(*req, payloads),
             None => {}
         }
         self.start_next_op(now);
     }
 
+    /// Child SA `spi_in` is gone: SAs that waited for it to be deleted are confirmed.
+    pub(super) fn child_gone(&mut self, spi_in: u32) {
+        for c in &mut self.children {
+            if c.awaiting.is_some_and(|(old, _)| old == spi_in) {
+                c.awaiting = None;
+            }
+        }
+    }
+
     fn forget_child(&mut self, spi_in: u32) {
+        self.child_gone(spi_in);
         if let Some(pos) = self.children.iter().position(|c| c.spi_in == spi_in) {
             let c = self.children.remove(pos);
             self.events.push_back(Event::ChildSaDeleted {
                 spi_in: c.spi_in,
                 spi_out: c.spi_out,
+                reason: c.delete_reason.unwrap_or_else(|| "deleted by us".into()),
             });
         }
     }
@@ -194,6 +257,34 @@ impl IkeSa {
             })
         };
         if let Some(err) = error_notify(payloads) {
+            if let Some(pos) = self.collisions.iter().position(|c| c.old == old) {
+                // §2.25.1: the peer completed its own rekey of this SA first and deletes it
+                self.collisions.remove(pos);
+                self.replace_child(old, false, "replaced by the peer's rekey");
+            } else if err == NotifyType::CHILD_SA_NOT_FOUND {
+                // §2.25: the peer no longer has it; drop it silently
+                if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == old) {
+                    c.delete_reason = Some("the peer no longer has it (CHILD_SA_NOT_FOUND)".into());
+                }
+                self.child_gone(old);
+                if let Some(pos) = self.children.iter().position(|c| c.spi_in == old) {
+                    let c = self.children.remove(pos);
+                    self.events.push_back(Event::ChildSaDeleted {
+                        spi_in: c.spi_in,
+                        spi_out: c.spi_out,
+                        reason: c.delete_reason.unwrap_or_default(),
+                    });
+                }
+            } else if let Some(c) = self
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == old && !c.replaced)
+            {
+                // §2.25: retry after a while, not at once
+                let wait =
+                    Duration::from_secs(2) + Duration::from_millis(random_u64(&self.rng) % 3000);
+                c.rekey_at = Some(self.now + wait);
+            }
             return fail(
                 self,
                 format!("peer refused the rekey: {}", notify_name(err)),
@@ -229,11 +320,13 @@ impl IkeSa {
             (None, None) => None,
             _ => return fail(self, "PFS key exchange does not match".into()),
         };
-        let Some(rec) = self.children.iter().find(|c| c.spi_in == old).cloned() else {
-            return fail(self, "the child SA disappeared during its rekey".into());
+        let (local_ts, remote_ts) = match self.children.iter().find(|c| c.spi_in == old) {
+            Some(rec) => (rec.local_ts.clone(), rec.remote_ts.clone()),
+            // the peer deleted it meanwhile (§2.25.1); check against the configuration
+            None => (self.config.local_ts.clone(), self.config.remote_ts.clone()),
         };
-        if !negotiate::within(&tsi.selectors, &rec.local_ts)
-            || !negotiate::within(&tsr.selectors, &rec.remote_ts)
+        if !negotiate::within(&tsi.selectors, &local_ts)
+            || !negotiate::within(&tsr.selectors, &remote_ts)
         {
             return fail(
                 self,
@@ -247,7 +340,9 @@ impl IkeSa {
             &nonce.data,
         ) {
             Ok(keys) => {
-                self.child_established(ChildSa {
+                let old_alive = self.children.iter().any(|c| c.spi_in == old);
+                let redundant = self.ours_is_redundant(old, &req.ni, &nonce.data);
+                let child = ChildSa {
                     spi_in: req.new_spi_in,
                     spi_out,
                     proposal,
@@ -258,9 +353,35 @@ impl IkeSa {
                     remote_ts: tsr.selectors.clone(),
                     udp_encap: self.natt,
                     rekeys: Some(old),
-                });
-                // make-before-break: the new SA is up; now retire the old one (§1.3.3)
-                self.ops.push_front(Op::DeleteChild(old));
+                };
+                if redundant == Some(true) {
+                    // never used: recorded only to delete it
+                    self.record_child(&child);
+                } else {
+                    self.child_established(child);
+                }
+                match redundant {
+                    Some(true) => {
+                        // §2.8.1: ours has the lowest nonce: we delete it, the peer deletes
+                        // the old one
+                        self.replace_child(
+                            req.new_spi_in,
+                            true,
+                            "redundant after a simultaneous rekey (lowest nonce, RFC 7296 §2.8.1)",
+                        );
+                        self.replace_child(old, false, "replaced by the peer's rekey");
+                    }
+                    _ if !old_alive && redundant.is_none() => {
+                        // §2.25.1: the peer deleted the SA we were rekeying; so goes the new one
+                        self.replace_child(
+                            req.new_spi_in,
+                            true,
+                            "the peer deleted the SA this rekey replaced",
+                        );
+                    }
+                    // make-before-break: the new SA is up; now retire the old one (§1.3.3)
+                    _ => self.replace_child(old, true, "replaced by our rekey"),
+                }
             }
             Err(e) => fail(self, e),
         }
@@ -289,6 +410,10 @@ impl IkeSa {
         let rekeyed = match find_notify(payloads, NotifyType::REKEY_SA).map(|n| n.child_spi()) {
             // the SPI the peer receives on, i.e. our outbound SPI (§1.3.3)
             Some(Some(spi)) => match self.children.iter().find(|c| c.spi_out == spi) {
+                // §2.25.1: a rekey of an SA we are deleting is refused for now
+                Some(c) if self.child_going(c.spi_in) => {
+                    return vec![notify(NotifyType::TEMPORARY_FAILURE, vec![])]
+                }
                 Some(c) => Some(c.spi_in),
                 None => {
                     return vec![Payload::Notify(NotifyPayload::child(
@@ -353,6 +478,21 @@ impl IkeSa {
         let spi_in = random_spi(&self.rng);
         let mut p = Proposal::from_esp(number, spi_in, &proposal);
         p.number = number;
+        if let Some(old) = rekeyed {
+            match &self.outstanding {
+                // §2.8.1: both ends rekey this SA; resolved when our answer comes
+                Some(Outstanding::RekeyChild(r)) if r.old_spi_in == old => {
+                    self.collisions.push(lifecycle::ChildCollision {
+                        old,
+                        new: spi_in,
+                        nonce: nonce.data.as_slice().min(nr.as_slice()).to_vec(),
+                    })
+                }
+                // the peer deletes the old SA once this answer is in
+                _ => self.replace_child(old, false, "replaced by the peer's rekey"),
+            }
+        }
+        let awaiting = rekeyed.map(|old| (old, self.now + Duration::from_secs(10)));
         self.child_established(ChildSa {
             spi_in,
             spi_out,
@@ -364,6 +504,9 @@ impl IkeSa {
             udp_encap: self.natt,
             rekeys: rekeyed,
         });
+        if let Some(c) = self.children.iter_mut().find(|c| c.spi_in == spi_in) {
+            c.awaiting = awaiting;
+        }
         let mut out = vec![
             Payload::Sa(SaPayload { proposals: vec![p] }),
             Payload::Nonce(NoncePayload { data: nr }),
@@ -388,6 +531,14 @@ impl IkeSa {
 
     /// The peer rekeys the IKE SA (§1.3.2): answer on this SA, then continue on the new one.
     fn answer_rekey_ike(&mut self, payloads: &[Payload]) -> Vec<Payload> {
+        // §2.25.2: not while we delete the IKE SA or create, rekey or delete a child SA
+        let busy = matches!(
+            self.outstanding,
+            Some(Outstanding::DeleteIke | Outstanding::RekeyChild(_) | Outstanding::DeleteChild(_))
+        ) || self.ops.contains(&Op::DeleteIke);
+        if busy {
+            return vec![notify(NotifyType::TEMPORARY_FAILURE, vec![])];
+        }
         let sa = payloads.sa();
         let nonce = payloads.nonce();
         let ke = payloads.ke();
@@ -428,22 +579,15 @@ impl IkeSa {
             .map_err(|e| e.to_string())
             .and_then(|k| {
                 let g_ir = k.compute(&ke.data).map_err(|e| e.to_string())?;
-                let seed = rekey_skeyseed(old_keys, &g_ir, &nonce.data, &nr);
-                let suite = IkeSuite::new(
-                    chosen.encryption[0],
-                    chosen.integrity.first().copied(),
-                    chosen.prf[0],
-                )
-                .map_err(|e| e.to_string())?;
-                let keys = IkeSaKeys::derive(
-                    suite,
-                    &seed,
+                let keys = lifecycle::rekeyed_ike_keys(
+                    old_keys,
+                    &chosen,
+                    &g_ir,
                     &nonce.data,
                     &nr,
-                    &spi_i.to_be_bytes(),
-                    &spi_r.to_be_bytes(),
-                )
-                .map_err(|e| e.to_string())?;
+                    spi_i,
+                    spi_r,
+                )?;
                 Ok((k, keys))
             });
         let (our_ke, keys) = match derived {
@@ -452,14 +596,20 @@ impl IkeSa {
         };
         let mut p = Proposal::from_ike(number, &spi_r.to_be_bytes(), &chosen);
         p.number = number;
-        self.new_ike = Some(Box::new(NewIke {
+        let new = Box::new(NewIke {
             spi_i,
             spi_r,
             chosen,
             keys,
             ni: nonce.data.clone(),
             nr: nr.clone(),
-        }));
+        });
+        if matches!(self.outstanding, Some(Outstanding::RekeyIke(_))) {
+            // §2.8.2: both ends rekey the IKE SA; decided when our answer comes
+            self.held_ike = Some(new);
+        } else {
+            self.new_ike = Some(new);
+        }
         vec![
             Payload::Sa(SaPayload { proposals: vec![p] }),
             Payload::Nonce(NoncePayload { data: nr }),
@@ -470,78 +620,8 @@ impl IkeSa {
     /// After answering an IKE rekey: the peer initiated it, so it is the initiator of the new
     /// IKE SA (§2.18); message IDs start again from zero.
     pub(super) fn switch_to_rekeyed_ike(&mut self) {
-        let Some(new) = self.new_ike.take() else {
-            return;
-        };
-        let (Ok(cipher_in), Ok(cipher_out)) =
-            (new.keys.initiator_cipher(), new.keys.responder_cipher())
-        else {
-            return;
-        };
-        let old_in = self.cipher_in.replace(cipher_in);
-        let old_out = self.cipher_out.replace(cipher_out);
-        if let (Some(cipher_in), Some(cipher_out)) = (old_in, old_out) {
-            self.old_ike = Some(Box::new(OldIke {
-                spi_i: self.spi_i,
-                spi_r: self.spi_r,
-                initiator_flag: self.role == Role::Initiator,
-                cipher_in,
-                cipher_out,
-                expected_request_id: self.expected_request_id,
-            }));
-        }
-        self.role = Role::Responder;
-        self.spi_i = new.spi_i;
-        self.spi_r = new.spi_r;
-        self.chosen = Some(new.chosen);
-        self.keys = Some(new.keys);
-        self.ni = new.ni;
-        self.nr = new.nr;
-        self.next_request_id = 0;
-        self.expected_request_id = 0;
-        self.last_response = None;
-        self.pending = None;
-        self.outstanding = None;
-        self.events.push_back(Event::IkeSaRekeyed {
-            spi_i: self.spi_i,
-            spi_r: self.spi_r,
-        });
-    }
-
-    /// Requests on the replaced IKE SA: the peer's delete of it, and liveness checks.
-    pub(super) fn handle_old_ike(&mut self, header: HeaderRepr, datagram: &[u8], from: SocketAddr) {
-        let Some(old) = self.old_ike.as_mut() else {
-            return;
-        };
-        if header.flags.response || header.message_id < old.expected_request_id {
-            return;
-        }
-        let Ok((_, payloads)) = protect::open(&old.cipher_in, datagram) else {
-            return;
-        };
-        let deleted = payloads
-            .iter()
-            .any(|p| matches!(p, Payload::Delete(DeletePayload::Ike)));
-        let h = HeaderRepr {
-            initiator_spi: old.spi_i,
-            responder_spi: old.spi_r,
-            next_payload: PayloadType::NONE,
-            exchange_type: header.exchange_type,
-            flags: Flags {
-                initiator: old.initiator_flag,
-                version: false,
-                response: true,
-            },
-            message_id: header.message_id,
-            length: 0,
-        };
-        old.expected_request_id = header.message_id.wrapping_add(1);
-        if let Ok(data) = protect::seal(&old.cipher_out, &h, &[], &self.rng) {
-            self.remote = from;
-            self.queue(data);
-        }
-        if deleted {
-            self.old_ike = None;
+        if let Some(new) = self.new_ike.take() {
+            self.install_ike(*new, false, false, "rekeyed by the peer");
         }
     }
 }

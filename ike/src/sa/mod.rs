@@ -7,14 +7,18 @@
 //! Done: IKE_SA_INIT (with COOKIE and INVALID_KE_PAYLOAD retries as initiator), IKE_AUTH with a
 //! pre-shared key (§2.15) and the first CHILD_SA with traffic selector narrowing (§2.9), as
 //! initiator and as responder; NAT detection (§2.23) and the move to UDP 4500; retransmission
-//! with exponential backoff (§2.1) and duplicate requests answered from the last response;
-//! INFORMATIONAL requests from the peer (liveness checks, deletes).
-//!
-//! Not yet: certificate authentication (RFC 7427), CREATE_CHILD_SA (rekey of child and IKE
-//! SAs), our own liveness checks.
+//! with exponential backoff (§2.1) up to a limit that closes the SA, duplicate requests answered
+//! from the cached response (§2.2), out-of-window messages dropped; INFORMATIONAL (liveness
+//! checks, deletes); CREATE_CHILD_SA rekeys of child SAs (`child.rs`) and of the IKE SA by
+//! either end, simultaneous rekeys and other collisions, lifetimes with jitter and liveness
+//! checks after silence (`lifecycle.rs`).
 //!
 //! IKE fragmentation (RFC 7383) lives in `fragment.rs`; a responder's cookies (§2.6) are decided
-//! before an SA exists, by [`crate::cookie::CookieGate`].
+//! before an SA exists, by [`crate::cookie::CookieGate`]; certificates (RFC 7427) in
+//! [`crate::cert`]; rekeys, collisions (§2.8.1), lifetimes and liveness in `lifecycle.rs`.
+//!
+//! INITIAL_CONTACT is reported ([`Event::InitialContact`]); deleting the other IKE SAs is up to
+//! their owner.
 
 mod auth;
 mod child;
@@ -23,12 +27,16 @@ mod fragment;
 mod fragment_tests;
 mod info;
 mod init;
+mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
 mod negotiate;
 mod protect;
 #[cfg(test)]
 mod tests;
 
 pub use fragment::{DEFAULT_FRAGMENT_SIZE, MAX_FRAGMENTS, MAX_REASSEMBLED};
+pub use lifecycle::{CloseCause, Lifetimes};
 pub use protect::ProtectError;
 
 use crate::crypto::keys::{skeyseed, ChildSaKeys, ChildSuite, IkeSaKeys, IkeSuite, SaCipher};
@@ -143,25 +151,47 @@ pub enum Event {
     ChildSaFailed {
         reason: String,
     },
-    /// A child SA is gone (deleted by the peer, or by us after a rekey).
+    /// A child SA is gone (deleted by the peer, or by us after a rekey), and why.
     ChildSaDeleted {
         spi_in: u32,
         spi_out: u32,
+        reason: String,
     },
     /// A rekey or another CREATE_CHILD_SA failed; the old child SA stays.
     ChildRekeyFailed {
         spi_in: u32,
         reason: String,
     },
-    /// The peer rekeyed the IKE SA (§2.18): new SPIs, the child SAs carry on.
+    /// The IKE SA was rekeyed (§2.18), by the peer or by us: new SPIs, the child SAs carry on.
     IkeSaRekeyed {
         spi_i: u64,
         spi_r: u64,
+        reason: String,
+    },
+    /// Our rekey of the IKE SA failed; the current IKE SA stays (and is retried later).
+    IkeRekeyFailed {
+        reason: String,
+    },
+    /// A rekey is planned `after` from now: of child SA `child` (its inbound SPI), or of the
+    /// IKE SA when `None` (lifetime minus a random margin).
+    RekeyScheduled {
+        child: Option<u32>,
+        after: Duration,
+    },
+    /// The peer's IKE_AUTH carried INITIAL_CONTACT (§2.4): any other IKE SA with this peer
+    /// and identity is stale and should be deleted by the owner of the SAs.
+    InitialContact {
+        remote_id: Identity,
     },
     /// A liveness check was answered.
     Alive,
     /// The IKE SA is gone (deleted by the peer, or failed).
     Closed {
+        reason: String,
+    },
+    /// Not from an IKE SA but from the tunnel supervisor: the peer was found dead and
+    /// `dpd_action = clear` keeps the tunnel down until traffic for it arrives.
+    Cleared {
         reason: String,
     },
 }
@@ -223,13 +253,24 @@ pub struct IkeSa {
     ops: VecDeque<Op>,
     /// What the outstanding request of an established SA is for.
     outstanding: Option<Outstanding>,
-    /// The IKE SA this one replaced by a rekey, kept to answer the peer's delete of it.
-    old_ike: Option<Box<child::OldIke>>,
+    /// IKE SAs this one replaced by rekeys (or redundant ones from a collision), kept to
+    /// answer or send their deletes (§2.18, §2.8.2).
+    retired: Vec<lifecycle::Retired>,
     /// An IKE rekey we answered, switched to once the answer is sent.
     new_ike: Option<Box<child::NewIke>>,
+    /// An IKE rekey we answered while our own was outstanding (§2.8.2), kept until ours is
+    /// answered and the collision can be resolved.
+    held_ike: Option<Box<child::NewIke>>,
     ever_established: bool,
     /// IKE fragmentation (RFC 7383).
     frag: fragment::Fragmentation,
+    /// The time of the last input, for timers armed by code without a `now`.
+    now: Instant,
+    lifetimes: Lifetimes,
+    timers: lifecycle::Timers,
+    cause: CloseCause,
+    /// Child rekeys the peer made while ours of the same SA was outstanding (§2.8.1).
+    collisions: Vec<lifecycle::ChildCollision>,
 }
 
 /// What we remember of a child SA.
@@ -239,6 +280,16 @@ pub(crate) struct ChildRecord {
     pub(crate) spi_out: u32,
     pub(crate) local_ts: Vec<TrafficSelector>,
     pub(crate) remote_ts: Vec<TrafficSelector>,
+    /// Soft and hard lifetime (§2.8); `None` when no lifetime applies or it was rekeyed.
+    pub(crate) rekey_at: Option<Instant>,
+    pub(crate) expire_at: Option<Instant>,
+    /// Replaced by a rekey; waits for its delete.
+    pub(crate) replaced: bool,
+    /// Why it is being deleted, for the event.
+    pub(crate) delete_reason: Option<String>,
+    /// Made by the peer's rekey of this SA (its inbound SPI here), not rekeyed by us until the
+    /// peer deleted that one — so the peer surely has it — or until the instant given.
+    pub(crate) awaiting: Option<(u32, Instant)>,
 }
 
 /// A request an established SA still has to make.
@@ -248,6 +299,7 @@ enum Op {
     DeleteChild(u32),
     Liveness,
     DeleteIke,
+    RekeyIke,
 }
 
 #[derive(Debug)]
@@ -256,6 +308,7 @@ enum Outstanding {
     DeleteChild(u32),
     Liveness,
     DeleteIke,
+    RekeyIke(Box<lifecycle::IkeRekeyRequest>),
 }
 
 pub(super) fn random_u64(rng: &dyn SecureRandom) -> u64 {
@@ -363,10 +416,16 @@ impl IkeSa {
             children: Vec::new(),
             ops: VecDeque::new(),
             outstanding: None,
-            old_ike: None,
+            retired: Vec::new(),
             new_ike: None,
+            held_ike: None,
             ever_established: false,
             frag: fragment::Fragmentation::default(),
+            now: Instant::now(),
+            lifetimes: Lifetimes::default(),
+            timers: lifecycle::Timers::default(),
+            cause: CloseCause::Failed,
+            collisions: Vec::new(),
         }
     }
 
@@ -378,6 +437,7 @@ impl IkeSa {
         now: Instant,
     ) -> IkeSa {
         let mut sa = IkeSa::blank(Role::Initiator, config, local, remote);
+        sa.now = now;
         sa.spi_i = random_u64(&sa.rng);
         sa.ni = sa.nonce();
         let group = sa
@@ -408,6 +468,7 @@ impl IkeSa {
         now: Instant,
     ) -> IkeSa {
         let mut sa = IkeSa::blank(Role::Responder, config, local, remote);
+        sa.now = now;
         sa.state = State::InitAnswered;
         sa.respond_init(datagram, now);
         sa
@@ -434,9 +495,13 @@ impl IkeSa {
         self.remote
     }
 
-    /// Inbound SPIs of the live child SAs.
+    /// Inbound SPIs of the live child SAs (not those replaced by a rekey and being deleted).
     pub fn child_spis(&self) -> Vec<u32> {
-        self.children.iter().map(|c| c.spi_in).collect()
+        self.children
+            .iter()
+            .filter(|c| !c.replaced)
+            .map(|c| c.spi_in)
+            .collect()
     }
 
     /// Rekeys child SA `spi_in` with CREATE_CHILD_SA (§1.3.3), make-before-break.
@@ -455,6 +520,7 @@ impl IkeSa {
     }
 
     fn push_op(&mut self, op: Op, now: Instant) {
+        self.now = self.now.max(now);
         if !self.ops.contains(&op) {
             self.ops.push_back(op);
         }
@@ -462,7 +528,7 @@ impl IkeSa {
     }
 
     pub(super) fn start_next_op(&mut self, now: Instant) {
-        if self.pending.is_some() || !self.is_established() {
+        if self.pending.is_some() || !self.is_established() || self.quiet() {
             return;
         }
         while let Some(op) = self.ops.pop_front() {
@@ -482,14 +548,28 @@ impl IkeSa {
         self.events.pop_front()
     }
 
-    /// When [`IkeSa::handle_timeout`] wants to be called.
+    /// When [`IkeSa::handle_timeout`] wants to be called: a retransmission, a rekey or
+    /// expiry, or a liveness check.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.next_at)
+        if self.is_closed() {
+            return None;
+        }
+        let retransmit = self.pending.as_ref().map(|p| p.next_at);
+        [retransmit, self.lifecycle_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Retransmits the outstanding request or gives up (§2.1).
+    /// Retransmits the outstanding request or gives up (§2.1); runs lifetime and liveness
+    /// timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+        if self.is_closed() {
+            return;
+        }
+        self.lifecycle_timers(now);
         let Some(p) = self.pending.as_mut() else {
             return;
         };
@@ -499,6 +579,7 @@ impl IkeSa {
         if p.tries >= self.config.retransmit_tries {
             let tries = p.tries;
             self.pending = None;
+            self.cause = CloseCause::PeerSilent;
             self.close(format!(
                 "peer {} did not answer after {tries} transmissions",
                 self.remote
@@ -513,6 +594,7 @@ impl IkeSa {
 
     /// Takes one IKE datagram (without the non-ESP marker) from `from`.
     pub fn handle(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        self.now = self.now.max(now);
         if self.is_closed() {
             return;
         }
@@ -520,12 +602,12 @@ impl IkeSa {
         let Ok(Message { header, .. }) = Message::parse(datagram) else {
             return;
         };
-        if self
-            .old_ike
-            .as_ref()
-            .is_some_and(|o| o.spi_i == header.initiator_spi && o.spi_r == header.responder_spi)
+        if let Some(i) = self
+            .retired
+            .iter()
+            .position(|o| o.spi_i == header.initiator_spi && o.spi_r == header.responder_spi)
         {
-            return self.handle_old_ike(header, datagram, from);
+            return self.handle_retired(i, header, datagram, from, now);
         }
         // A retransmitted IKE_SA_INIT request still carries a zero responder SPI.
         let init_retransmit = header.exchange_type == ExchangeType::IKE_SA_INIT
@@ -544,6 +626,7 @@ impl IkeSa {
         } else {
             self.handle_request(header, datagram, from, now);
         }
+        self.arm_timers();
     }
 
     pub(super) fn nonce(&self) -> Vec<u8> {
@@ -556,6 +639,7 @@ impl IkeSa {
         if !self.is_closed() {
             self.state = State::Closed;
             self.pending = None;
+            self.timers = lifecycle::Timers::default();
             self.events.push_back(Event::Closed { reason });
         }
     }
@@ -648,6 +732,8 @@ impl IkeSa {
                     return;
                 };
                 self.pending = None;
+                self.heard(now);
+                self.timers.quiet_until = None;
                 self.exchange_answered(&payloads, now);
             }
             _ => {}
@@ -681,6 +767,16 @@ impl IkeSa {
         let Ok((_, payloads)) = protect::open(cipher, datagram) else {
             return;
         };
+        self.heard(now);
+        self.timers.quiet_until = None; // the peer uses this SA: it has installed it
+        if header.exchange_type == ExchangeType::IKE_AUTH
+            && find_notify(&payloads, NotifyType::INITIAL_CONTACT).is_some()
+        {
+            // §2.4: the peer forgot every other IKE SA it had with us; the owner deletes them
+            self.events.push_back(Event::InitialContact {
+                remote_id: self.config.remote_id.clone(),
+            });
+        }
         // §2.23: answer to where an authenticated request came from
         if from.port() == NATT_PORT {
             self.natt = true;

@@ -406,7 +406,10 @@ fn deleted(events: &[Event]) -> Vec<(u32, u32)> {
     events
         .iter()
         .filter_map(|e| {
-            if let Event::ChildSaDeleted { spi_in, spi_out } = e {
+            if let Event::ChildSaDeleted {
+                spi_in, spi_out, ..
+            } = e
+            {
                 Some((*spi_in, *spi_out))
             } else {
                 None

@@ -6,6 +6,8 @@
 //!          --psk SECRET --ike PROPOSAL[,…] --esp PROPOSAL[,…] --local-ts CIDR --remote-ts CIDR
 //!          [--fragment-size OCTETS] [--cookie-threshold N]
 //!          [--tun NAME] [--raw-esp 1] [--restart 1] [--rekey-every S] [--dpd-every S]
+//!          [--ike-lifetime SECS] [--child-lifetime SECS] [--child-bytes N] [--dpd SECS]
+//!          [--dpd-action restart|clear] [--rekey-every SECS] [--ike-rekey-every SECS]
 //!
 //! Certificate authentication instead of the PSK: --cert PEM --key PEM --peer-ca PEM[,…]
 
@@ -92,6 +94,18 @@ async fn main() {
     if opt.contains_key("cert") == opt.contains_key("psk") {
         panic!("give either --psk or --cert/--key/--peer-ca");
     }
+    let secs = |k: &str| {
+        opt.get(k)
+            .and_then(|s| s.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+    };
+    let lifetimes = ike::sa::Lifetimes {
+        ike: secs("ike-lifetime"),
+        child: secs("child-lifetime"),
+        child_bytes: opt.get("child-bytes").and_then(|s| s.parse().ok()),
+        child_packets: None,
+        dpd: secs("dpd"),
+    };
     let local: IpAddr = get("local").parse().unwrap();
     let remote: IpAddr = get("remote").parse().unwrap();
     let sockets = IkeSockets::bind(local).await.expect("bind 500/4500");
@@ -104,7 +118,7 @@ async fn main() {
         "{}",
         json!({"event": "listening", "local": local.to_string(), "tun": tun_name})
     );
-    let sa = if get("role") == "initiator" {
+    let mut sa = if get("role") == "initiator" {
         IkeSa::initiate(
             config.clone(),
             SocketAddr::new(local, IKE_PORT),
@@ -122,11 +136,11 @@ async fn main() {
     } else {
         accept(&sockets, config.clone()).await.expect("receive")
     };
-    let mut sa = sa;
     // --fragment-size N: IKE fragments (RFC 7383) of at most N-octet IP datagrams
     if let Some(size) = opt.get("fragment-size") {
         sa.set_fragment_size(size.parse().unwrap());
     }
+    sa.set_lifetimes(lifetimes);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
         while let Some(e) = rx.recv().await {
@@ -148,14 +162,31 @@ async fn main() {
                 Event::ChildSaFailed { reason } => {
                     json!({"event": "child_failed", "reason": reason})
                 }
-                Event::ChildSaDeleted { spi_in, spi_out } => json!({"event": "child_deleted",
-                    "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}")}),
+                Event::ChildSaDeleted {
+                    spi_in,
+                    spi_out,
+                    reason,
+                } => json!({"event": "child_deleted",
+                    "spi_in": format!("{spi_in:08x}"), "spi_out": format!("{spi_out:08x}"), "reason": reason}),
                 Event::ChildRekeyFailed { spi_in, reason } => json!({"event": "child_rekey_failed",
                     "spi_in": format!("{spi_in:08x}"), "reason": reason}),
-                Event::IkeSaRekeyed { spi_i, spi_r } => json!({"event": "ike_rekeyed",
-                    "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}")}),
+                Event::IkeSaRekeyed {
+                    spi_i,
+                    spi_r,
+                    reason,
+                } => json!({"event": "ike_rekeyed",
+                    "spi_i": format!("{spi_i:016x}"), "spi_r": format!("{spi_r:016x}"), "reason": reason}),
+                Event::IkeRekeyFailed { reason } => {
+                    json!({"event": "ike_rekey_failed", "reason": reason})
+                }
+                Event::RekeyScheduled { child, after } => json!({"event": "rekey_scheduled",
+                    "child": child.map(|s| format!("{s:08x}")), "after_ms": after.as_millis() as u64}),
+                Event::InitialContact { remote_id } => {
+                    json!({"event": "initial_contact", "remote_id": remote_id.to_string()})
+                }
                 Event::Alive => json!({"event": "alive"}),
                 Event::Closed { reason } => json!({"event": "closed", "reason": reason}),
+                Event::Cleared { reason } => json!({"event": "cleared", "reason": reason}),
             };
             println!("{line}");
         }
@@ -168,11 +199,12 @@ async fn main() {
     for (key, command) in [
         ("rekey-every", Command::RekeyChildren),
         ("dpd-every", Command::CheckLiveness),
+        ("ike-rekey-every", Command::RekeyIke),
     ] {
-        if let Some(secs) = opt.get(key).and_then(|s| s.parse::<u64>().ok()) {
+        if let Some(secs) = opt.get(key).and_then(|s| s.parse::<f64>().ok()) {
             let ctl = ctl.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(secs));
+                let mut tick = tokio::time::interval(Duration::from_secs_f64(secs));
                 tick.tick().await;
                 loop {
                     tick.tick().await;
@@ -183,7 +215,8 @@ async fn main() {
             });
         }
     }
-    drop(ctl);
+    // kept open: the supervisor returns once its command channel closes
+    let _ctl = ctl;
     let limit = Duration::from_secs(exit_after);
     match &tun {
         // --restart: keep the tunnel up as initiator (dpd_action = restart)
@@ -199,6 +232,12 @@ async fn main() {
                 fragment_size: opt
                     .get("fragment-size")
                     .map_or(ike::sa::DEFAULT_FRAGMENT_SIZE, |s| s.parse().unwrap()),
+                lifetimes,
+                dpd_action: if opt.get("dpd-action").map(String::as_str) == Some("clear") {
+                    ike::tunnel::DpdAction::Clear
+                } else {
+                    ike::tunnel::DpdAction::Restart
+                },
             };
             let run = ike::tunnel::supervise(&sockets, tun, plan, tx, &mut commands);
             let _ = tokio::time::timeout(limit, run).await;
