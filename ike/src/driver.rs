@@ -198,7 +198,7 @@ async fn accept_gated(
             let gate = gate.as_mut().map(|(g, n)| (&mut **g, *n));
             let local = sockets.local(local_port);
             match answer_init(&config, gate, &data, local, from, Instant::now()) {
-                InitAnswer::Accepted(sa) => return Ok(sa),
+                InitAnswer::Accepted(sa) => return Ok(*sa),
                 InitAnswer::Answer(t) => send_cookie(sockets, &t).await,
                 InitAnswer::Dropped => {}
             }
@@ -216,7 +216,7 @@ async fn send_cookie(sockets: &IkeSockets, t: &Transmit) {
 #[derive(Debug)]
 pub enum InitAnswer {
     /// A responder SA for it (possibly already closed after queueing an error answer).
-    Accepted(IkeSa),
+    Accepted(Box<IkeSa>),
     /// A COOKIE answer to send; no state kept (RFC 7296 §2.6).
     Answer(Transmit),
     /// Nothing to do.
@@ -238,9 +238,13 @@ pub fn answer_init(
         None => Admission::Admit,
     };
     match admission {
-        Admission::Admit => {
-            InitAnswer::Accepted(IkeSa::accept(config.clone(), data, local, from, now))
-        }
+        Admission::Admit => InitAnswer::Accepted(Box::new(IkeSa::accept(
+            config.clone(),
+            data,
+            local,
+            from,
+            now,
+        ))),
         Admission::Challenge(answer) => InitAnswer::Answer(Transmit {
             local_port: local.port(),
             remote: from,
@@ -340,7 +344,7 @@ pub async fn accept_peer(
                 if !sa.is_closed() {
                     half_open.opened(spi_i, now);
                 }
-                return Ok(sa);
+                return Ok(*sa);
             }
             InitAnswer::Answer(t) => send_cookie(sockets, &t).await,
             InitAnswer::Dropped => {}

@@ -313,7 +313,7 @@ impl Responder {
             crate::driver::InitAnswer::Accepted(mut new) => {
                 new.set_fragment_size(self.fragment_size);
                 self.half_open.opened(spi_i, now);
-                if let Some(old) = self.candidate.replace(new) {
+                if let Some(old) = self.candidate.replace(*new) {
                     self.half_open.completed(old.spis().0);
                 }
                 self.take_candidate_output();

@@ -1,0 +1,86 @@
+//! The daemon's `corp` tunnel as a responder (`initiate = false`, `cookie_threshold = 0`):
+//! it waits, strongSwan initiates (through a COOKIE exchange), ping crosses; strongSwan is
+//! killed and started again and its new IKE SA replaces the old one in the daemon.
+
+#![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
+
+use std::time::Duration;
+use tests::daemon::{corp_lab, corp_peer, lab_config, Cli, Daemon};
+use tests::interop::ping_across;
+use tests::strongswan::Charon;
+
+const BIN: &str = env!("CARGO_BIN_EXE_attestgate");
+
+fn established(t: &serde_json::Value) -> bool {
+    t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
+}
+
+#[test]
+fn strongswan_initiates_to_a_responder_daemon_and_comes_back_after_a_restart() {
+    if !tests::require_root("strongswan_initiates_to_a_responder_daemon") {
+        return;
+    }
+    let (a, b) = corp_lab();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, psk) = lab_config(dir.path(), |text| {
+        assert_eq!(text.matches("dpd_interval = \"10s\"").count(), 1);
+        text.replace(
+            "dpd_interval = \"10s\"",
+            "dpd_interval = \"10s\"\ninitiate = false\ncookie_threshold = 0",
+        )
+    });
+    let cli = Cli {
+        bin: BIN,
+        config: &config,
+    };
+    let peer = corp_peer(psk);
+    let _daemon = Daemon::start(BIN, &a, &config);
+
+    // no SA yet: the responder waits
+    let waiting = cli.wait_until("waiting", Duration::from_secs(20), |t| {
+        t["state"] == "waiting" && t["tun"].is_string()
+    });
+    assert_eq!(waiting["role"], "responder");
+    let human = String::from_utf8_lossy(&cli.run(&["tunnels"]).stdout).to_string();
+    assert!(
+        human.contains("corp  WAITING  203.0.113.10 → 203.0.113.20  responder"),
+        "{human}"
+    );
+    let tun = waiting["tun"].as_str().unwrap().to_string();
+    a.ip(&["link", "set", &tun, "mtu", "1400", "up"]);
+
+    // strongSwan initiates; with cookie_threshold = 0 the daemon asks for a cookie first
+    let sw = Charon::start(&b, &peer);
+    sw.initiate();
+    let first = cli.wait_until("established", Duration::from_secs(20), established);
+    assert_eq!(first["role"], "responder");
+    assert_eq!(first["ike_proposal"], "aes256gcm16-prfsha256-ecp256");
+    let log = sw.log();
+    assert!(
+        log.contains("IKE_SA_INIT response 0 [ N(COOKIE) ]")
+            && log.contains("IKE_SA_INIT request 0 [ N(COOKIE) SA"),
+        "no COOKIE exchange in strongSwan's log:\n{log}"
+    );
+    let out = first["children"][0]["spi_out"].as_str().unwrap();
+    assert!(sw.list_sas().contains(&format!("spi-in={out}")));
+    ping_across(&a, 3);
+
+    // strongSwan is killed (no Delete) and started again; it initiates anew and the daemon's
+    // old SA is replaced by the new one without waiting for its liveness checks to fail
+    drop(sw);
+    let sw = Charon::start(&b, &peer);
+    sw.initiate();
+    let second = cli.wait_until("re-established", Duration::from_secs(20), |t| {
+        established(t) && t["ike_spi_i"] != first["ike_spi_i"]
+    });
+    let out = second["children"][0]["spi_out"].as_str().unwrap();
+    assert!(sw.list_sas().contains(&format!("spi-in={out}")));
+    ping_across(&a, 3);
+    assert!(
+        second["last_event"]
+            .as_str()
+            .is_some_and(|e| e.contains("replaced")),
+        "{second}"
+    );
+    assert_eq!(second["foreign_inits"], 0);
+}
