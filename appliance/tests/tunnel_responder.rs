@@ -1,6 +1,8 @@
 //! The daemon's `corp` tunnel as a responder (`initiate = false`, `cookie_threshold = 0`):
-//! it waits, strongSwan initiates (through a COOKIE exchange), ping crosses; strongSwan is
-//! killed and started again and its new IKE SA replaces the old one in the daemon.
+//! it waits (dropping and counting IKE_SA_INIT from other addresses), strongSwan initiates
+//! (through a COOKIE exchange), ping crosses; strongSwan is killed and started again and its new
+//! IKE SA replaces the old one in the daemon; strongSwan killed for good, the daemon's liveness
+//! checks fail and it waits again.
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
@@ -26,7 +28,7 @@ fn strongswan_initiates_to_a_responder_daemon_and_comes_back_after_a_restart() {
         assert_eq!(text.matches("dpd_interval = \"10s\"").count(), 1);
         text.replace(
             "dpd_interval = \"10s\"",
-            "dpd_interval = \"10s\"\ninitiate = false\ncookie_threshold = 0",
+            "dpd_interval = \"2s\"\ninitiate = false\ncookie_threshold = 0",
         )
     });
     let cli = Cli {
@@ -44,6 +46,27 @@ fn strongswan_initiates_to_a_responder_daemon_and_comes_back_after_a_restart() {
     let human = String::from_utf8_lossy(&cli.run(&["tunnels"]).stdout).to_string();
     assert!(
         human.contains("corp  WAITING  203.0.113.10 → 203.0.113.20  responder"),
+        "{human}"
+    );
+    // IKE_SA_INIT requests from another address are dropped and counted
+    b.addr("lo", "203.0.113.21/32");
+    for spi in ["0x1122334455667788", "0x2122334455667788"] {
+        let send = format!(
+            "import socket, struct\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('203.0.113.21', 0))\n\
+             h = struct.pack('!QQBBBBII', {spi}, 0, 0, 0x20, 34, 0x08, 0, 28)\n\
+             s.sendto(h, ('203.0.113.10', 500))\n"
+        );
+        b.ok(&["/usr/bin/python3", "-c", &send]);
+    }
+    let counted = cli.wait_until("foreign counted", Duration::from_secs(10), |t| {
+        t["foreign_inits"] == 2
+    });
+    assert_eq!(counted["state"], "waiting");
+    let human = String::from_utf8_lossy(&cli.run(&["tunnels"]).stdout).to_string();
+    assert!(
+        human.contains("2 IKE_SA_INIT from other addresses dropped"),
         "{human}"
     );
     let tun = waiting["tun"].as_str().unwrap().to_string();
@@ -82,5 +105,17 @@ fn strongswan_initiates_to_a_responder_daemon_and_comes_back_after_a_restart() {
             .is_some_and(|e| e.contains("replaced")),
         "{second}"
     );
-    assert_eq!(second["foreign_inits"], 0);
+    assert_eq!(second["foreign_inits"], 2);
+
+    // strongSwan gone for good: liveness checks fail and the daemon waits again
+    drop(sw);
+    let gone = cli.wait_until("waiting again", Duration::from_secs(40), |t| {
+        t["state"] == "waiting" && t["children"].as_array().is_some_and(|c| c.is_empty())
+    });
+    assert!(
+        gone["last_event"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not answer")),
+        "{gone}"
+    );
 }

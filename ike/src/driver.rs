@@ -351,3 +351,52 @@ pub async fn accept_peer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn header(spi_r: u64, exchange: u8, flags: u8) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes());
+        h.extend_from_slice(&spi_r.to_be_bytes());
+        h.extend_from_slice(&[0, 0x20, exchange, flags]);
+        h.extend_from_slice(&0u32.to_be_bytes());
+        h.extend_from_slice(&28u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn only_ike_sa_init_requests_with_a_zero_responder_spi_are_new() {
+        assert_eq!(
+            init_request_spi(&header(0, 34, 0x08)),
+            Some(0x1122_3344_5566_7788)
+        );
+        // a response, another SA's request, another exchange, garbage
+        assert_eq!(init_request_spi(&header(0, 34, 0x20)), None);
+        assert_eq!(init_request_spi(&header(7, 34, 0x08)), None);
+        assert_eq!(init_request_spi(&header(0, 35, 0x08)), None);
+        assert_eq!(init_request_spi(&[0u8; 10]), None);
+        assert_eq!(init_request_spi(&header(0, 34, 0x08)[..27]), None);
+    }
+
+    #[test]
+    fn half_open_sas_complete_or_expire() {
+        let t0 = Instant::now();
+        let mut h = HalfOpen::new(Duration::from_secs(30));
+        h.opened(1, t0);
+        h.opened(2, t0 + Duration::from_secs(10));
+        h.opened(3, t0 + Duration::from_secs(20));
+        assert_eq!(h.count(t0 + Duration::from_secs(20)), 3);
+        h.completed(2);
+        assert_eq!(h.count(t0 + Duration::from_secs(20)), 2);
+        // the first expires 30 s after it was answered
+        assert_eq!(h.count(t0 + Duration::from_secs(30)), 1);
+        assert_eq!(h.count(t0 + Duration::from_secs(50)), 0);
+        for spi in 0..(HALF_OPEN_MAX as u64 + 5) {
+            h.opened(spi, t0 + Duration::from_secs(60));
+        }
+        assert_eq!(h.count(t0 + Duration::from_secs(60)), HALF_OPEN_MAX);
+    }
+}
