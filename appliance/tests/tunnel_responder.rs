@@ -1,8 +1,8 @@
 //! The daemon's `corp` tunnel as a responder (`initiate = false`, `cookie_threshold = 0`):
 //! it waits (dropping and counting IKE_SA_INIT from other addresses), strongSwan initiates
 //! (through a COOKIE exchange), ping crosses; strongSwan is killed and started again and its new
-//! IKE SA replaces the old one in the daemon; strongSwan killed for good, the daemon's liveness
-//! checks fail and it waits again.
+//! IKE SA replaces the old one in the daemon; `tunnel rekey|down|up` work; strongSwan killed
+//! for good, the daemon's liveness checks fail and it waits again.
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
@@ -106,6 +106,29 @@ fn strongswan_initiates_to_a_responder_daemon_and_comes_back_after_a_restart() {
         "{second}"
     );
     assert_eq!(second["foreign_inits"], 2);
+
+    // the operator's controls work as for an initiator: rekey, down (deleted on both ends,
+    // nothing accepted), up (waiting again, strongSwan can come back)
+    assert!(cli.run(&["tunnel", "rekey", "corp"]).status.success());
+    cli.wait_until("rekeyed", Duration::from_secs(10), |t| {
+        t["rekeys"] == 1 && established(t)
+    });
+    assert!(cli.run(&["tunnel", "down", "corp"]).status.success());
+    cli.wait_until("down", Duration::from_secs(10), |t| {
+        t["state"] == "down" && t["children"].as_array().is_some_and(|c| c.is_empty())
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sw.list_sas().contains("state=ESTABLISHED") {
+        assert!(std::time::Instant::now() < deadline, "{}", sw.list_sas());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(cli.run(&["tunnel", "up", "corp"]).status.success());
+    cli.wait_until("waiting after up", Duration::from_secs(10), |t| {
+        t["state"] == "waiting"
+    });
+    sw.initiate();
+    cli.wait_until("back up", Duration::from_secs(20), established);
+    ping_across(&a, 3);
 
     // strongSwan gone for good: liveness checks fail and the daemon waits again
     drop(sw);
