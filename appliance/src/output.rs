@@ -266,17 +266,21 @@ pub fn tunnels(r: &Value) -> String {
     for t in &list {
         let _ = writeln!(
             o,
-            "{}  {}  {} → {}{}",
+            "{}  {}  {} → {}  {}{}",
             s(&t["name"]),
             s(&t["state"]).to_uppercase(),
             s(&t["local"]),
             s(&t["remote"]),
+            s(&t["role"]),
             if t["nat_detected"].as_bool() == Some(true) {
                 "  (NAT, UDP 4500)"
             } else {
                 ""
             }
         );
+        if let Some(n) = t["foreign_inits"].as_u64().filter(|n| *n > 0) {
+            let _ = writeln!(o, "  {n} IKE_SA_INIT from other addresses dropped");
+        }
         if let Some(p) = t["ike_proposal"].as_str() {
             let _ = writeln!(
                 o,

@@ -6,84 +6,23 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tests::netns::{veth, Netns};
-use tests::strongswan::{Auth, Charon, PeerConfig};
+use tests::daemon::{corp_lab, corp_peer, lab_config, Cli, Daemon};
+use tests::netns::Netns;
+use tests::strongswan::{Auth, Charon};
 
 const BIN: &str = env!("CARGO_BIN_EXE_attestgate");
 
-struct Daemon(Child);
-
-impl Daemon {
-    /// `attestgate run` with `config` inside `ns`.
-    fn start(ns: &Netns, config: &Path) -> Daemon {
-        Daemon(
-            Command::new("ip")
-                .args(["netns", "exec", &ns.name, BIN, "-c"])
-                .arg(config)
-                .arg("run")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-/// The lab configuration with its files made in `dir` (tests/lab/files.sh), changed by `edit`;
-/// returns where it was written.
-fn lab_config(dir: &Path, edit: impl FnOnce(String) -> String) -> std::path::PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    assert!(Command::new("bash")
-        .arg(root.join("tests/lab/files.sh"))
-        .arg(dir)
-        .status()
-        .unwrap()
-        .success());
-    let text = std::fs::read_to_string(root.join("config/examples/lab.toml"))
-        .unwrap()
-        .replace("/run/attestgate-lab", &dir.display().to_string());
-    let config = dir.join("attestgate.toml");
-    std::fs::write(&config, edit(text)).unwrap();
-    config
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn cli(config: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(BIN)
-        .arg("-c")
-        .arg(config)
-        .args(args)
-        .output()
-        .unwrap()
+    Cli { bin: BIN, config }.run(args)
 }
 
 fn tunnels(config: &Path) -> Value {
-    let out = cli(config, &["--json", "tunnels"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["result"]["tunnels"][0].clone()
+    Cli { bin: BIN, config }.tunnel()
 }
 
 fn wait_until(config: &Path, what: &str, within: Duration, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let t = tunnels(config);
-        if ok(&t) {
-            return t;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not reached within {within:?}: {t}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    Cli { bin: BIN, config }.wait_until(what, within, ok)
 }
 
 #[test]
@@ -91,38 +30,18 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     if !tests::require_root("daemon_tunnel_to_strongswan_with_rekey_down_and_up") {
         return;
     }
-    let a = Netns::new("gw");
-    let b = Netns::new("corp");
-    veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
-    a.addr("lo", "198.18.100.1/24");
-    b.addr("lo", "198.19.0.1/24");
+    let (a, b) = corp_lab();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = lab_config(dir.path(), |text| text);
-    let psk = std::fs::read_to_string(dir.path().join("corp.psk"))
-        .unwrap()
-        .trim_end()
-        .to_string();
+    let (config, psk) = lab_config(dir.path(), |text| text);
 
     // the enterprise side, as the lab configuration expects it
-    let peer = PeerConfig {
-        local_addr: "203.0.113.20".into(),
-        remote_addr: "203.0.113.10".into(),
-        local_id: "vpn.corp.lab".into(),
-        remote_id: "gw.attestgate.lab".into(),
-        auth: Auth::Psk(psk),
-        ike_proposal: "aes256gcm16-prfsha256-ecp256".into(),
-        esp_proposal: "aes256gcm16".into(),
-        local_ts: "198.19.0.0/24".into(),
-        remote_ts: "198.18.100.0/24".into(),
-        child_rekey: "1h".into(),
-        ike_rekey: "4h".into(),
-    };
+    let peer = corp_peer(psk);
     let sw = Charon::start(&b, &peer);
     // a route of ours (routing protocol 245) that a crashed daemon could have left behind
     a.ip(&["route", "add", "192.0.2.0/24", "dev", "lo", "proto", "245"]);
 
-    let _daemon = Daemon::start(&a, &config);
+    let _daemon = Daemon::start(BIN, &a, &config);
     let up = wait_until(&config, "established", Duration::from_secs(30), |t| {
         t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
     });
@@ -262,7 +181,7 @@ fn daemon_tunnel_to_strongswan_with_certificates() {
     let (a, b, ours) = lab_with("aes256gcm16-prfsha256-ecp256", "aes256gcm16", auth);
 
     let dir = tempfile::tempdir().unwrap();
-    let config = lab_config(dir.path(), |text| {
+    let (config, _psk) = lab_config(dir.path(), |text| {
         let psk_line = format!("psk_file = \"{}/corp.psk\"", dir.path().display());
         assert!(text.contains(&psk_line), "{text}");
         let cert_lines = format!(
@@ -282,7 +201,7 @@ fn daemon_tunnel_to_strongswan_with_certificates() {
     );
 
     let sw = Charon::start(&b, &ours.mirrored());
-    let _daemon = Daemon::start(&a, &config);
+    let _daemon = Daemon::start(BIN, &a, &config);
     let up = wait_until(&config, "established", Duration::from_secs(30), |t| {
         t["state"] == "established" && t["children"].as_array().is_some_and(|c| c.len() == 1)
     });

@@ -185,6 +185,9 @@ pub struct Tunnel {
     /// The largest IP datagram an IKE fragment may make (RFC 7383 §2.5.1), like strongSwan's
     /// `charon.fragment_size`.
     pub fragment_size: u16,
+    /// As a responder, ask IKE_SA_INIT for a cookie (RFC 7296 §2.6) at this many half-open IKE
+    /// SAs; 0 always asks. strongSwan's `charon.cookie_threshold` defaults to 10 too.
+    pub cookie_threshold: u32,
 }
 
 #[derive(Debug, Clone)]

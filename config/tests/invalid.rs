@@ -1447,3 +1447,31 @@ fn tunnel_certificate_key_and_identity_are_checked_together() {
         )],
     );
 }
+
+#[test]
+fn cookie_threshold_defaults_to_10_and_takes_0() {
+    let dir = lab_files();
+    let tunnel = |l: &Loaded| match l.config.egress("corp").map(|e| &e.kind) {
+        Some(config::EgressKind::Tunnel(t)) => t.cookie_threshold,
+        _ => panic!("corp is not a tunnel"),
+    };
+    let l = accepted_with(&base(), dir.path(), FileChecks::Skip);
+    assert_eq!(tunnel(&l), 10);
+    let t = replace(&base(), "mtu = 1400", "mtu = 1400\ncookie_threshold = 0");
+    let l = accepted_with(&t, dir.path(), FileChecks::Skip);
+    assert_eq!(tunnel(&l), 0);
+}
+
+#[test]
+fn cookie_threshold_out_of_range() {
+    let t = replace(&base(), "mtu = 1400", "mtu = 1400\ncookie_threshold = -1");
+    check(
+        &refused(&t),
+        &[error(
+            at(&t, "cookie_threshold = -1", "-1"),
+            "egress.corp.cookie_threshold",
+            "-1 is out of range",
+        )
+        .expected("an integer from 0 to 100000")],
+    );
+}

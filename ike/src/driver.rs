@@ -6,10 +6,14 @@
 
 use crate::cookie::{Admission, CookieGate};
 use crate::sa::{Event, IkeSa, SaConfig, Transmit, IKE_PORT, NATT_PORT};
-use crate::wire::{classify_udp4500, with_non_esp_marker, Udp4500};
+use crate::wire::{
+    classify_udp4500, with_non_esp_marker, ExchangeType, Header, HeaderRepr, Udp4500,
+};
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -194,33 +198,208 @@ async fn accept_gated(
             local_port,
         } = sockets.recv().await?
         {
-            let now = Instant::now();
-            let admission = match gate.as_mut() {
-                Some((gate, half_open)) => gate.admit(&data, from.ip(), *half_open, now),
-                None => Admission::Admit,
-            };
-            let answer = match admission {
-                Admission::Admit => {
-                    let sa =
-                        IkeSa::accept(config.clone(), &data, sockets.local(local_port), from, now);
-                    return Ok(sa);
-                }
-                Admission::Challenge(answer) => answer,
-                Admission::Drop => continue,
-            };
-            let data = if local_port == NATT_PORT {
+            let gate = gate.as_mut().map(|(g, n)| (&mut **g, *n));
+            let local = sockets.local(local_port);
+            match answer_init(&config, gate, &data, local, from, Instant::now()) {
+                InitAnswer::Accepted(sa) => return Ok(*sa),
+                InitAnswer::Answer(t) => send_cookie(sockets, &t).await,
+                InitAnswer::Dropped => {}
+            }
+        }
+    }
+}
+
+async fn send_cookie(sockets: &IkeSockets, t: &Transmit) {
+    if let Err(e) = sockets.send(t).await {
+        tracing::warn!(remote = %t.remote, error = %e, "cannot send a COOKIE");
+    }
+}
+
+/// What a responder does with an IKE_SA_INIT request.
+#[derive(Debug)]
+pub enum InitAnswer {
+    /// A responder SA for it (possibly already closed after queueing an error answer).
+    Accepted(Box<IkeSa>),
+    /// A COOKIE answer to send; no state kept (RFC 7296 §2.6).
+    Answer(Transmit),
+    /// Nothing to do.
+    Dropped,
+}
+
+/// Answers an IKE_SA_INIT request (`data`, marker removed) that arrived on `local` from
+/// `from`, first passing `gate` (with its half-open count) when there is one.
+pub fn answer_init(
+    config: &Arc<SaConfig>,
+    gate: Option<(&mut CookieGate, usize)>,
+    data: &[u8],
+    local: SocketAddr,
+    from: SocketAddr,
+    now: Instant,
+) -> InitAnswer {
+    let admission = match gate {
+        Some((gate, half_open)) => gate.admit(data, from.ip(), half_open, now),
+        None => Admission::Admit,
+    };
+    match admission {
+        Admission::Admit => InitAnswer::Accepted(Box::new(IkeSa::accept(
+            config.clone(),
+            data,
+            local,
+            from,
+            now,
+        ))),
+        Admission::Challenge(answer) => InitAnswer::Answer(Transmit {
+            local_port: local.port(),
+            remote: from,
+            data: if local.port() == NATT_PORT {
                 with_non_esp_marker(&answer)
             } else {
                 answer
-            };
-            let t = Transmit {
-                local_port,
-                remote: from,
-                data,
-            };
-            if let Err(e) = sockets.send(&t).await {
-                tracing::warn!(remote = %from, error = %e, "cannot send a COOKIE");
-            }
+            },
+        }),
+        Admission::Drop => InitAnswer::Dropped,
+    }
+}
+
+/// The initiator's SPI of an IKE_SA_INIT request (a request with a zero responder SPI, RFC
+/// 7296 §3.1), or `None` for any other datagram.
+pub fn init_request_spi(data: &[u8]) -> Option<u64> {
+    let header = Header::new_checked(data).ok()?;
+    let h = HeaderRepr::parse(&header).ok()?;
+    (h.exchange_type == ExchangeType::IKE_SA_INIT && !h.flags.response && h.responder_spi == 0)
+        .then_some(h.initiator_spi)
+}
+
+/// The most half-open SAs remembered; older ones are forgotten first.
+const HALF_OPEN_MAX: usize = 1024;
+
+/// Responder IKE SAs that answered IKE_SA_INIT and have not completed IKE_AUTH (the
+/// "half-open" SAs of RFC 7296 §2.6), each forgotten after a timeout.
+#[derive(Debug)]
+pub struct HalfOpen {
+    timeout: Duration,
+    open: VecDeque<(u64, Instant)>,
+}
+
+impl HalfOpen {
+    pub fn new(timeout: Duration) -> Self {
+        HalfOpen {
+            timeout,
+            open: VecDeque::new(),
         }
+    }
+
+    /// The SA with initiator SPI `spi_i` answered IKE_SA_INIT.
+    pub fn opened(&mut self, spi_i: u64, now: Instant) {
+        if self.open.len() >= HALF_OPEN_MAX {
+            self.open.pop_front();
+        }
+        self.open.push_back((spi_i, now));
+    }
+
+    /// The SA with initiator SPI `spi_i` completed IKE_AUTH or closed.
+    pub fn completed(&mut self, spi_i: u64) {
+        self.open.retain(|(spi, _)| *spi != spi_i);
+    }
+
+    /// How many are half-open now.
+    pub fn count(&mut self, now: Instant) -> usize {
+        let timeout = self.timeout;
+        self.open
+            .retain(|(_, at)| now.saturating_duration_since(*at) < timeout);
+        self.open.len()
+    }
+}
+
+/// Waits for an IKE_SA_INIT request from `peer` and answers it as responder behind `gate`
+/// (with `half_open`'s count, RFC 7296 §2.6); the SA is counted as half-open. IKE_SA_INIT
+/// requests from any other address are dropped and counted in `foreign`; other messages are
+/// dropped.
+pub async fn accept_peer(
+    sockets: &IkeSockets,
+    config: &Arc<SaConfig>,
+    peer: IpAddr,
+    gate: &mut CookieGate,
+    half_open: &mut HalfOpen,
+    foreign: &AtomicU64,
+) -> std::io::Result<IkeSa> {
+    loop {
+        let Received::Ike {
+            data,
+            from,
+            local_port,
+        } = sockets.recv().await?
+        else {
+            continue;
+        };
+        let Some(spi_i) = init_request_spi(&data) else {
+            continue;
+        };
+        if from.ip() != peer {
+            foreign.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let now = Instant::now();
+        let count = half_open.count(now);
+        let local = sockets.local(local_port);
+        match answer_init(config, Some((gate, count)), &data, local, from, now) {
+            InitAnswer::Accepted(sa) => {
+                if !sa.is_closed() {
+                    half_open.opened(spi_i, now);
+                }
+                return Ok(*sa);
+            }
+            InitAnswer::Answer(t) => send_cookie(sockets, &t).await,
+            InitAnswer::Dropped => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn header(spi_r: u64, exchange: u8, flags: u8) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&0x1122_3344_5566_7788u64.to_be_bytes());
+        h.extend_from_slice(&spi_r.to_be_bytes());
+        h.extend_from_slice(&[0, 0x20, exchange, flags]);
+        h.extend_from_slice(&0u32.to_be_bytes());
+        h.extend_from_slice(&28u32.to_be_bytes());
+        h
+    }
+
+    #[test]
+    fn only_ike_sa_init_requests_with_a_zero_responder_spi_are_new() {
+        assert_eq!(
+            init_request_spi(&header(0, 34, 0x08)),
+            Some(0x1122_3344_5566_7788)
+        );
+        // a response, another SA's request, another exchange, garbage
+        assert_eq!(init_request_spi(&header(0, 34, 0x20)), None);
+        assert_eq!(init_request_spi(&header(7, 34, 0x08)), None);
+        assert_eq!(init_request_spi(&header(0, 35, 0x08)), None);
+        assert_eq!(init_request_spi(&[0u8; 10]), None);
+        assert_eq!(init_request_spi(&header(0, 34, 0x08)[..27]), None);
+    }
+
+    #[test]
+    fn half_open_sas_complete_or_expire() {
+        let t0 = Instant::now();
+        let mut h = HalfOpen::new(Duration::from_secs(30));
+        h.opened(1, t0);
+        h.opened(2, t0 + Duration::from_secs(10));
+        h.opened(3, t0 + Duration::from_secs(20));
+        assert_eq!(h.count(t0 + Duration::from_secs(20)), 3);
+        h.completed(2);
+        assert_eq!(h.count(t0 + Duration::from_secs(20)), 2);
+        // the first expires 30 s after it was answered
+        assert_eq!(h.count(t0 + Duration::from_secs(30)), 1);
+        assert_eq!(h.count(t0 + Duration::from_secs(50)), 0);
+        for spi in 0..(HALF_OPEN_MAX as u64 + 5) {
+            h.opened(spi, t0 + Duration::from_secs(60));
+        }
+        assert_eq!(h.count(t0 + Duration::from_secs(60)), HALF_OPEN_MAX);
     }
 }

@@ -40,10 +40,24 @@ impl Drop for Tasks {
 pub async fn run(
     sockets: &IkeSockets,
     tun: &TunDevice,
-    mut sa: IkeSa,
+    sa: IkeSa,
     events: mpsc::UnboundedSender<Event>,
     commands: &mut mpsc::UnboundedReceiver<Command>,
 ) -> (IkeSa, TunnelCounters) {
+    let (sa, counters, _) = run_until(sockets, tun, sa, events, commands, None).await;
+    (sa, counters)
+}
+
+/// [`run`], and for a responder also taking a new IKE SA from its peer: returns when the IKE
+/// SA closes or a new one replaced it (the third value).
+async fn run_until(
+    sockets: &IkeSockets,
+    tun: &TunDevice,
+    mut sa: IkeSa,
+    events: mpsc::UnboundedSender<Event>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    mut responder: Option<&mut Responder>,
+) -> (IkeSa, TunnelCounters, Option<IkeSa>) {
     let counters = Arc::new(Counters::default());
     let sad = Arc::new(Sad::default());
     let (ike_tx, mut ike_rx) = mpsc::channel(datapath::IKE_QUEUE);
@@ -54,7 +68,7 @@ pub async fn run(
         Err(e) => {
             tracing::warn!(error = %e, "cannot set up UDP 4500 for ESP");
             sa.delete(Instant::now());
-            return (sa, counters.snapshot());
+            return (sa, counters.snapshot(), None);
         }
     };
     tasks.0.push(tokio::spawn(datapath::encrypt_loop(
@@ -122,8 +136,21 @@ pub async fn run(
             }
             let _ = events.send(e);
         }
+        if let Some(r) = responder.as_deref_mut() {
+            for t in r.out.drain(..) {
+                if sockets.send(&t).await.is_err() {
+                    counters.count_send_error();
+                }
+            }
+            if sa.is_established() || sa.is_closed() {
+                r.half_open.completed(sa.spis().0);
+            }
+            if r.candidate.as_ref().is_some_and(IkeSa::is_established) {
+                return (sa, counters.snapshot(), r.candidate.take());
+            }
+        }
         if sa.is_closed() {
-            return (sa, counters.snapshot());
+            return (sa, counters.snapshot(), None);
         }
         let timeout = sa.poll_timeout();
         let sleep = async {
@@ -133,10 +160,18 @@ pub async fn run(
             }
         };
         tokio::select! {
-            Some((message, from)) = ike_rx.recv() => sa.handle(&message, from, Instant::now()),
+            Some((message, from)) = ike_rx.recv() => {
+                let local = sockets.local(crate::sa::NATT_PORT);
+                if !responder.as_deref_mut().is_some_and(|r| r.offer(&sa, &message, local, from)) {
+                    sa.handle(&message, from, Instant::now());
+                }
+            }
             r = sockets.ike_socket().recv_from(&mut ike_buf) => {
                 if let Ok((n, from)) = r {
-                    sa.handle(&ike_buf[..n], from, Instant::now());
+                    let local = sockets.local(crate::sa::IKE_PORT);
+                    if !responder.as_deref_mut().is_some_and(|r| r.offer(&sa, &ike_buf[..n], local, from)) {
+                        sa.handle(&ike_buf[..n], from, Instant::now());
+                    }
                 }
             }
             Some(spi) = rekey_rx.recv() => sa.rekey_child(spi, Instant::now()),
@@ -262,5 +297,200 @@ pub async fn supervise(
             () = tokio::time::sleep(delay) => {}
             c = commands.recv() => if c.is_none() { return },
         }
+    }
+}
+
+/// How [`supervise_responder`] answers its peer.
+#[derive(Debug, Clone)]
+pub struct Responding {
+    /// Half-open IKE SAs at which an IKE_SA_INIT request must return a cookie (RFC 7296 §2.6);
+    /// 0 asks for one every time.
+    pub cookie_threshold: usize,
+    /// How long an IKE SA counts as half-open without completing IKE_AUTH.
+    pub half_open_timeout: std::time::Duration,
+    /// IKE_SA_INIT requests from addresses other than the peer's, dropped.
+    pub foreign: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The responder's side of [`run_until`]: the cookie gate, the half-open SAs, and a new IKE SA
+/// the peer is setting up while the current one is still up.
+struct Responder {
+    config: Arc<crate::sa::SaConfig>,
+    peer: std::net::IpAddr,
+    fragment_size: usize,
+    lifetimes: crate::sa::Lifetimes,
+    gate: crate::cookie::CookieGate,
+    half_open: crate::driver::HalfOpen,
+    foreign: Arc<std::sync::atomic::AtomicU64>,
+    /// A new IKE SA from the peer, replacing the current one once IKE_AUTH completes.
+    candidate: Option<IkeSa>,
+    /// Datagrams to send: the candidate's and COOKIE answers.
+    out: Vec<crate::sa::Transmit>,
+}
+
+impl Responder {
+    /// Takes an IKE message arriving on `local` while `sa` is the tunnel's SA, when it belongs
+    /// to a new IKE SA (an IKE_SA_INIT request from the peer, e.g. after it restarted, or a
+    /// message of the candidate SA it created). Returns false for messages `sa` should get.
+    /// A new SA replaces the current one only once authenticated, so an IKE_SA_INIT with a
+    /// forged source cannot take a working tunnel down.
+    fn offer(
+        &mut self,
+        sa: &IkeSa,
+        data: &[u8],
+        local: std::net::SocketAddr,
+        from: std::net::SocketAddr,
+    ) -> bool {
+        let now = Instant::now();
+        let spi = crate::driver::init_request_spi(data);
+        if let Some(c) = self.candidate.as_mut() {
+            let ours = crate::wire::Header::new_checked(data)
+                .is_ok_and(|h| h.initiator_spi() == c.spis().0);
+            // a retransmitted IKE_SA_INIT request goes to the candidate too
+            if ours && (spi.is_none() || spi == Some(c.spis().0)) {
+                c.handle(data, from, now);
+                self.take_candidate_output();
+                return true;
+            }
+        }
+        let Some(spi_i) = spi else {
+            return false;
+        };
+        if spi_i == sa.spis().0 {
+            // a retransmission of the request that made the current SA
+            return false;
+        }
+        if from.ip() != self.peer {
+            self.foreign
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return true;
+        }
+        let count = self.half_open.count(now);
+        match crate::driver::answer_init(
+            &self.config,
+            Some((&mut self.gate, count)),
+            data,
+            local,
+            from,
+            now,
+        ) {
+            crate::driver::InitAnswer::Accepted(mut new) => {
+                new.set_fragment_size(self.fragment_size);
+                new.set_lifetimes(self.lifetimes);
+                self.half_open.opened(spi_i, now);
+                if let Some(old) = self.candidate.replace(*new) {
+                    self.half_open.completed(old.spis().0);
+                }
+                self.take_candidate_output();
+            }
+            crate::driver::InitAnswer::Answer(t) => self.out.push(t),
+            crate::driver::InitAnswer::Dropped => {}
+        }
+        true
+    }
+
+    /// Queues the candidate's datagrams; a candidate that failed is forgotten.
+    fn take_candidate_output(&mut self) {
+        let Some(c) = self.candidate.as_mut() else {
+            return;
+        };
+        while let Some(t) = c.poll_transmit() {
+            self.out.push(t);
+        }
+        if c.is_closed() {
+            while let Some(e) = c.poll_event() {
+                if let Event::Closed { reason } = e {
+                    tracing::info!(remote = %c.remote(), %reason, "a new IKE SA from the peer failed");
+                }
+            }
+            self.half_open.completed(c.spis().0);
+            self.candidate = None;
+        }
+    }
+}
+
+/// Keeps a tunnel up as a responder: waits for an IKE_SA_INIT request from `plan.remote`'s
+/// address (requests from elsewhere are dropped and counted in `responding.foreign`), answers
+/// it behind a cookie gate (RFC 7296 §2.6) and runs the tunnel as [`run`] does. When the IKE SA
+/// closes it waits again. An IKE_SA_INIT from the peer while an SA is up (it restarted, or
+/// re-authenticates) makes a second SA that replaces the first once IKE_AUTH completed; the old
+/// one is dropped without a Delete (the peer that restarted no longer knows it) and a
+/// [`Event::Closed`] says so. `plan.max_delay` is not used. Returns when `commands` is closed.
+pub async fn supervise_responder(
+    sockets: &IkeSockets,
+    tun: &TunDevice,
+    mut plan: Supervision,
+    responding: Responding,
+    events: mpsc::UnboundedSender<Event>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+) {
+    let gate = match crate::cookie::CookieGate::new(
+        responding.cookie_threshold,
+        crate::cookie::DEFAULT_ROTATION,
+        Instant::now(),
+    ) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = events.send(Event::Closed {
+                reason: e.to_string(),
+            });
+            return;
+        }
+    };
+    let mut r = Responder {
+        config: plan.config.clone(),
+        peer: plan.remote.ip(),
+        fragment_size: plan.fragment_size,
+        lifetimes: plan.lifetimes,
+        gate,
+        half_open: crate::driver::HalfOpen::new(responding.half_open_timeout),
+        foreign: responding.foreign,
+        candidate: None,
+        out: Vec::new(),
+    };
+    let mut next: Option<IkeSa> = None;
+    loop {
+        // while down, requests are read and dropped
+        while !*plan.enabled.borrow_and_update() {
+            next = None;
+            r.candidate = None;
+            tokio::select! {
+                c = plan.enabled.changed() => if c.is_err() { return },
+                c = commands.recv() => if c.is_none() { return },
+                _ = sockets.recv() => {}
+            }
+        }
+        let sa = match next.take() {
+            Some(sa) => sa,
+            None => {
+                let accepted = tokio::select! {
+                    a = crate::driver::accept_peer(sockets, &r.config, r.peer, &mut r.gate, &mut r.half_open, &r.foreign) => a,
+                    c = plan.enabled.changed() => if c.is_err() { return } else { continue },
+                    c = commands.recv() => if c.is_none() { return } else { continue },
+                };
+                match accepted {
+                    Ok(mut sa) => {
+                        sa.set_fragment_size(plan.fragment_size);
+                        sa.set_lifetimes(plan.lifetimes);
+                        sa
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "IKE receive failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        continue;
+                    }
+                }
+            }
+        };
+        let (old, counters, new) =
+            run_until(sockets, tun, sa, events.clone(), commands, Some(&mut r)).await;
+        tracing::info!(remote = %old.remote(), ?counters, replaced = new.is_some(), "IKE SA ended");
+        if new.is_some() && !old.is_closed() {
+            let _ = events.send(Event::Closed {
+                reason: "replaced by a new IKE SA the peer set up".into(),
+            });
+        }
+        // the old SA closed while a new one was half-way: carry on with that one
+        next = new.or_else(|| r.candidate.take());
     }
 }

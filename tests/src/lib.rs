@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
+pub mod daemon;
 pub mod ike_lab;
 pub mod ike_peer;
 pub mod interop;

@@ -5,8 +5,10 @@
 //! The peer's traffic selectors are routed into the TUN device while their child SA is up
 //! ([`super::routes`], routing protocol 245).
 //!
-//! Not yet: responder-only tunnels (`initiate = false`), the
-//! policy routing from the NAT pool into the TUN device (issue 6).
+//! A tunnel with `initiate = false` is a responder: it waits for its peer's IKE_SA_INIT
+//! ([`ike::tunnel::supervise_responder`]), shown as `waiting` while it has no SA.
+//!
+//! Not yet: the policy routing from the NAT pool into the TUN device (issue 6).
 
 use config::{EgressKind, Tunnel, TunnelAuth};
 use ike::driver::{Command, IkeSockets};
@@ -18,6 +20,7 @@ use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
@@ -44,9 +47,14 @@ pub struct TunnelStatus {
     pub name: String,
     pub local: String,
     pub remote: String,
-    /// `connecting`, `established`, `down`, `cleared` (peer dead, `dpd_action = clear`),
-    /// `error`.
+    /// `initiator` or `responder` (`initiate = false`).
+    pub role: &'static str,
+    /// `connecting`, `waiting` (a responder without an SA), `established`, `down`, `cleared`
+    /// (peer dead, `dpd_action = clear`), `error`.
     pub state: &'static str,
+    /// A responder's count of IKE_SA_INIT requests from addresses other than the peer's
+    /// (dropped).
+    pub foreign_inits: u64,
     pub tun: Option<String>,
     pub ike_spi_i: Option<String>,
     pub ike_spi_r: Option<String>,
@@ -70,6 +78,7 @@ type Shared = Arc<Mutex<TunnelStatus>>;
 #[derive(Debug)]
 pub struct TunnelHandle {
     pub status: Shared,
+    foreign: Arc<AtomicU64>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -93,7 +102,9 @@ impl TunnelHandle {
         self.control.send(c).is_ok()
     }
     pub fn snapshot(&self) -> Option<TunnelStatus> {
-        self.status.lock().ok().map(|s| s.clone())
+        let mut s = self.status.lock().ok().map(|s| s.clone())?;
+        s.foreign_inits = self.foreign.load(Ordering::Relaxed);
+        Some(s)
     }
 }
 
@@ -189,7 +200,9 @@ pub fn start_all(
             name: name.clone(),
             local: t.local_address.to_string(),
             remote: t.remote_address.value.to_string(),
-            state: "connecting",
+            role: role(t),
+            state: idle(t),
+            foreign_inits: 0,
             tun: None,
             ike_spi_i: None,
             ike_spi_r: None,
@@ -204,23 +217,43 @@ pub fn start_all(
             ike_rekeys: 0,
         }));
         let (control, rx) = mpsc::unbounded_channel();
+        let foreign = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(run_tunnel(
             name.clone(),
             (**t).clone(),
             status.clone(),
             rx,
             events.clone(),
+            foreign.clone(),
         ));
         out.insert(
             name,
             TunnelHandle {
                 status,
+                foreign,
                 control,
                 task,
             },
         );
     }
     out
+}
+
+fn role(t: &Tunnel) -> &'static str {
+    if t.initiate {
+        "initiator"
+    } else {
+        "responder"
+    }
+}
+
+/// The state of a tunnel without an IKE SA.
+fn idle(t: &Tunnel) -> &'static str {
+    if t.initiate {
+        "connecting"
+    } else {
+        "waiting"
+    }
 }
 
 fn set(status: &Shared, f: impl FnOnce(&mut TunnelStatus)) {
@@ -235,6 +268,7 @@ async fn run_tunnel(
     status: Shared,
     mut control: mpsc::UnboundedReceiver<Control>,
     log: Arc<crate::events::EventLog>,
+    foreign: Arc<AtomicU64>,
 ) {
     // an error is logged when it changes, not every time it repeats
     let fail = |why: String| {
@@ -248,9 +282,6 @@ async fn run_tunnel(
             log.emit("tunnel.error", json!({"tunnel": name, "error": why}));
         }
     };
-    if !t.initiate {
-        return fail("responder-only tunnels (initiate = false) are not implemented yet".into());
-    }
     let config = match sa_config(&t) {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(e),
@@ -280,7 +311,7 @@ async fn run_tunnel(
     };
     set(&status, |s| {
         s.tun = Some(tun.name().to_string());
-        s.state = "connecting";
+        s.state = idle(&t);
     });
     let local = SocketAddr::new(t.local_address, IKE_PORT);
     let remote = SocketAddr::new(t.remote_address.value, IKE_PORT);
@@ -288,6 +319,7 @@ async fn run_tunnel(
     let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel::<Command>();
     // events → routes, status and the event log
     {
+        let idle = idle(&t);
         let status = status.clone();
         let name = name.clone();
         let log = log.clone();
@@ -304,7 +336,7 @@ async fn run_tunnel(
                 if let Some(routes) = routes.as_mut() {
                     route_event(&name, routes, &log, &e).await;
                 }
-                on_event(&name, &status, &log, e);
+                on_event(&name, &status, &log, e, idle);
             }
             if let Some(mut routes) = routes {
                 routes.clear().await;
@@ -314,6 +346,7 @@ async fn run_tunnel(
     // the operator's controls: rekey and down go to the SA, up/down gate the supervisor
     let (enabled_tx, enabled) = tokio::sync::watch::channel(true);
     {
+        let idle = idle(&t);
         let status = status.clone();
         let name = name.clone();
         let log = log.clone();
@@ -335,7 +368,7 @@ async fn run_tunnel(
                     }
                     Control::Up => {
                         let _ = enabled_tx.send(true);
-                        set(&status, |s| s.state = "connecting");
+                        set(&status, |s| s.state = idle);
                         log.emit("tunnel.up", json!({"tunnel": name, "reason": "operator"}));
                     }
                 }
@@ -355,8 +388,22 @@ async fn run_tunnel(
             config::DpdAction::Clear => ike::tunnel::DpdAction::Clear,
         },
     };
-    ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
+    if t.initiate {
+        ike::tunnel::supervise(&sockets, &tun, plan, ev_tx, &mut cmd_rx).await;
+    } else {
+        let responding = ike::tunnel::Responding {
+            cookie_threshold: usize::try_from(t.cookie_threshold).unwrap_or(usize::MAX),
+            half_open_timeout: HALF_OPEN_TIMEOUT,
+            foreign,
+        };
+        ike::tunnel::supervise_responder(&sockets, &tun, plan, responding, ev_tx, &mut cmd_rx)
+            .await;
+    }
 }
+
+/// How long a responder IKE SA counts as half-open (IKE_SA_INIT answered, IKE_AUTH not done);
+/// strongSwan's `charon.half_open_timeout` is 30 s too.
+const HALF_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Routes the peer's selectors of each child SA into the tunnel's device while it is up.
 async fn route_event(
@@ -377,7 +424,13 @@ async fn route_event(
     }
 }
 
-fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event) {
+fn on_event(
+    name: &str,
+    status: &Shared,
+    log: &crate::events::EventLog,
+    e: Event,
+    idle: &'static str,
+) {
     let now = SystemTime::now();
     match e {
         Event::IkeSaEstablished {
@@ -491,7 +544,7 @@ fn on_event(name: &str, status: &Shared, log: &crate::events::EventLog, e: Event
         Event::Closed { reason } => {
             set(status, |s| {
                 if s.state != "down" {
-                    s.state = "connecting";
+                    s.state = idle;
                 }
                 s.children.clear();
                 s.ike_rekey_at = None;

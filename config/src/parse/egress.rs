@@ -88,6 +88,7 @@ impl Reader<'_, '_> {
             "child_lifetime",
             "child_lifetime_bytes",
             "fragment_size",
+            "cookie_threshold",
         ];
         const INTERNET: &[&str] = &["source_addresses"];
         const PUBLIC: &[&str] = &["source_address"];
@@ -371,6 +372,7 @@ impl Reader<'_, '_> {
         let mtu = self.int_key(f, "mtu", 576, 9000, 1400);
         let fragment_size = self.int_key(f, "fragment_size", 576, 9000, 1280);
         let initiate = self.bool_key(f, "initiate", true);
+        let cookie_threshold = self.int_key(f, "cookie_threshold", 0, 100_000, 10);
         let dpd_interval = self.duration_key(f, "dpd_interval", Duration::from_secs(30));
         let dpd_action = self.choice_key(
             f,
@@ -444,6 +446,7 @@ impl Reader<'_, '_> {
             child_lifetime: child_lifetime?,
             child_lifetime_bytes: child_lifetime_bytes?,
             fragment_size: u16::try_from(fragment_size?).ok()?,
+            cookie_threshold: u32::try_from(cookie_threshold?).ok()?,
         })
     }
 }
