@@ -74,23 +74,86 @@ impl Shared {
         }
     }
 
-    fn sync_devices(&self) {
+    /// Re-reads the sources (`only`: these names; `None`: all), applies what they returned
+    /// (a failed or malformed source keeps its previous facts and raises an alert), and
+    /// re-decides the open flows of every device that changed.
+    async fn sync_devices(&self, only: Option<&[String]>) {
         let cfg = self.current();
-        let status = match self.devices.write() {
-            Ok(mut d) => d.sync(&cfg.loaded.config, SystemTime::now()),
+        let now = SystemTime::now();
+        let mut fetched = Vec::new();
+        for source in &cfg.loaded.config.compliance.sources {
+            if only.is_some_and(|o| !o.contains(&source.name.value)) {
+                continue;
+            }
+            let f = crate::compliance::fetch(source, now).await;
+            fetched.push((source.name.value.clone(), source.kind.type_name(), f));
+        }
+        let names: Vec<String> = fetched.iter().map(|(n, _, _)| n.clone()).collect();
+        let (changes, status) = match self.devices.write() {
+            Ok(mut d) => {
+                let mut changes = Vec::new();
+                for (name, kind, f) in fetched {
+                    changes.extend(d.apply_fetch(&name, kind, f, now));
+                }
+                changes.extend(d.prune(&cfg.loaded.config));
+                (changes, d.status())
+            }
             Err(_) => return,
         };
-        for s in status {
+        self.changed(changes);
+        for s in status.into_iter().filter(|s| names.contains(&s.name)) {
             match s.state {
                 "ok" => {
                     tracing::debug!(source = %s.name, devices = s.devices, "compliance source synced")
                 }
                 "error" => self.events.emit(
                     "compliance.sync_failed",
-                    json!({"source": s.name, "error": s.message, "kept_devices": s.devices}),
+                    json!({"source": s.name, "error": s.message, "kept_devices": s.devices, "alert": true}),
                 ),
                 _ => {}
             }
+        }
+    }
+
+    /// Every change of the device store: its devices' open flows are re-decided at once, then
+    /// each change becomes a `compliance.changed` event; store failures become alerts.
+    fn changed(&self, changes: Vec<crate::compliance::Change>) {
+        let store_errors = self
+            .devices
+            .write()
+            .map(|mut d| d.take_store_errors())
+            .unwrap_or_default();
+        for e in store_errors {
+            self.events.emit(
+                "compliance.store_failed",
+                json!({"error": e, "alert": true}),
+            );
+        }
+        if changes.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut serials: Vec<String> = changes.iter().map(|c| c.serial.clone()).collect();
+        serials.dedup();
+        let revoked = match self.relay.lock() {
+            Ok(slot) => slot.as_ref().map_or(0, |(_, relay)| {
+                self.gateway
+                    .enforce_devices(relay, &serials, SystemTime::now())
+            }),
+            Err(_) => 0,
+        };
+        let enforce_us = started.elapsed().as_micros();
+        for c in &changes {
+            self.events.emit(
+                "compliance.changed",
+                json!({"serial": c.serial, "before": c.before, "after": c.after, "reason": c.reason}),
+            );
+        }
+        if revoked > 0 {
+            self.events.emit(
+                "enforcement.revoked",
+                json!({"flows": revoked, "devices": serials, "trigger": "compliance.changed", "enforce_us": enforce_us}),
+            );
         }
     }
 
@@ -159,7 +222,7 @@ impl Shared {
         }
         self.events.set_file(new.loaded.config.events.file.clone());
         self.gateway.set_engine(Arc::new(new.engine.clone()));
-        self.sync_devices();
+        self.sync_devices(None).await;
         self.reconcile_tunnels();
         self.reconcile_relay();
         self.enforce();
@@ -194,9 +257,13 @@ impl Shared {
         let run = self.current();
         let cfg = &run.loaded.config;
         let now = SystemTime::now();
-        let (sources, devices) = match self.devices.read() {
-            Ok(d) => (d.status().to_vec(), d.device_count()),
-            Err(_) => (Vec::new(), 0),
+        let (sources, devices, store) = match self.devices.read() {
+            Ok(d) => (
+                d.status(),
+                d.device_count(),
+                d.store_path().map(|p| p.display().to_string()),
+            ),
+            Err(_) => (Vec::new(), 0, None),
         };
         let last = self.last_apply.lock().ok().and_then(|l| l.clone());
         let statuses = self.tunnel_statuses();
@@ -230,6 +297,7 @@ impl Shared {
                 "devices": devices,
                 "max_age_secs": cfg.compliance.max_age.as_secs(),
                 "sources": sources,
+                "store": store,
             },
             "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
         })
@@ -466,7 +534,7 @@ impl Shared {
             Request::Flows {} => Response::ok(self.flows()),
             Request::Sync {} => {
                 let started = std::time::Instant::now();
-                self.sync_devices();
+                self.sync_devices(None).await;
                 self.enforce();
                 let sources = self
                     .devices
@@ -540,6 +608,9 @@ fn restart_needed(old: &config::Config, new: &config::Config) -> Vec<&'static st
     if old.appliance.state_dir != new.appliance.state_dir {
         out.push("appliance.state_dir");
     }
+    if old.device_store() != new.device_store() {
+        out.push("compliance.store");
+    }
     if old.logging.level != new.logging.level || old.logging.format != new.logging.format {
         out.push("logging");
     }
@@ -607,7 +678,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     let cfg = loaded.config.clone();
     std::fs::create_dir_all(&cfg.appliance.state_dir)?;
     let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
-    let devices = Arc::new(RwLock::new(DeviceTable::default()));
+    let devices = Arc::new(RwLock::new(DeviceTable::open(&cfg.device_store(), &cfg)));
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -634,7 +705,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     for w in shared.current().loaded.warnings.0.iter() {
         tracing::warn!("{w}");
     }
-    shared.sync_devices();
+    // store failures at open (an unreadable file: every device unknown) are alerts too
+    shared.changed(Vec::new());
+    shared.sync_devices(None).await;
     shared.reconcile_tunnels();
     shared.reconcile_relay();
     shared.events.emit(
@@ -667,7 +740,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                     .refresh_interval
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(every).await;
-                shared.sync_devices();
+                shared.sync_devices(None).await;
                 shared.enforce();
             }
         })
@@ -681,6 +754,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                let now = SystemTime::now();
+                let lapsed = shared
+                    .devices
+                    .write()
+                    .map(|mut d| d.expire(now))
+                    .unwrap_or_default();
+                shared.changed(lapsed);
                 shared.enforce();
             }
         })

@@ -1,17 +1,41 @@
 //! Compliance sources and the device table the policy engine reads.
 //!
-//! Today: the `file` source (a TOML list of devices, re-read every refresh interval and on
-//! reload) and an in-memory table. Jamf Pro, Intune, webhooks and the persisted store are issue
-//! 5: a configured source of those types is reported as not implemented and its devices stay
-//! unknown (fail closed).
+//! Every source says what it knows about each device as a [`SourceFact`]: enrolment
+//! (managed), groups, risk with its reasons, UDIDs, platform, and when it last confirmed it.
+//! The [`DeviceTable`] keeps those facts per source (write-through into the persisted
+//! [`store`]), the operators' [`overrides`], and each source's sync state, and merges them into
+//! the [`DeviceRecord`] the policy engine decides on:
+//!
+//! - a device is *known* when an inventory source (file, Jamf Pro, Intune) lists it; a risk
+//!   feed or an override never makes a device known;
+//! - managed if any inventory source says so, groups are the union, risk the worst opinion of
+//!   any source (inventory, risk feed, override), confirmed at the *oldest* inventory
+//!   confirmation, so staleness is never hidden (data older than `max_age` counts as unknown);
+//! - an active block takes the device out of every group and sets its risk to high.
+//!
+//! Every change of a device's merged state is returned as a [`Change`] (the daemon turns each
+//! into a `compliance.changed` event and re-decides that device's open flows at once).
+//!
+//! Sources: `file` ([`file`]) works here; Jamf Pro and Intune plug in through [`fetch`]
+//! (their clients return `SourceFact`s); a failed or malformed sync keeps the source's
+//! previous facts (they age out through `max_age`) and is reported, never applied.
 
 pub mod file;
+pub mod overrides;
+pub mod store;
+
+pub use overrides::{OverrideAction, OverrideEntry, Overrides, OVERRIDE_SOURCE};
 
 use crate::policy::DeviceRecord;
-use config::{Config, SourceKind};
-use serde::Serialize;
-use std::collections::BTreeMap;
-use std::time::SystemTime;
+use config::{Config, RiskLevel, SourceKind};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+use store::{DeviceStore, SourceState};
+
+/// The source name risk-feed facts are kept under.
+pub const RISK_FEED_SOURCE: &str = "risk-feed";
 
 /// The state of one source, for `status`.
 #[derive(Debug, Clone, Serialize)]
@@ -19,7 +43,8 @@ pub struct SourceStatus {
     pub name: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
-    /// `ok`, `error`, `not-synced`, `not-implemented`.
+    /// `ok`, `error`, `not-synced`, `snapshot` (loaded from the store, not synced since the
+    /// start), `not-implemented`, `active` (risk feed, overrides).
     pub state: &'static str,
     pub devices: usize,
     #[serde(with = "crate::timefmt::opt_unix")]
@@ -27,11 +52,102 @@ pub struct SourceStatus {
     pub message: Option<String>,
 }
 
+/// What one source says about one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFact {
+    /// Enrolled and managed; `None`: this source does not say (a risk feed). Only facts that
+    /// say make a device known.
+    pub managed: Option<bool>,
+    #[serde(default)]
+    pub groups: BTreeSet<String>,
+    /// `None`: this source has no risk opinion.
+    #[serde(default)]
+    pub risk: Option<RiskLevel>,
+    #[serde(default)]
+    pub risk_reasons: Vec<String>,
+    #[serde(default)]
+    pub udids: BTreeSet<String>,
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// When the source last confirmed this.
+    #[serde(with = "unix_time")]
+    pub confirmed_at: SystemTime,
+    /// A risk-feed fact lapses then.
+    #[serde(default, with = "opt_unix_time")]
+    pub expires: Option<SystemTime>,
+}
+
+impl SourceFact {
+    /// An inventory source's record (what the MDM clients return).
+    pub fn inventory(
+        managed: bool,
+        groups: BTreeSet<String>,
+        risk: Option<RiskLevel>,
+        confirmed_at: SystemTime,
+    ) -> SourceFact {
+        SourceFact {
+            managed: Some(managed),
+            groups,
+            risk,
+            risk_reasons: Vec::new(),
+            udids: BTreeSet::new(),
+            platform: None,
+            confirmed_at,
+            expires: None,
+        }
+    }
+
+    /// From a policy record (sources written against [`DeviceRecord`]).
+    pub fn from_record(r: &DeviceRecord) -> SourceFact {
+        SourceFact::inventory(r.managed, r.groups.clone(), Some(r.risk), r.confirmed_at)
+    }
+
+    fn active(&self, now: SystemTime) -> bool {
+        self.expires.is_none_or(|e| now < e)
+    }
+}
+
+/// A device's merged state, as events and `device show` report it (no times, so that a
+/// source re-confirming the same facts is not a change).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceView {
+    /// Some inventory source lists it.
+    pub known: bool,
+    pub managed: bool,
+    pub groups: BTreeSet<String>,
+    pub risk: Option<RiskLevel>,
+    pub risk_reasons: Vec<String>,
+    /// The reason of an active block (`""` when none was given).
+    pub blocked: Option<String>,
+    pub sources: Vec<String>,
+}
+
+/// One change of a device's merged state.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub serial: String,
+    pub before: DeviceView,
+    pub after: DeviceView,
+    /// What caused it: `sync of source mdm`, `override block`, `risk feed`, `expired` …
+    pub reason: String,
+}
+
+/// Why a risk fact was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RiskFeedError {
+    #[error("device {0} is unknown to every inventory source; nothing changed")]
+    UnknownDevice(String),
+}
+
 /// Devices by serial, merged over all sources.
 #[derive(Debug, Default)]
 pub struct DeviceTable {
-    per_source: BTreeMap<String, BTreeMap<String, DeviceRecord>>,
+    per_source: BTreeMap<String, BTreeMap<String, SourceFact>>,
+    overrides: BTreeMap<String, Overrides>,
     status: Vec<SourceStatus>,
+    store: Option<DeviceStore>,
+    /// Store failures not yet reported (the daemon raises each as an alert).
+    store_errors: Vec<String>,
 }
 
 /// Serials are compared upper case without surrounding blanks (Apple prints them upper case).
@@ -39,124 +155,742 @@ pub fn normalize_serial(serial: &str) -> String {
     serial.trim().to_ascii_uppercase()
 }
 
+/// A serial from outside (CLI, risk feed): normalized, 1–128 printable characters.
+pub fn checked_serial(serial: &str) -> Result<String, String> {
+    let s = normalize_serial(serial);
+    if s.is_empty() {
+        return Err("empty serial".into());
+    }
+    if s.len() > 128 || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!(
+            "`{}` is not a serial number (1–128 printable characters, no blanks)",
+            s.escape_debug()
+        ));
+    }
+    Ok(s)
+}
+
+/// What fetching one source gave.
+#[derive(Debug)]
+pub enum Fetched {
+    Devices(BTreeMap<String, SourceFact>),
+    /// Unreachable, refused, malformed: the source keeps its previous facts.
+    Failed(String),
+    /// This kind of source has no client in this build.
+    NotImplemented(String),
+}
+
+/// Reads one source now. Jamf Pro and Intune clients plug in here (their `full_sync` is
+/// async); the `file` source reads a local file.
+pub async fn fetch(source: &config::ComplianceSource, now: SystemTime) -> Fetched {
+    fetch_local(source, now)
+}
+
+/// The sources that need no network: `file`; others are reported as not implemented.
+pub fn fetch_local(source: &config::ComplianceSource, now: SystemTime) -> Fetched {
+    match &source.kind {
+        SourceKind::File { path } => match file::read(&path.value, &source.name.value, now) {
+            Ok(records) => Fetched::Devices(
+                records
+                    .into_iter()
+                    .map(|(serial, r)| (serial, SourceFact::from_record(&r)))
+                    .collect(),
+            ),
+            Err(e) => Fetched::Failed(e.to_string()),
+        },
+        other => Fetched::NotImplemented(format!(
+            "{} sources are not implemented yet; their devices stay unknown",
+            other.type_name()
+        )),
+    }
+}
+
+fn kind_name(kind: &str) -> &'static str {
+    match kind {
+        "file" => "file",
+        "jamf-pro" => "jamf-pro",
+        "intune" => "intune",
+        RISK_FEED_SOURCE => RISK_FEED_SOURCE,
+        _ => "unknown",
+    }
+}
+
 impl DeviceTable {
-    /// Re-reads every source of `cfg`. A source that fails keeps what it had (its data ages
-    /// out through `max_age`); sources no longer configured are dropped.
-    pub fn sync(&mut self, cfg: &Config, now: SystemTime) -> Vec<SourceStatus> {
-        let mut status = Vec::new();
-        let mut kept = BTreeMap::new();
-        for source in &cfg.compliance.sources {
-            let name = source.name.value.clone();
-            let previous = self.per_source.remove(&name);
-            let (records, st) = match &source.kind {
-                SourceKind::File { path } => match file::read(&path.value, &name, now) {
-                    Ok(records) => {
-                        let n = records.len();
-                        (
-                            Some(records),
-                            SourceStatus {
-                                name: name.clone(),
-                                kind: "file",
-                                state: "ok",
-                                devices: n,
-                                last_sync: Some(now),
-                                message: None,
-                            },
-                        )
-                    }
-                    Err(e) => {
-                        let prev_n = previous.as_ref().map_or(0, BTreeMap::len);
-                        let prev_sync = self.last_sync(&name);
-                        (
-                            previous,
-                            SourceStatus {
-                                name: name.clone(),
-                                kind: "file",
-                                state: "error",
-                                devices: prev_n,
-                                last_sync: prev_sync,
-                                message: Some(e.to_string()),
-                            },
-                        )
-                    }
-                },
-                other => (
-                    None,
-                    SourceStatus {
-                        name: name.clone(),
-                        kind: other.type_name(),
-                        state: "not-implemented",
-                        devices: 0,
-                        last_sync: None,
-                        message: Some(format!(
-                            "{} sources are not implemented yet; their devices stay unknown",
-                            other.type_name()
-                        )),
-                    },
-                ),
-            };
-            if let Some(r) = records {
-                kept.insert(name, r);
+    /// A table over the store at `path`, starting from what it holds for the sources `cfg`
+    /// configures. A store that cannot be opened leaves an empty in-memory table (every device
+    /// unknown: fail closed) and an error to report.
+    pub fn open(path: &Path, cfg: &Config) -> DeviceTable {
+        let mut table = DeviceTable::default();
+        let opened = DeviceStore::open(path).and_then(|s| s.load().map(|snap| (s, snap)));
+        let (store, snap) = match opened {
+            Ok(x) => x,
+            Err(e) => {
+                table.store_errors.push(format!(
+                    "{e}; starting without persisted state (every device unknown until the first sync)"
+                ));
+                table.prune(cfg);
+                return table;
             }
-            status.push(st);
+        };
+        if snap.skipped > 0 {
+            table.store_errors.push(format!(
+                "device store {}: {} unreadable row(s) ignored",
+                path.display(),
+                snap.skipped
+            ));
         }
-        self.per_source = kept;
-        self.status = status.clone();
-        status
-    }
-
-    fn last_sync(&self, name: &str) -> Option<SystemTime> {
-        self.status
-            .iter()
-            .find(|s| s.name == name)
-            .and_then(|s| s.last_sync)
-    }
-
-    /// The merged record of a device: groups are the union, risk the worst, managed if any
-    /// source says so, confirmed at the oldest confirmation (so staleness is never hidden).
-    pub fn get(&self, serial: &str) -> Option<DeviceRecord> {
-        let serial = normalize_serial(serial);
-        let mut merged: Option<DeviceRecord> = None;
-        for records in self.per_source.values() {
-            let Some(r) = records.get(&serial) else {
-                continue;
-            };
-            merged = Some(match merged {
-                None => r.clone(),
-                Some(mut m) => {
-                    m.groups.extend(r.groups.iter().cloned());
-                    m.risk = m.risk.max(r.risk);
-                    m.managed |= r.managed;
-                    m.confirmed_at = m.confirmed_at.min(r.confirmed_at);
-                    m.source = format!("{}+{}", m.source, r.source);
-                    m
-                }
+        table.per_source = snap.facts;
+        table.overrides = snap.overrides;
+        table.store = Some(store);
+        for s in &cfg.compliance.sources {
+            let name = &s.name.value;
+            let persisted = snap.sources.get(name);
+            let devices = table.per_source.get(name).map_or(0, BTreeMap::len);
+            let last_sync = persisted
+                .and_then(|p| p.last_sync)
+                .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0).unsigned_abs()));
+            table.status.push(SourceStatus {
+                name: name.clone(),
+                kind: s.kind.type_name(),
+                state: if persisted.is_some() {
+                    "snapshot"
+                } else {
+                    "not-synced"
+                },
+                devices,
+                last_sync,
+                message: persisted.is_some().then(|| {
+                    "loaded from the device store; not synced since the start".to_string()
+                }),
             });
         }
-        merged
+        table.prune(cfg);
+        table
     }
 
-    pub fn status(&self) -> &[SourceStatus] {
-        &self.status
+    /// Store failures since the last call (each should be raised as an alert).
+    pub fn take_store_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.store_errors)
     }
 
-    pub fn device_count(&self) -> usize {
-        let mut serials: Vec<&String> = self.per_source.values().flat_map(|r| r.keys()).collect();
-        serials.sort();
-        serials.dedup();
-        serials.len()
+    pub fn store_path(&self) -> Option<&Path> {
+        self.store.as_ref().map(DeviceStore::path)
     }
-}
 
-impl DeviceTable {
-    /// Every device, merged, by serial.
-    pub fn all(&self) -> Vec<(String, DeviceRecord)> {
-        let mut serials: Vec<&String> = self.per_source.values().flat_map(|r| r.keys()).collect();
-        serials.sort();
-        serials.dedup();
-        serials
+    fn persist(&mut self, r: Result<(), store::StoreError>) {
+        if let Err(e) = r {
+            tracing::error!(error = %e, "device store write failed; the in-memory state is current");
+            self.store_errors.push(e.to_string());
+        }
+    }
+
+    /// Re-reads every source of `cfg` that needs no network (the `file` source). The daemon
+    /// uses [`fetch`] + [`DeviceTable::apply_fetch`], so network sources can await.
+    pub fn sync(&mut self, cfg: &Config, now: SystemTime) -> Vec<Change> {
+        let mut changes = Vec::new();
+        for source in &cfg.compliance.sources {
+            let fetched = fetch_local(source, now);
+            changes.extend(self.apply_fetch(
+                &source.name.value,
+                source.kind.type_name(),
+                fetched,
+                now,
+            ));
+        }
+        changes.extend(self.prune(cfg));
+        changes
+    }
+
+    /// Takes what a source returned: on success its facts replace everything it said before;
+    /// on failure it keeps its previous facts and its status says why.
+    pub fn apply_fetch(
+        &mut self,
+        name: &str,
+        kind: &str,
+        fetched: Fetched,
+        now: SystemTime,
+    ) -> Vec<Change> {
+        let kind = kind_name(kind);
+        let previous_sync = self
+            .status
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| s.last_sync);
+        let (state, message, last_sync, records) = match fetched {
+            Fetched::Devices(records) => ("ok", None, Some(now), Some(records)),
+            Fetched::Failed(e) => ("error", Some(e), previous_sync, None),
+            Fetched::NotImplemented(m) => ("not-implemented", Some(m), None, None),
+        };
+        let mut changes = Vec::new();
+        if let Some(records) = records {
+            let old_serials: BTreeSet<String> = self
+                .per_source
+                .get(name)
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            let affected: BTreeSet<String> = old_serials
+                .union(&records.keys().cloned().collect())
+                .cloned()
+                .collect();
+            let before = self.views(&affected);
+            let persisted = self.store.as_ref().map(|s| {
+                s.replace_source(
+                    name,
+                    &records,
+                    &SourceState {
+                        kind: kind.to_string(),
+                        last_sync: Some(crate::timefmt::unix(now)),
+                        last_error: None,
+                    },
+                )
+            });
+            if let Some(r) = persisted {
+                self.persist(r);
+            }
+            self.per_source.insert(name.to_string(), records);
+            changes = self.diff(before, &format!("sync of source {name}"));
+        } else if state == "error" {
+            let persisted = self.store.as_ref().map(|s| {
+                s.put_source_state(
+                    name,
+                    &SourceState {
+                        kind: kind.to_string(),
+                        last_sync: previous_sync.map(crate::timefmt::unix),
+                        last_error: message.clone(),
+                    },
+                )
+            });
+            if let Some(r) = persisted {
+                self.persist(r);
+            }
+        }
+        let devices = self.per_source.get(name).map_or(0, BTreeMap::len);
+        let st = SourceStatus {
+            name: name.to_string(),
+            kind,
+            state,
+            devices,
+            last_sync,
+            message,
+        };
+        match self.status.iter_mut().find(|s| s.name == name) {
+            Some(s) => *s = st,
+            None => self.status.push(st),
+        }
+        changes
+    }
+
+    /// Sets (`Some`) or removes (`None`) some devices' facts of one source, leaving its other
+    /// devices alone: a targeted re-read after a webhook.
+    pub fn update_devices(
+        &mut self,
+        name: &str,
+        updates: Vec<(String, Option<SourceFact>)>,
+        reason: &str,
+    ) -> Vec<Change> {
+        let updates: Vec<(String, Option<SourceFact>)> = updates
             .into_iter()
-            .filter_map(|s| self.get(s).map(|r| (s.clone(), r)))
+            .map(|(s, f)| (normalize_serial(&s), f))
+            .collect();
+        let affected: BTreeSet<String> = updates.iter().map(|(s, _)| s.clone()).collect();
+        let before = self.views(&affected);
+        if let Some(store) = &self.store {
+            let r = store.put_facts(name, &updates);
+            self.persist(r);
+        }
+        let facts = self.per_source.entry(name.to_string()).or_default();
+        for (serial, fact) in updates {
+            match fact {
+                Some(f) => {
+                    facts.insert(serial, f);
+                }
+                None => {
+                    facts.remove(&serial);
+                }
+            }
+        }
+        if let Some(st) = self.status.iter_mut().find(|s| s.name == name) {
+            st.devices = self.per_source.get(name).map_or(0, BTreeMap::len);
+        }
+        self.diff(before, reason)
+    }
+
+    /// A risk opinion from the risk feed. Refused for a device no inventory source knows.
+    pub fn set_risk_feed(
+        &mut self,
+        serial: &str,
+        fact: SourceFact,
+    ) -> Result<Vec<Change>, RiskFeedError> {
+        let serial = normalize_serial(serial);
+        if !self.known(&serial) {
+            return Err(RiskFeedError::UnknownDevice(serial));
+        }
+        let changes =
+            self.update_devices(RISK_FEED_SOURCE, vec![(serial, Some(fact))], "risk feed");
+        Ok(changes)
+    }
+
+    /// Replaces a device's overrides.
+    pub fn set_overrides(&mut self, serial: &str, o: Overrides, reason: &str) -> Vec<Change> {
+        let serial = normalize_serial(serial);
+        let affected: BTreeSet<String> = [serial.clone()].into_iter().collect();
+        let before = self.views(&affected);
+        if let Some(store) = &self.store {
+            let r = store.put_overrides(&serial, &o);
+            self.persist(r);
+        }
+        if o.is_empty() {
+            self.overrides.remove(&serial);
+        } else {
+            self.overrides.insert(serial, o);
+        }
+        self.diff(before, reason)
+    }
+
+    pub fn overrides(&self, serial: &str) -> Overrides {
+        self.overrides
+            .get(&normalize_serial(serial))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Drops lapsed overrides and risk-feed facts.
+    pub fn expire(&mut self, now: SystemTime) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let lapsed: Vec<(String, Overrides)> = self
+            .overrides
+            .iter()
+            .filter_map(|(s, o)| {
+                let mut o = o.clone();
+                o.expire(now).then(|| (s.clone(), o))
+            })
+            .collect();
+        for (serial, o) in lapsed {
+            changes.extend(self.set_overrides(&serial, o, "override expired"));
+        }
+        let lapsed: Vec<(String, Option<SourceFact>)> = self
+            .per_source
+            .get(RISK_FEED_SOURCE)
+            .map(|f| {
+                f.iter()
+                    .filter(|(_, f)| !f.active(now))
+                    .map(|(s, _)| (s.clone(), None))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !lapsed.is_empty() {
+            changes.extend(self.update_devices(RISK_FEED_SOURCE, lapsed, "risk feed fact expired"));
+        }
+        changes
+    }
+
+    /// Forgets sources no longer configured (the risk feed stays).
+    pub fn prune(&mut self, cfg: &Config) -> Vec<Change> {
+        let configured: BTreeSet<&str> = cfg
+            .compliance
+            .sources
+            .iter()
+            .map(|s| s.name.value.as_str())
+            .chain([RISK_FEED_SOURCE])
+            .collect();
+        let gone: Vec<String> = self
+            .per_source
+            .keys()
+            .filter(|n| !configured.contains(n.as_str()))
+            .cloned()
+            .collect();
+        self.status.retain(|s| configured.contains(s.name.as_str()));
+        let mut changes = Vec::new();
+        for name in gone {
+            let affected: BTreeSet<String> = self
+                .per_source
+                .get(&name)
+                .map(|r| r.keys().cloned().collect())
+                .unwrap_or_default();
+            let before = self.views(&affected);
+            self.per_source.remove(&name);
+            if let Some(store) = &self.store {
+                let r = store.remove_source(&name);
+                self.persist(r);
+            }
+            changes.extend(self.diff(before, &format!("source {name} removed")));
+        }
+        // sources newly configured show up as not synced
+        for s in &cfg.compliance.sources {
+            if !self.status.iter().any(|st| st.name == s.name.value) {
+                self.status.push(SourceStatus {
+                    name: s.name.value.clone(),
+                    kind: s.kind.type_name(),
+                    state: "not-synced",
+                    devices: 0,
+                    last_sync: None,
+                    message: None,
+                });
+            }
+        }
+        changes
+    }
+
+    fn views(&self, serials: &BTreeSet<String>) -> Vec<(String, DeviceView)> {
+        serials.iter().map(|s| (s.clone(), self.view(s))).collect()
+    }
+
+    fn diff(&self, before: Vec<(String, DeviceView)>, reason: &str) -> Vec<Change> {
+        before
+            .into_iter()
+            .filter_map(|(serial, before)| {
+                let after = self.view(&serial);
+                (after != before).then(|| Change {
+                    serial,
+                    before,
+                    after,
+                    reason: reason.to_string(),
+                })
+            })
             .collect()
     }
+
+    /// Every fact about `serial`, by source (inventory sources, the risk feed).
+    pub fn facts(&self, serial: &str) -> Vec<(&str, &SourceFact)> {
+        let serial = normalize_serial(serial);
+        self.per_source
+            .iter()
+            .filter_map(|(name, f)| f.get(&serial).map(|f| (name.as_str(), f)))
+            .collect()
+    }
+
+    /// The type of a source (`file`, `jamf-pro`, `intune`, `risk-feed`).
+    pub fn kind_of(&self, source: &str) -> &'static str {
+        if source == RISK_FEED_SOURCE {
+            return RISK_FEED_SOURCE;
+        }
+        self.status
+            .iter()
+            .find(|s| s.name == source)
+            .map_or("unknown", |s| s.kind)
+    }
+
+    fn known(&self, serial: &str) -> bool {
+        self.per_source
+            .values()
+            .any(|f| f.get(serial).is_some_and(|f| f.managed.is_some()))
+    }
+
+    /// The merged state of a device. Lapsed overrides and risk facts count until
+    /// [`DeviceTable::expire`] drops them (the daemon runs it every second), so that their
+    /// lapse is a change like any other: an event and a re-decision.
+    pub fn view(&self, serial: &str) -> DeviceView {
+        let serial = normalize_serial(serial);
+        let mut v = DeviceView {
+            known: false,
+            managed: false,
+            groups: BTreeSet::new(),
+            risk: None,
+            risk_reasons: Vec::new(),
+            blocked: None,
+            sources: Vec::new(),
+        };
+        for (name, f) in self.facts(&serial) {
+            v.sources.push(name.to_string());
+            if let Some(m) = f.managed {
+                v.known = true;
+                v.managed |= m;
+                v.groups.extend(f.groups.iter().cloned());
+            }
+            if let Some(r) = f.risk {
+                if v.risk.is_none_or(|cur| r > cur) {
+                    v.risk = Some(r);
+                }
+                v.risk_reasons
+                    .extend(f.risk_reasons.iter().map(|x| format!("{name}: {x}")));
+            }
+        }
+        if let Some(o) = self.overrides.get(&serial) {
+            let mut used = false;
+            if let Some(level) = o.risk.as_ref().and_then(|e| e.level) {
+                used = true;
+                if v.risk.is_none_or(|cur| level > cur) {
+                    v.risk = Some(level);
+                }
+                let why = o.risk.as_ref().and_then(|e| e.reason.clone());
+                v.risk_reasons.push(format!(
+                    "override: risk {}{}",
+                    level.as_str(),
+                    why.map(|w| format!(" ({w})")).unwrap_or_default()
+                ));
+            }
+            if let Some(b) = &o.block {
+                used = true;
+                v.blocked = Some(b.reason.clone().unwrap_or_default());
+            }
+            if used {
+                v.sources.push(OVERRIDE_SOURCE.to_string());
+            }
+        }
+        v
+    }
+
+    /// The record the policy engine decides on (see the module doc for the merge).
+    pub fn get(&self, serial: &str) -> Option<DeviceRecord> {
+        let serial = normalize_serial(serial);
+        let confirmed_at = self
+            .facts(&serial)
+            .into_iter()
+            .filter(|(_, f)| f.managed.is_some())
+            .map(|(_, f)| f.confirmed_at)
+            .min()?;
+        let v = self.view(&serial);
+        let blocked = v.blocked.is_some();
+        Some(DeviceRecord {
+            managed: v.managed,
+            groups: if blocked { BTreeSet::new() } else { v.groups },
+            risk: if blocked {
+                RiskLevel::High
+            } else {
+                v.risk.unwrap_or(RiskLevel::Secure)
+            },
+            source: if blocked {
+                format!("{} (blocked by an override)", v.sources.join("+"))
+            } else {
+                v.sources.join("+")
+            },
+            confirmed_at,
+        })
+    }
+
+    /// Every source's state: the configured ones, then the risk feed and overrides when they
+    /// hold anything.
+    pub fn status(&self) -> Vec<SourceStatus> {
+        let mut out = self.status.clone();
+        if let Some(f) = self
+            .per_source
+            .get(RISK_FEED_SOURCE)
+            .filter(|f| !f.is_empty())
+        {
+            out.push(SourceStatus {
+                name: RISK_FEED_SOURCE.into(),
+                kind: RISK_FEED_SOURCE,
+                state: "active",
+                devices: f.len(),
+                last_sync: f.values().map(|f| f.confirmed_at).max(),
+                message: None,
+            });
+        }
+        if !self.overrides.is_empty() {
+            out.push(SourceStatus {
+                name: OVERRIDE_SOURCE.into(),
+                kind: OVERRIDE_SOURCE,
+                state: "active",
+                devices: self.overrides.len(),
+                last_sync: None,
+                message: None,
+            });
+        }
+        out
+    }
+
+    /// Devices some inventory source lists.
+    pub fn device_count(&self) -> usize {
+        self.serials().into_iter().filter(|s| self.known(s)).count()
+    }
+
+    /// Every serial any source or override names.
+    pub fn serials(&self) -> Vec<String> {
+        let mut serials: BTreeSet<String> = self
+            .per_source
+            .values()
+            .flat_map(|r| r.keys().cloned())
+            .collect();
+        serials.extend(self.overrides.keys().cloned());
+        serials.into_iter().collect()
+    }
+
+    /// Every known device, merged, by serial.
+    pub fn all(&self) -> Vec<(String, DeviceRecord)> {
+        self.serials()
+            .into_iter()
+            .filter_map(|s| self.get(&s).map(|r| (s, r)))
+            .collect()
+    }
+
+    /// Compliant or not, and why: the checks every trusted egress needs (DESIGN.md invariant
+    /// 1), independent of the target. Risk is held against the loosest `max_risk` of the
+    /// policies that lead to a trusted egress.
+    pub fn verdict(&self, serial: &str, cfg: &Config, now: SystemTime) -> ComplianceVerdict {
+        let serial = normalize_serial(serial);
+        let mut checks = Vec::new();
+        let mut check = |name: &'static str, passed: bool, detail: String| {
+            checks.push(Check {
+                check: name,
+                passed,
+                detail,
+            })
+        };
+        let record = self.get(&serial);
+        let view = self.view(&serial);
+        match &record {
+            None => check(
+                "known",
+                false,
+                format!("{serial} is unknown to every inventory source"),
+            ),
+            Some(r) => {
+                check(
+                    "known",
+                    true,
+                    format!("listed by {}", view.sources.join(", ")),
+                );
+                let max_age = cfg.compliance.max_age;
+                let human = crate::policy::human;
+                match now.duration_since(r.confirmed_at) {
+                    Ok(age) if age <= max_age => check(
+                        "fresh",
+                        true,
+                        format!("confirmed {} ago (max {})", human(age), human(max_age)),
+                    ),
+                    Ok(age) => check(
+                        "fresh",
+                        false,
+                        format!(
+                            "confirmed {} ago, over the maximum age {}: counts as unknown",
+                            human(age),
+                            human(max_age)
+                        ),
+                    ),
+                    Err(e) if e.duration() <= crate::policy::MAX_CLOCK_SKEW => {
+                        check("fresh", true, "confirmed just now".into())
+                    }
+                    Err(e) => check(
+                        "fresh",
+                        false,
+                        format!("confirmed {} in the future", human(e.duration())),
+                    ),
+                }
+                check(
+                    "managed",
+                    r.managed,
+                    if r.managed {
+                        "managed by the MDM".into()
+                    } else {
+                        "not managed by the MDM".into()
+                    },
+                );
+                if let Some(reason) = &view.blocked {
+                    check(
+                        "override",
+                        false,
+                        if reason.is_empty() {
+                            "blocked by an operator override".to_string()
+                        } else {
+                            format!("blocked by an operator override: {reason}")
+                        },
+                    );
+                }
+                let hit = cfg
+                    .compliance
+                    .compliant_groups
+                    .iter()
+                    .find(|g| view.groups.contains(*g));
+                check(
+                    "compliant",
+                    hit.is_some() && view.blocked.is_none(),
+                    match hit {
+                        Some(g) => format!("in compliant group \"{g}\""),
+                        None => format!(
+                            "in no compliant group (needs one of: {})",
+                            cfg.compliance.compliant_groups.join(", ")
+                        ),
+                    },
+                );
+                let loosest = cfg
+                    .policies
+                    .iter()
+                    .filter(|p| match &p.egress.value {
+                        config::Outcome::Egress(e) => cfg.egress(e).is_some_and(|e| e.is_trusted()),
+                        _ => false,
+                    })
+                    .map(|p| p.max_risk)
+                    .max();
+                if let Some(max) = loosest {
+                    let within = r.risk <= max;
+                    check(
+                        "risk",
+                        within,
+                        format!(
+                            "risk {} {} the loosest trusted policy's max_risk {}{}",
+                            r.risk.as_str(),
+                            if within { "within" } else { "over" },
+                            max.as_str(),
+                            if view.risk_reasons.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" ({})", view.risk_reasons.join("; "))
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        let why = checks.iter().find(|c| !c.passed).map(|c| c.detail.clone());
+        ComplianceVerdict {
+            compliant: why.is_none(),
+            why,
+            checks,
+        }
+    }
 }
+
+/// One check of [`DeviceTable::verdict`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub passed: bool,
+    pub detail: String,
+}
+
+/// Compliant or not, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComplianceVerdict {
+    pub compliant: bool,
+    /// The first failed check.
+    pub why: Option<String>,
+    pub checks: Vec<Check>,
+}
+
+mod unix_time {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_i64(crate::timefmt::unix(*t))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = i64::deserialize(d)?;
+        Ok(from_unix(secs))
+    }
+    pub fn from_unix(secs: i64) -> SystemTime {
+        if secs >= 0 {
+            UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+        } else {
+            UNIX_EPOCH
+        }
+    }
+}
+
+mod opt_unix_time {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::SystemTime;
+
+    pub fn serialize<S: Serializer>(t: &Option<SystemTime>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&crate::timefmt::unix(*t)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.map(super::unix_time::from_unix))
+    }
+}
+
+#[cfg(test)]
+mod tests;
