@@ -333,25 +333,74 @@ impl Shared {
     }
 
     fn devices(&self) -> Value {
-        let now = SystemTime::now();
-        let list: Vec<Value> = match self.devices.read() {
-            Ok(d) => d
-                .all()
-                .into_iter()
-                .map(|(serial, r)| {
-                    json!({
-                        "serial": serial,
-                        "managed": r.managed,
-                        "groups": r.groups,
-                        "risk": r.risk,
-                        "source": r.source,
-                        "age_secs": now.duration_since(r.confirmed_at).unwrap_or_default().as_secs(),
-                    })
-                })
-                .collect(),
-            Err(_) => Vec::new(),
+        self.device_list(&crate::compliance::report::DeviceFilter::default())
+    }
+
+    fn device_list(&self, filter: &crate::compliance::report::DeviceFilter) -> Value {
+        let cfg = self.current();
+        match self.devices.read() {
+            Ok(d) => d.list(&cfg.loaded.config, SystemTime::now(), filter),
+            Err(_) => json!({ "devices": [] }),
+        }
+    }
+
+    fn device_show(&self, serial: &str) -> Response {
+        let serial = match crate::compliance::checked_serial(serial) {
+            Ok(s) => s,
+            Err(e) => return Response::err("bad-request", format!("serial: {e}"), vec![]),
         };
-        json!({ "devices": list })
+        let cfg = self.current();
+        match self.devices.read() {
+            Ok(d) => Response::ok(d.show(&serial, &cfg.loaded.config, SystemTime::now())),
+            Err(_) => Response::err("internal", "device table unavailable", vec![]),
+        }
+    }
+
+    /// `attestgate device block|risk|unblock|clear`: persisted, an event, and the device's
+    /// open flows re-decided at once.
+    fn device_override(
+        &self,
+        serial: &str,
+        action: crate::compliance::OverrideAction,
+        level: Option<config::RiskLevel>,
+        reason: Option<String>,
+        until: Option<i64>,
+    ) -> Response {
+        let serial = match crate::compliance::checked_serial(serial) {
+            Ok(s) => s,
+            Err(e) => return Response::err("bad-request", format!("serial: {e}"), vec![]),
+        };
+        let now = SystemTime::now();
+        let cfg = self.current();
+        let (changes, result) = {
+            let Ok(mut d) = self.devices.write() else {
+                return Response::err("internal", "device table unavailable", vec![]);
+            };
+            let next = match crate::compliance::overrides::apply(
+                &d.overrides(&serial),
+                action,
+                level,
+                reason.clone(),
+                until,
+                now,
+            ) {
+                Ok(n) => n,
+                Err(e) => return Response::err("bad-request", e, vec![]),
+            };
+            let changes = d.set_overrides(&serial, next, &format!("override {}", action.as_str()));
+            let known = d.get(&serial).is_some();
+            let mut result = d.show(&serial, &cfg.loaded.config, now);
+            result["action"] = json!(action.as_str());
+            result["changed"] = json!(!changes.is_empty());
+            result["known"] = json!(known);
+            (changes, result)
+        };
+        self.events.emit(
+            "compliance.override",
+            json!({"serial": serial, "action": action.as_str(), "level": level, "reason": reason, "until": until}),
+        );
+        self.changed(changes);
+        Response::ok(result)
     }
 
     /// Starts the relay, or restarts it when its settings changed. A relay that cannot start
@@ -551,6 +600,15 @@ impl Shared {
             }
             Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
+            Request::DeviceList { filter } => Response::ok(self.device_list(&filter)),
+            Request::DeviceShow { serial } => self.device_show(&serial),
+            Request::DeviceOverride {
+                serial,
+                action,
+                level,
+                reason,
+                until,
+            } => self.device_override(&serial, action, level, reason, until),
         }
     }
 }

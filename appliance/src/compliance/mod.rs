@@ -22,9 +22,10 @@
 
 pub mod file;
 pub mod overrides;
+pub mod report;
 pub mod store;
 
-pub use overrides::{OverrideAction, OverrideEntry, Overrides, OVERRIDE_SOURCE};
+pub use overrides::{OverrideAction, Overrides, OVERRIDE_SOURCE};
 
 use crate::policy::DeviceRecord;
 use config::{Config, RiskLevel, SourceKind};
@@ -282,23 +283,6 @@ impl DeviceTable {
             tracing::error!(error = %e, "device store write failed; the in-memory state is current");
             self.store_errors.push(e.to_string());
         }
-    }
-
-    /// Re-reads every source of `cfg` that needs no network (the `file` source). The daemon
-    /// uses [`fetch`] + [`DeviceTable::apply_fetch`], so network sources can await.
-    pub fn sync(&mut self, cfg: &Config, now: SystemTime) -> Vec<Change> {
-        let mut changes = Vec::new();
-        for source in &cfg.compliance.sources {
-            let fetched = fetch_local(source, now);
-            changes.extend(self.apply_fetch(
-                &source.name.value,
-                source.kind.type_name(),
-                fetched,
-                now,
-            ));
-        }
-        changes.extend(self.prune(cfg));
-        changes
     }
 
     /// Takes what a source returned: on success its facts replace everything it said before;
@@ -704,157 +688,6 @@ impl DeviceTable {
         serials.extend(self.overrides.keys().cloned());
         serials.into_iter().collect()
     }
-
-    /// Every known device, merged, by serial.
-    pub fn all(&self) -> Vec<(String, DeviceRecord)> {
-        self.serials()
-            .into_iter()
-            .filter_map(|s| self.get(&s).map(|r| (s, r)))
-            .collect()
-    }
-
-    /// Compliant or not, and why: the checks every trusted egress needs (DESIGN.md invariant
-    /// 1), independent of the target. Risk is held against the loosest `max_risk` of the
-    /// policies that lead to a trusted egress.
-    pub fn verdict(&self, serial: &str, cfg: &Config, now: SystemTime) -> ComplianceVerdict {
-        let serial = normalize_serial(serial);
-        let mut checks = Vec::new();
-        let mut check = |name: &'static str, passed: bool, detail: String| {
-            checks.push(Check {
-                check: name,
-                passed,
-                detail,
-            })
-        };
-        let record = self.get(&serial);
-        let view = self.view(&serial);
-        match &record {
-            None => check(
-                "known",
-                false,
-                format!("{serial} is unknown to every inventory source"),
-            ),
-            Some(r) => {
-                check(
-                    "known",
-                    true,
-                    format!("listed by {}", view.sources.join(", ")),
-                );
-                let max_age = cfg.compliance.max_age;
-                let human = crate::policy::human;
-                match now.duration_since(r.confirmed_at) {
-                    Ok(age) if age <= max_age => check(
-                        "fresh",
-                        true,
-                        format!("confirmed {} ago (max {})", human(age), human(max_age)),
-                    ),
-                    Ok(age) => check(
-                        "fresh",
-                        false,
-                        format!(
-                            "confirmed {} ago, over the maximum age {}: counts as unknown",
-                            human(age),
-                            human(max_age)
-                        ),
-                    ),
-                    Err(e) if e.duration() <= crate::policy::MAX_CLOCK_SKEW => {
-                        check("fresh", true, "confirmed just now".into())
-                    }
-                    Err(e) => check(
-                        "fresh",
-                        false,
-                        format!("confirmed {} in the future", human(e.duration())),
-                    ),
-                }
-                check(
-                    "managed",
-                    r.managed,
-                    if r.managed {
-                        "managed by the MDM".into()
-                    } else {
-                        "not managed by the MDM".into()
-                    },
-                );
-                if let Some(reason) = &view.blocked {
-                    check(
-                        "override",
-                        false,
-                        if reason.is_empty() {
-                            "blocked by an operator override".to_string()
-                        } else {
-                            format!("blocked by an operator override: {reason}")
-                        },
-                    );
-                }
-                let hit = cfg
-                    .compliance
-                    .compliant_groups
-                    .iter()
-                    .find(|g| view.groups.contains(*g));
-                check(
-                    "compliant",
-                    hit.is_some() && view.blocked.is_none(),
-                    match hit {
-                        Some(g) => format!("in compliant group \"{g}\""),
-                        None => format!(
-                            "in no compliant group (needs one of: {})",
-                            cfg.compliance.compliant_groups.join(", ")
-                        ),
-                    },
-                );
-                let loosest = cfg
-                    .policies
-                    .iter()
-                    .filter(|p| match &p.egress.value {
-                        config::Outcome::Egress(e) => cfg.egress(e).is_some_and(|e| e.is_trusted()),
-                        _ => false,
-                    })
-                    .map(|p| p.max_risk)
-                    .max();
-                if let Some(max) = loosest {
-                    let within = r.risk <= max;
-                    check(
-                        "risk",
-                        within,
-                        format!(
-                            "risk {} {} the loosest trusted policy's max_risk {}{}",
-                            r.risk.as_str(),
-                            if within { "within" } else { "over" },
-                            max.as_str(),
-                            if view.risk_reasons.is_empty() {
-                                String::new()
-                            } else {
-                                format!(" ({})", view.risk_reasons.join("; "))
-                            }
-                        ),
-                    );
-                }
-            }
-        }
-        let why = checks.iter().find(|c| !c.passed).map(|c| c.detail.clone());
-        ComplianceVerdict {
-            compliant: why.is_none(),
-            why,
-            checks,
-        }
-    }
-}
-
-/// One check of [`DeviceTable::verdict`].
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub check: &'static str,
-    pub passed: bool,
-    pub detail: String,
-}
-
-/// Compliant or not, and why.
-#[derive(Debug, Clone, Serialize)]
-pub struct ComplianceVerdict {
-    pub compliant: bool,
-    /// The first failed check.
-    pub why: Option<String>,
-    pub checks: Vec<Check>,
 }
 
 mod unix_time {

@@ -22,7 +22,7 @@
 //! - `meta`: `schema` → [`SCHEMA`]
 
 use super::{Overrides, SourceFact};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -261,8 +261,10 @@ impl DeviceStore {
         })
     }
 
-    /// How many fact rows the store holds (for tests and status).
+    /// How many fact rows the store holds.
+    #[cfg(test)]
     pub fn fact_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
         let count =
             || -> Result<u64, redb::Error> { Ok(self.db.begin_read()?.open_table(FACTS)?.len()?) };
         count().map_err(|e| self.error(e))
@@ -313,7 +315,7 @@ mod tests {
             s.replace_source("mdm", &facts, &state).unwrap();
             s.put_facts("other", &[("A1".into(), None)]).unwrap();
             let mut o = Overrides::default();
-            o.block = Some(super::super::OverrideEntry {
+            o.block = Some(super::super::overrides::OverrideEntry {
                 level: None,
                 reason: Some("lost".into()),
                 set_at: 1_800_000_000,
