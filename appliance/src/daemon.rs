@@ -64,6 +64,37 @@ pub struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     last_apply: Mutex<Option<ApplyRecord>>,
     socket: PathBuf,
+    /// The admin HTTPS listener (webhooks, risk feed) and its settings' fingerprint.
+    admin: Mutex<Option<(String, crate::compliance::admin::AdminListener)>>,
+    admin_state: Mutex<String>,
+    /// Webhook-triggered re-reads, coalesced by one task.
+    resync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>>,
+    /// Set once at start, for handing `Arc<Shared>` to the admin listener.
+    self_ref: std::sync::OnceLock<std::sync::Weak<Shared>>,
+}
+
+impl crate::compliance::admin::AdminBackend for Shared {
+    fn config(&self) -> Arc<config::Config> {
+        Arc::new(self.current().loaded.config.clone())
+    }
+    fn devices(&self) -> &RwLock<DeviceTable> {
+        &self.devices
+    }
+    fn resync(&self, sources: Vec<String>, _hint: crate::compliance::admin::WebhookHint) {
+        // Until a source re-reads single devices (`refresh_device`), a hint re-reads the
+        // whole source; the hint itself is in the `webhook.received` event.
+        if let Ok(tx) = self.resync_tx.lock() {
+            if let Some(tx) = tx.as_ref() {
+                let _ = tx.send(sources);
+            }
+        }
+    }
+    fn changed(&self, changes: Vec<crate::compliance::Change>) {
+        Shared::changed(self, changes)
+    }
+    fn event(&self, kind: &str, fields: Value) {
+        self.events.emit(kind, fields)
+    }
 }
 
 impl Shared {
@@ -225,6 +256,7 @@ impl Shared {
         self.sync_devices(None).await;
         self.reconcile_tunnels();
         self.reconcile_relay();
+        self.reconcile_admin().await;
         self.enforce();
         let msg = format!(
             "generation {} ({}) applied",
@@ -298,6 +330,7 @@ impl Shared {
                 "max_age_secs": cfg.compliance.max_age.as_secs(),
                 "sources": sources,
                 "store": store,
+                "admin": self.admin_state.lock().map(|s| s.clone()).unwrap_or_default(),
             },
             "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
         })
@@ -454,6 +487,53 @@ impl Shared {
             }
         };
         if let Ok(mut s) = self.relay_state.lock() {
+            *s = state;
+        }
+    }
+
+    /// Starts, restarts or stops the admin listener to match `[compliance.webhook]`. One that
+    /// cannot start (address in use, unreadable secret) leaves the daemon running without it.
+    async fn reconcile_admin(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let webhook = cfg.compliance.webhook.clone();
+        let fingerprint = format!("{webhook:?}");
+        if let Ok(slot) = self.admin.lock() {
+            if slot.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+                return;
+            }
+        }
+        let old = self.admin.lock().ok().and_then(|mut s| s.take());
+        drop(old);
+        let Some(w) = webhook else {
+            if let Ok(mut s) = self.admin_state.lock() {
+                *s = "not configured".into();
+            }
+            return;
+        };
+        let Some(me) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let started =
+            crate::compliance::admin::start(&w, me, crate::compliance::admin::jamf_parser()).await;
+        let state = match started {
+            Ok(listener) => {
+                let state = format!("listening on {}", listener.local_addr());
+                self.events.emit(
+                    "admin.started",
+                    json!({"listen": listener.local_addr().to_string()}),
+                );
+                if let Ok(mut slot) = self.admin.lock() {
+                    *slot = Some((fingerprint, listener));
+                }
+                state
+            }
+            Err(e) => {
+                self.events
+                    .emit("admin.error", json!({"error": e, "alert": true}));
+                format!("error: {e}")
+            }
+        };
+        if let Ok(mut s) = self.admin_state.lock() {
             *s = state;
         }
     }
@@ -758,7 +838,38 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         apply_lock: tokio::sync::Mutex::new(()),
         last_apply: Mutex::new(None),
         socket: cfg.appliance.control_socket.clone(),
+        admin: Mutex::new(None),
+        admin_state: Mutex::new("not configured".into()),
+        resync_tx: Mutex::new(None),
+        self_ref: std::sync::OnceLock::new(),
     });
+    let _ = shared.self_ref.set(Arc::downgrade(&shared));
+    let resyncer = {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        if let Ok(mut slot) = shared.resync_tx.lock() {
+            *slot = Some(tx);
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // webhooks come in bursts: every hint queued meanwhile joins one re-read
+            while let Some(mut sources) = rx.recv().await {
+                let mut hints = 1;
+                while let Ok(more) = rx.try_recv() {
+                    sources.extend(more);
+                    hints += 1;
+                }
+                sources.sort();
+                sources.dedup();
+                let started = std::time::Instant::now();
+                shared.sync_devices(Some(&sources)).await;
+                let devices = shared.devices.read().map(|d| d.device_count()).unwrap_or(0);
+                shared.events.emit(
+                    "compliance.synced",
+                    json!({"devices": devices, "duration_ms": started.elapsed().as_millis(), "trigger": "webhook", "sources": sources, "hints": hints}),
+                );
+            }
+        })
+    };
     shared.events.set_file(cfg.events.file.clone());
     for w in shared.current().loaded.warnings.0.iter() {
         tracing::warn!("{w}");
@@ -768,6 +879,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     shared.sync_devices(None).await;
     shared.reconcile_tunnels();
     shared.reconcile_relay();
+    shared.reconcile_admin().await;
     shared.events.emit(
         "daemon.started",
         json!({
@@ -848,6 +960,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     };
     refresher.abort();
     enforcer.abort();
+    resyncer.abort();
+    let admin = shared.admin.lock().ok().and_then(|mut a| a.take());
+    drop(admin);
     let relay = shared.relay.lock().ok().and_then(|mut r| r.take());
     if let Some((_, relay)) = relay {
         relay.shutdown(Duration::from_secs(2)).await;

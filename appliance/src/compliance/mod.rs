@@ -20,6 +20,7 @@
 //! (their clients return `SourceFact`s); a failed or malformed sync keeps the source's
 //! previous facts (they age out through `max_age`) and is reported, never applied.
 
+pub mod admin;
 pub mod file;
 pub mod overrides;
 pub mod report;
@@ -96,11 +97,6 @@ impl SourceFact {
             confirmed_at,
             expires: None,
         }
-    }
-
-    /// From a policy record (sources written against [`DeviceRecord`]).
-    pub fn from_record(r: &DeviceRecord) -> SourceFact {
-        SourceFact::inventory(r.managed, r.groups.clone(), Some(r.risk), r.confirmed_at)
     }
 
     fn active(&self, now: SystemTime) -> bool {
@@ -190,13 +186,8 @@ pub async fn fetch(source: &config::ComplianceSource, now: SystemTime) -> Fetche
 /// The sources that need no network: `file`; others are reported as not implemented.
 pub fn fetch_local(source: &config::ComplianceSource, now: SystemTime) -> Fetched {
     match &source.kind {
-        SourceKind::File { path } => match file::read(&path.value, &source.name.value, now) {
-            Ok(records) => Fetched::Devices(
-                records
-                    .into_iter()
-                    .map(|(serial, r)| (serial, SourceFact::from_record(&r)))
-                    .collect(),
-            ),
+        SourceKind::File { path } => match file::read(&path.value, now) {
+            Ok(records) => Fetched::Devices(records),
             Err(e) => Fetched::Failed(e.to_string()),
         },
         other => Fetched::NotImplemented(format!(

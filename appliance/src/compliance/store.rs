@@ -21,6 +21,9 @@
 //! - `overrides`: serial → [`Overrides`] as JSON
 //! - `meta`: `schema` → [`SCHEMA`]
 
+// redb's error type is large; it only travels on the cold path of a failed write or read.
+#![allow(clippy::result_large_err)]
+
 use super::{Overrides, SourceFact};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -314,13 +317,15 @@ mod tests {
             facts.remove("B2");
             s.replace_source("mdm", &facts, &state).unwrap();
             s.put_facts("other", &[("A1".into(), None)]).unwrap();
-            let mut o = Overrides::default();
-            o.block = Some(super::super::overrides::OverrideEntry {
-                level: None,
-                reason: Some("lost".into()),
-                set_at: 1_800_000_000,
-                until: None,
-            });
+            let o = Overrides {
+                block: Some(super::super::overrides::OverrideEntry {
+                    level: None,
+                    reason: Some("lost".into()),
+                    set_at: 1_800_000_000,
+                    until: None,
+                }),
+                risk: None,
+            };
             s.put_overrides("C3", &o).unwrap();
             s.put_overrides("D4", &o).unwrap();
             s.put_overrides("D4", &Overrides::default()).unwrap();
