@@ -174,10 +174,13 @@ impl Expiry {
     /// Unix seconds, if any.
     pub fn until(&self, now: std::time::SystemTime) -> Option<i64> {
         self.until.or_else(|| {
-            self.for_.map(|d| {
-                crate::timefmt::unix(now)
-                    .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-            })
+            // rounded up to the next second, so that the override lasts at least as long
+            let end = now.checked_add(self.for_?)?;
+            let secs = crate::timefmt::unix(end);
+            let partial = end
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|d| d.subsec_nanos() > 0);
+            Some(secs.saturating_add(i64::from(partial)))
         })
     }
 }

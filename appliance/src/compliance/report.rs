@@ -107,7 +107,7 @@ impl DeviceTable {
                     "platform": f.platform,
                     "confirmed_at": crate::timefmt::unix(f.confirmed_at),
                     "age_secs": age_secs(now, f.confirmed_at),
-                    "stale": age_secs(now, f.confirmed_at) > cfg.compliance.max_age.as_secs(),
+                    "stale": now.duration_since(f.confirmed_at).unwrap_or_default() > cfg.compliance.max_age,
                     "expires": f.expires.map(crate::timefmt::unix),
                 })
             })
