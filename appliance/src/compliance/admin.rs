@@ -415,7 +415,7 @@ async fn handle(
     }
     backend.event(
         "webhook.received",
-        json!({"path": path, "peer": peer.to_string(), "event": hint.event, "serials": hint.serials,
+        json!({"path": path, "peer": peer.to_string(), "webhook_event": hint.event, "serials": hint.serials,
                "udids": hint.udids, "group_ids": hint.group_ids, "resync": sources}),
     );
     backend.resync(sources.clone(), hint.clone());

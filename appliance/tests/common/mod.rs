@@ -177,3 +177,177 @@ file = "{d}/events.jsonl"
 }
 
 pub const DEVICE_OK: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Compliant Macs\"]\nrisk = \"secure\"\nplatform = \"macos\"\nudids = [\"UDID-0001\"]\n";
+
+fn sh(args: &[&str], dir: &Path) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A device certificate from the lab device CA with `serial` as the subject CN
+/// (`device.crt`, `device.key`).
+pub fn device_certificate(dir: &Path, serial: &str) {
+    sh(
+        &[
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "device.key",
+        ],
+        dir,
+    );
+    let subject = format!("/CN={serial}");
+    sh(
+        &[
+            "openssl",
+            "req",
+            "-new",
+            "-key",
+            "device.key",
+            "-subj",
+            &subject,
+            "-out",
+            "device.csr",
+        ],
+        dir,
+    );
+    std::fs::write(
+        dir.join("device.ext"),
+        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+    )
+    .unwrap();
+    sh(
+        &[
+            "openssl",
+            "x509",
+            "-req",
+            "-in",
+            "device.csr",
+            "-CA",
+            "device-ca.crt",
+            "-CAkey",
+            "device-ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "device.ext",
+            "-out",
+            "device.crt",
+        ],
+        dir,
+    );
+}
+
+/// An echo server on 127.0.0.1 (one thread per connection).
+pub fn echo_server() -> u16 {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut buf = [0u8; 65536];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An aioquic device holding one busy CONNECT to `127.0.0.1:echo` through the relay; its
+/// JSON lines (`{"event":"flowing"}`, then the end with `reset` and `reset_at_ms`).
+pub struct Device {
+    pub child: Kill,
+    pub lines: std::sync::mpsc::Receiver<Value>,
+}
+
+pub fn device(dir: &Path, relay_port: u16, echo: u16) -> Device {
+    use std::io::BufRead;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay/tests/h3_client.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .args([
+            "hold",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &relay_port.to_string(),
+            "--server-name",
+            "relay.attestgate.lab",
+        ])
+        .arg("--ca")
+        .arg(dir.join("relay-ca.crt"))
+        .arg("--cert")
+        .arg(dir.join("device.crt"))
+        .arg("--key")
+        .arg(dir.join("device.key"))
+        .args([
+            "--authority",
+            &format!("127.0.0.1:{echo}"),
+            "--timeout",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    Device {
+        child: Kill(child),
+        lines: rx,
+    }
+}
+
+pub fn require_aioquic() {
+    let missing = Command::new("python3")
+        .args(["-c", "import aioquic"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap_or(true);
+    assert!(
+        !missing,
+        "aioquic is missing: python3 -m pip install aioquic==1.7.2"
+    );
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1000.0
+}
