@@ -108,7 +108,7 @@ impl Shared {
     /// Re-reads the sources (`only`: these names; `None`: all), applies what they returned
     /// (a failed or malformed source keeps its previous facts and raises an alert), and
     /// re-decides the open flows of every device that changed.
-    async fn sync_devices(&self, only: Option<&[String]>) {
+    async fn sync_devices(&self, only: Option<&[String]>) -> usize {
         let cfg = self.current();
         let now = SystemTime::now();
         let mut fetched = Vec::new();
@@ -129,8 +129,9 @@ impl Shared {
                 changes.extend(d.prune(&cfg.loaded.config));
                 (changes, d.status())
             }
-            Err(_) => return,
+            Err(_) => return 0,
         };
+        let count = changes.len();
         self.changed(changes);
         for s in status.into_iter().filter(|s| names.contains(&s.name)) {
             match s.state {
@@ -144,6 +145,27 @@ impl Shared {
                 _ => {}
             }
         }
+        count
+    }
+
+    /// [`Shared::sync_devices`] and a `compliance.synced` event with counts and duration.
+    async fn sync_and_report(&self, only: Option<&[String]>, trigger: &str, extra: Value) -> Value {
+        let started = std::time::Instant::now();
+        let changes = self.sync_devices(only).await;
+        let (devices, sources) = self
+            .devices
+            .read()
+            .map(|d| (d.device_count(), d.status()))
+            .unwrap_or_default();
+        let failed = sources.iter().filter(|s| s.state == "error").count();
+        let mut fields = json!({"devices": devices, "changes": changes, "failed_sources": failed,
+            "duration_ms": started.elapsed().as_millis(), "trigger": trigger});
+        if let (Value::Object(f), Value::Object(x)) = (&mut fields, extra) {
+            f.extend(x);
+        }
+        self.events.emit("compliance.synced", fields.clone());
+        fields["sources"] = json!(sources);
+        fields
     }
 
     /// Every change of the device store: its devices' open flows are re-decided at once, then
@@ -253,7 +275,7 @@ impl Shared {
         }
         self.events.set_file(new.loaded.config.events.file.clone());
         self.gateway.set_engine(Arc::new(new.engine.clone()));
-        self.sync_devices(None).await;
+        self.sync_and_report(None, "apply", json!({})).await;
         self.reconcile_tunnels();
         self.reconcile_relay();
         self.reconcile_admin().await;
@@ -661,23 +683,7 @@ impl Shared {
             } => self.whatif(&device, &target, protocol),
             Request::Devices {} => Response::ok(self.devices()),
             Request::Flows {} => Response::ok(self.flows()),
-            Request::Sync {} => {
-                let started = std::time::Instant::now();
-                self.sync_devices(None).await;
-                self.enforce();
-                let sources = self
-                    .devices
-                    .read()
-                    .map(|d| d.status().to_vec())
-                    .unwrap_or_default();
-                let devices = self.devices.read().map(|d| d.device_count()).unwrap_or(0);
-                let ms = started.elapsed().as_millis();
-                self.events.emit(
-                    "compliance.synced",
-                    json!({"devices": devices, "duration_ms": ms, "trigger": "cli"}),
-                );
-                Response::ok(json!({"devices": devices, "duration_ms": ms, "sources": sources}))
-            }
+            Request::Sync {} => Response::ok(self.sync_and_report(None, "cli", json!({})).await),
             Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
             Request::DeviceList { filter } => Response::ok(self.device_list(&filter)),
@@ -860,13 +866,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                 }
                 sources.sort();
                 sources.dedup();
-                let started = std::time::Instant::now();
-                shared.sync_devices(Some(&sources)).await;
-                let devices = shared.devices.read().map(|d| d.device_count()).unwrap_or(0);
-                shared.events.emit(
-                    "compliance.synced",
-                    json!({"devices": devices, "duration_ms": started.elapsed().as_millis(), "trigger": "webhook", "sources": sources, "hints": hints}),
-                );
+                shared
+                    .sync_and_report(
+                        Some(&sources),
+                        "webhook",
+                        json!({"sources": sources, "hints": hints}),
+                    )
+                    .await;
             }
         })
     };
@@ -876,7 +882,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     }
     // store failures at open (an unreadable file: every device unknown) are alerts too
     shared.changed(Vec::new());
-    shared.sync_devices(None).await;
+    shared.sync_and_report(None, "start", json!({})).await;
     shared.reconcile_tunnels();
     shared.reconcile_relay();
     shared.reconcile_admin().await;
@@ -910,7 +916,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                     .refresh_interval
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(every).await;
-                shared.sync_devices(None).await;
+                shared.sync_and_report(None, "refresh", json!({})).await;
                 shared.enforce();
             }
         })
