@@ -194,6 +194,16 @@ fn sh(args: &[&str], dir: &Path) {
 /// A device certificate from the lab device CA with `serial` as the subject CN
 /// (`device.crt`, `device.key`).
 pub fn device_certificate(dir: &Path, serial: &str) {
+    device_certificate_named(dir, serial, "device");
+}
+
+/// The same as `NAME.crt` and `NAME.key`.
+pub fn device_certificate_named(dir: &Path, serial: &str, name: &str) {
+    let (key, csr, crt) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.crt"),
+    );
     sh(
         &[
             "openssl",
@@ -203,22 +213,14 @@ pub fn device_certificate(dir: &Path, serial: &str) {
             "-pkeyopt",
             "ec_paramgen_curve:P-256",
             "-out",
-            "device.key",
+            &key,
         ],
         dir,
     );
     let subject = format!("/CN={serial}");
     sh(
         &[
-            "openssl",
-            "req",
-            "-new",
-            "-key",
-            "device.key",
-            "-subj",
-            &subject,
-            "-out",
-            "device.csr",
+            "openssl", "req", "-new", "-key", &key, "-subj", &subject, "-out", &csr,
         ],
         dir,
     );
@@ -233,7 +235,7 @@ pub fn device_certificate(dir: &Path, serial: &str) {
             "x509",
             "-req",
             "-in",
-            "device.csr",
+            &csr,
             "-CA",
             "device-ca.crt",
             "-CAkey",
@@ -244,7 +246,7 @@ pub fn device_certificate(dir: &Path, serial: &str) {
             "-extfile",
             "device.ext",
             "-out",
-            "device.crt",
+            &crt,
         ],
         dir,
     );
