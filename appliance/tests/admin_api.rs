@@ -18,26 +18,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const DEVICE_OUT: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Engineering\"]\nrisk = \"secure\"\n";
-const PASSWORD: &str = "s3cret-pw";
-
-/// A lab whose daemon has the admin listener on `admin` with Basic auth `jamf:PASSWORD`.
-fn lab_with_admin(relay_port: u16, admin: u16) -> Lab {
-    let lab = Lab::new();
-    let pw = lab.dir.join("webhook.pw");
-    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = lab.dir.display();
-    lab.write_config(
-        relay_port,
-        "",
-        &format!(
-            "[compliance.webhook]\nlisten = \"127.0.0.1:{admin}\"\ncertificate = \"{d}/relay.crt\"\n\
-             private_key = \"{d}/relay.key\"\nauth = \"basic\"\nusername = \"jamf\"\npassword_file = \"{d}/webhook.pw\"\n"
-        ),
-    );
-    lab
-}
 
 /// One HTTPS request with curl (verifying the listener's certificate); status and JSON body.
 fn request(
@@ -113,7 +93,7 @@ fn wait_admin(lab: &Lab) {
 #[test]
 fn webhooks_and_the_risk_feed_authenticate_validate_and_never_act_on_their_own_word() {
     let admin = free_port();
-    let lab = lab_with_admin(free_udp_port(), admin);
+    let lab = Lab::with_admin(free_udp_port(), admin);
     std::fs::write(lab.dir.join("devices.toml"), DEVICE_OK).unwrap();
     let d = lab.start();
     wait_admin(&lab);
@@ -241,7 +221,7 @@ fn a_risk_report_changes_the_verdict_and_resets_the_open_flow_at_once() {
     require_aioquic();
     let relay_port = free_udp_port();
     let admin = free_port();
-    let lab = lab_with_admin(relay_port, admin);
+    let lab = Lab::with_admin(relay_port, admin);
     device_certificate(&lab.dir, "C02LAB0001");
     std::fs::write(lab.dir.join("devices.toml"), DEVICE_OK).unwrap();
     let echo = echo_server();

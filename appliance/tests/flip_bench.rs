@@ -162,20 +162,7 @@ impl Admin {
 fn thousand_flows_hundred_flips() {
     let relay_port = free_udp_port();
     let admin_port = free_port();
-    let lab = Lab::new();
-    let pw = lab.dir.join("webhook.pw");
-    std::fs::write(&pw, "s3cret-pw\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let d = lab.dir.display();
-    lab.write_config(
-        relay_port,
-        "",
-        &format!(
-            "[compliance.webhook]\nlisten = \"127.0.0.1:{admin_port}\"\ncertificate = \"{d}/relay.crt\"\n\
-             private_key = \"{d}/relay.key\"\nauth = \"basic\"\nusername = \"jamf\"\npassword_file = \"{d}/webhook.pw\"\n"
-        ),
-    );
+    let lab = Lab::with_admin(relay_port, admin_port);
     let mut devices = String::new();
     for i in 0..DEVICES {
         let serial = format!("BENCH{i:04}");

@@ -95,6 +95,26 @@ file = "{d}/events.jsonl"
         .unwrap();
     }
 
+    /// A lab whose daemon also runs the admin listener on `admin` with Basic auth
+    /// `jamf:s3cret-pw`.
+    pub fn with_admin(relay_port: u16, admin: u16) -> Lab {
+        let lab = Lab::new();
+        let pw = lab.dir.join("webhook.pw");
+        std::fs::write(&pw, "s3cret-pw\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let d = lab.dir.display();
+        lab.write_config(
+            relay_port,
+            "",
+            &format!(
+                "[compliance.webhook]\nlisten = \"127.0.0.1:{admin}\"\ncertificate = \"{d}/relay.crt\"\n\
+                 private_key = \"{d}/relay.key\"\nauth = \"basic\"\nusername = \"jamf\"\npassword_file = \"{d}/webhook.pw\"\n"
+            ),
+        );
+        lab
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("-c")
