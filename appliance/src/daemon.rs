@@ -69,6 +69,8 @@ pub struct Shared {
     admin_state: Mutex<String>,
     /// Webhook-triggered re-reads, coalesced by one task.
     resync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>>,
+    /// Store batches are committed in the order they were taken.
+    store_order: Mutex<()>,
     /// Set once at start, for handing `Arc<Shared>` to the admin listener.
     self_ref: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
@@ -171,17 +173,32 @@ impl Shared {
     /// Every change of the device store: its devices' open flows are re-decided at once, then
     /// each change becomes a `compliance.changed` event; store failures become alerts.
     fn changed(&self, changes: Vec<crate::compliance::Change>) {
-        let store_errors = self
-            .devices
-            .write()
-            .map(|mut d| d.take_store_errors())
-            .unwrap_or_default();
-        for e in store_errors {
+        self.enforce_changes(&changes);
+        self.persist_devices();
+    }
+
+    /// Commits the device table's queued store writes, in the order they were made, outside
+    /// the table's lock; failures become alerts.
+    fn persist_devices(&self) {
+        let _order = self.store_order.lock();
+        let (pending, mut errors) = match self.devices.write() {
+            Ok(mut d) => (d.take_writes(), d.take_store_errors()),
+            Err(_) => return,
+        };
+        if let Some(p) = pending {
+            if let Err(e) = p.commit() {
+                errors.push(e);
+            }
+        }
+        for e in errors {
             self.events.emit(
                 "compliance.store_failed",
                 json!({"error": e, "alert": true}),
             );
         }
+    }
+
+    fn enforce_changes(&self, changes: &[crate::compliance::Change]) {
         if changes.is_empty() {
             return;
         }
@@ -196,7 +213,7 @@ impl Shared {
             Err(_) => 0,
         };
         let enforce_us = started.elapsed().as_micros();
-        for c in &changes {
+        for c in changes {
             self.events.emit(
                 "compliance.changed",
                 json!({"serial": c.serial, "before": c.before, "after": c.after, "reason": c.reason}),
@@ -847,6 +864,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         admin: Mutex::new(None),
         admin_state: Mutex::new("not configured".into()),
         resync_tx: Mutex::new(None),
+        store_order: Mutex::new(()),
         self_ref: std::sync::OnceLock::new(),
     });
     let _ = shared.self_ref.set(Arc::downgrade(&shared));

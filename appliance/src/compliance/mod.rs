@@ -33,8 +33,9 @@ use config::{Config, RiskLevel, SourceKind};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use store::{DeviceStore, SourceState};
+use store::{DeviceStore, SourceState, Write};
 
 /// The source name risk-feed facts are kept under.
 pub const RISK_FEED_SOURCE: &str = "risk-feed";
@@ -142,7 +143,9 @@ pub struct DeviceTable {
     per_source: BTreeMap<String, BTreeMap<String, SourceFact>>,
     overrides: BTreeMap<String, Overrides>,
     status: Vec<SourceStatus>,
-    store: Option<DeviceStore>,
+    store: Option<Arc<DeviceStore>>,
+    /// Store writes not yet committed (see [`DeviceTable::take_writes`]).
+    pending: Vec<Write>,
     /// Store failures not yet reported (the daemon raises each as an alert).
     store_errors: Vec<String>,
 }
@@ -233,7 +236,7 @@ impl DeviceTable {
         }
         table.per_source = snap.facts;
         table.overrides = snap.overrides;
-        table.store = Some(store);
+        table.store = Some(Arc::new(store));
         for s in &cfg.compliance.sources {
             let name = &s.name.value;
             let persisted = snap.sources.get(name);
@@ -266,13 +269,35 @@ impl DeviceTable {
     }
 
     pub fn store_path(&self) -> Option<&Path> {
-        self.store.as_ref().map(DeviceStore::path)
+        self.store.as_deref().map(DeviceStore::path)
     }
 
-    fn persist(&mut self, r: Result<(), store::StoreError>) {
-        if let Err(e) = r {
-            tracing::error!(error = %e, "device store write failed; the in-memory state is current");
-            self.store_errors.push(e.to_string());
+    /// Queues a store write (built only when there is a store).
+    fn queue(&mut self, w: impl FnOnce() -> Write) {
+        if self.store.is_some() {
+            self.pending.push(w());
+        }
+    }
+
+    /// The writes queued since the last call, to commit outside the table's lock (after the
+    /// affected flows were re-decided: persistence never delays enforcement). Callers commit
+    /// batches in the order they took them.
+    pub fn take_writes(&mut self) -> Option<PendingWrites> {
+        if self.pending.is_empty() {
+            return None;
+        }
+        Some(PendingWrites {
+            store: self.store.clone()?,
+            writes: std::mem::take(&mut self.pending),
+        })
+    }
+
+    /// Commits what is queued now (tests, shutdown).
+    pub fn flush(&mut self) {
+        if let Some(p) = self.take_writes() {
+            if let Err(e) = p.commit() {
+                self.store_errors.push(e);
+            }
         }
     }
 
@@ -308,36 +333,26 @@ impl DeviceTable {
                 .cloned()
                 .collect();
             let before = self.views(&affected);
-            let persisted = self.store.as_ref().map(|s| {
-                s.replace_source(
-                    name,
-                    &records,
-                    &SourceState {
-                        kind: kind.to_string(),
-                        last_sync: Some(crate::timefmt::unix(now)),
-                        last_error: None,
-                    },
-                )
+            self.queue(|| Write::ReplaceSource {
+                source: name.to_string(),
+                facts: records.clone(),
+                state: SourceState {
+                    kind: kind.to_string(),
+                    last_sync: Some(crate::timefmt::unix(now)),
+                    last_error: None,
+                },
             });
-            if let Some(r) = persisted {
-                self.persist(r);
-            }
             self.per_source.insert(name.to_string(), records);
             changes = self.diff(before, &format!("sync of source {name}"));
         } else if state == "error" {
-            let persisted = self.store.as_ref().map(|s| {
-                s.put_source_state(
-                    name,
-                    &SourceState {
-                        kind: kind.to_string(),
-                        last_sync: previous_sync.map(crate::timefmt::unix),
-                        last_error: message.clone(),
-                    },
-                )
+            self.queue(|| Write::SourceState {
+                source: name.to_string(),
+                state: SourceState {
+                    kind: kind.to_string(),
+                    last_sync: previous_sync.map(crate::timefmt::unix),
+                    last_error: message.clone(),
+                },
             });
-            if let Some(r) = persisted {
-                self.persist(r);
-            }
         }
         let devices = self.per_source.get(name).map_or(0, BTreeMap::len);
         let st = SourceStatus {
@@ -369,10 +384,10 @@ impl DeviceTable {
             .collect();
         let affected: BTreeSet<String> = updates.iter().map(|(s, _)| s.clone()).collect();
         let before = self.views(&affected);
-        if let Some(store) = &self.store {
-            let r = store.put_facts(name, &updates);
-            self.persist(r);
-        }
+        self.queue(|| Write::Facts {
+            source: name.to_string(),
+            updates: updates.clone(),
+        });
         let facts = self.per_source.entry(name.to_string()).or_default();
         for (serial, fact) in updates {
             match fact {
@@ -410,10 +425,10 @@ impl DeviceTable {
         let serial = normalize_serial(serial);
         let affected: BTreeSet<String> = [serial.clone()].into_iter().collect();
         let before = self.views(&affected);
-        if let Some(store) = &self.store {
-            let r = store.put_overrides(&serial, &o);
-            self.persist(r);
-        }
+        self.queue(|| Write::Overrides {
+            serial: serial.clone(),
+            overrides: o.clone(),
+        });
         if o.is_empty() {
             self.overrides.remove(&serial);
         } else {
@@ -484,10 +499,9 @@ impl DeviceTable {
                 .unwrap_or_default();
             let before = self.views(&affected);
             self.per_source.remove(&name);
-            if let Some(store) = &self.store {
-                let r = store.remove_source(&name);
-                self.persist(r);
-            }
+            self.queue(|| Write::RemoveSource {
+                source: name.clone(),
+            });
             changes.extend(self.diff(before, &format!("source {name} removed")));
         }
         // sources newly configured show up as not synced
@@ -678,6 +692,29 @@ impl DeviceTable {
             .collect();
         serials.extend(self.overrides.keys().cloned());
         serials.into_iter().collect()
+    }
+}
+
+/// Store writes taken from the table, committed in one transaction.
+#[derive(Debug)]
+pub struct PendingWrites {
+    store: Arc<DeviceStore>,
+    writes: Vec<Write>,
+}
+
+impl PendingWrites {
+    /// Commits; the error is worded for an alert.
+    pub fn commit(self) -> Result<(), String> {
+        self.store.commit(&self.writes).map_err(|e| {
+            tracing::error!(error = %e, "device store write failed; the in-memory state is current");
+            format!("{e}; the running state is current but a restart would lose these changes")
+        })
+    }
+}
+
+impl Drop for DeviceTable {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

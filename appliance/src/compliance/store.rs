@@ -183,82 +183,14 @@ impl DeviceStore {
         read().map_err(|e| self.error(e))
     }
 
-    /// Replaces everything `source` said with `facts`, and records its state, atomically.
-    pub fn replace_source(
-        &self,
-        source: &str,
-        facts: &BTreeMap<String, SourceFact>,
-        state: &SourceState,
-    ) -> Result<(), StoreError> {
-        let state = to_json(state);
-        let rows: Vec<(&String, Vec<u8>)> = facts.iter().map(|(s, f)| (s, to_json(f))).collect();
+    /// Applies `writes` in order in one transaction: one commit (and fsync) for a batch.
+    pub fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         self.write(|txn| {
-            let mut t = txn.open_table(FACTS)?;
-            t.retain(|(src, _), _| src != source)?;
-            for (serial, json) in &rows {
-                t.insert((source, serial.as_str()), json.as_slice())?;
-            }
-            txn.open_table(SOURCES)?.insert(source, state.as_slice())?;
-            Ok(())
-        })
-    }
-
-    /// Records a source's state alone (a failed sync keeps its facts).
-    pub fn put_source_state(&self, source: &str, state: &SourceState) -> Result<(), StoreError> {
-        let state = to_json(state);
-        self.write(|txn| {
-            txn.open_table(SOURCES)?.insert(source, state.as_slice())?;
-            Ok(())
-        })
-    }
-
-    /// Sets (`Some`) or removes (`None`) some devices' facts of one source.
-    pub fn put_facts(
-        &self,
-        source: &str,
-        updates: &[(String, Option<SourceFact>)],
-    ) -> Result<(), StoreError> {
-        let rows: Vec<(&str, Option<Vec<u8>>)> = updates
-            .iter()
-            .map(|(s, f)| (s.as_str(), f.as_ref().map(to_json)))
-            .collect();
-        self.write(|txn| {
-            let mut t = txn.open_table(FACTS)?;
-            for (serial, json) in &rows {
-                match json {
-                    Some(j) => {
-                        t.insert((source, *serial), j.as_slice())?;
-                    }
-                    None => {
-                        t.remove((source, *serial))?;
-                    }
-                }
-            }
-            Ok(())
-        })
-    }
-
-    /// Forgets a source that is no longer configured.
-    pub fn remove_source(&self, source: &str) -> Result<(), StoreError> {
-        self.write(|txn| {
-            txn.open_table(FACTS)?.retain(|(src, _), _| src != source)?;
-            txn.open_table(SOURCES)?.remove(source)?;
-            Ok(())
-        })
-    }
-
-    /// Sets or (when empty) removes a device's overrides.
-    pub fn put_overrides(&self, serial: &str, o: &Overrides) -> Result<(), StoreError> {
-        let json = (!o.is_empty()).then(|| to_json(o));
-        self.write(|txn| {
-            let mut t = txn.open_table(OVERRIDES)?;
-            match &json {
-                Some(j) => {
-                    t.insert(serial, j.as_slice())?;
-                }
-                None => {
-                    t.remove(serial)?;
-                }
+            for w in writes {
+                apply(txn, w)?;
             }
             Ok(())
         })
@@ -272,6 +204,80 @@ impl DeviceStore {
             || -> Result<u64, redb::Error> { Ok(self.db.begin_read()?.open_table(FACTS)?.len()?) };
         count().map_err(|e| self.error(e))
     }
+}
+
+/// One change of the store, queued by the device table and committed after enforcement.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Everything the source said is replaced (a successful sync), with its state.
+    ReplaceSource {
+        source: String,
+        facts: BTreeMap<String, SourceFact>,
+        state: SourceState,
+    },
+    /// The source's state alone (a failed sync keeps its facts).
+    SourceState { source: String, state: SourceState },
+    /// Some devices' facts of one source set (`Some`) or removed (`None`).
+    Facts {
+        source: String,
+        updates: Vec<(String, Option<SourceFact>)>,
+    },
+    /// A source no longer configured.
+    RemoveSource { source: String },
+    /// A device's overrides (removed when empty).
+    Overrides {
+        serial: String,
+        overrides: Overrides,
+    },
+}
+
+fn apply(txn: &redb::WriteTransaction, w: &Write) -> Result<(), redb::Error> {
+    match w {
+        Write::ReplaceSource {
+            source,
+            facts,
+            state,
+        } => {
+            let mut t = txn.open_table(FACTS)?;
+            t.retain(|(src, _), _| src != source)?;
+            for (serial, f) in facts {
+                t.insert((source.as_str(), serial.as_str()), to_json(f).as_slice())?;
+            }
+            txn.open_table(SOURCES)?
+                .insert(source.as_str(), to_json(state).as_slice())?;
+        }
+        Write::SourceState { source, state } => {
+            txn.open_table(SOURCES)?
+                .insert(source.as_str(), to_json(state).as_slice())?;
+        }
+        Write::Facts { source, updates } => {
+            let mut t = txn.open_table(FACTS)?;
+            for (serial, f) in updates {
+                let key = (source.as_str(), serial.as_str());
+                match f {
+                    Some(f) => {
+                        t.insert(key, to_json(f).as_slice())?;
+                    }
+                    None => {
+                        t.remove(key)?;
+                    }
+                }
+            }
+        }
+        Write::RemoveSource { source } => {
+            txn.open_table(FACTS)?.retain(|(src, _), _| src != source)?;
+            txn.open_table(SOURCES)?.remove(source.as_str())?;
+        }
+        Write::Overrides { serial, overrides } => {
+            let mut t = txn.open_table(OVERRIDES)?;
+            if overrides.is_empty() {
+                t.remove(serial.as_str())?;
+            } else {
+                t.insert(serial.as_str(), to_json(overrides).as_slice())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -312,11 +318,21 @@ mod tests {
             let mut facts = BTreeMap::new();
             facts.insert("A1".to_string(), fact(&["Compliant"]));
             facts.insert("B2".to_string(), fact(&[]));
-            s.replace_source("mdm", &facts, &state).unwrap();
-            s.replace_source("other", &facts, &state).unwrap();
+            let replace =
+                |facts: &BTreeMap<String, SourceFact>, source: &str| Write::ReplaceSource {
+                    source: source.into(),
+                    facts: facts.clone(),
+                    state: state.clone(),
+                };
+            s.commit(&[replace(&facts, "mdm"), replace(&facts, "other")])
+                .unwrap();
             facts.remove("B2");
-            s.replace_source("mdm", &facts, &state).unwrap();
-            s.put_facts("other", &[("A1".into(), None)]).unwrap();
+            s.commit(&[replace(&facts, "mdm")]).unwrap();
+            s.commit(&[Write::Facts {
+                source: "other".into(),
+                updates: vec![("A1".into(), None)],
+            }])
+            .unwrap();
             let o = Overrides {
                 block: Some(super::super::overrides::OverrideEntry {
                     level: None,
@@ -326,9 +342,16 @@ mod tests {
                 }),
                 risk: None,
             };
-            s.put_overrides("C3", &o).unwrap();
-            s.put_overrides("D4", &o).unwrap();
-            s.put_overrides("D4", &Overrides::default()).unwrap();
+            let put = |serial: &str, overrides: Overrides| Write::Overrides {
+                serial: serial.into(),
+                overrides,
+            };
+            s.commit(&[
+                put("C3", o.clone()),
+                put("D4", o),
+                put("D4", Overrides::default()),
+            ])
+            .unwrap();
             assert_eq!(s.fact_count().unwrap(), 2);
         }
         let s = DeviceStore::open(&path).unwrap();
@@ -339,7 +362,10 @@ mod tests {
         assert_eq!(snap.sources["mdm"], state);
         assert_eq!(snap.overrides.keys().collect::<Vec<_>>(), vec!["C3"]);
         assert_eq!(snap.skipped, 0);
-        s.remove_source("other").unwrap();
+        s.commit(&[Write::RemoveSource {
+            source: "other".into(),
+        }])
+        .unwrap();
         let snap = s.load().unwrap();
         assert!(!snap.facts.contains_key("other") && !snap.sources.contains_key("other"));
         let _ = SystemTime::now();

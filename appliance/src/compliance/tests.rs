@@ -15,13 +15,17 @@ fn inv(groups: &[&str], risk: RiskLevel, at: SystemTime) -> SourceFact {
 }
 
 fn config(dir: &Path, sources: &[&str], max_age: &str) -> Config {
+    config_with(dir, sources, max_age, "")
+}
+
+fn config_with(dir: &Path, sources: &[&str], max_age: &str, extra: &str) -> Config {
     let mut text = format!(
         "[appliance]\nstate_dir = \"{d}/state\"\ncontrol_socket = \"{d}/c.sock\"\n\
          [relay]\nhttp3_listen = [\"127.0.0.1:4433\"]\ncertificate = \"{d}/r.crt\"\n\
          private_key = \"{d}/r.key\"\ndevice_ca = [\"{d}/ca.crt\"]\n\
          [egress.pair]\ntype = \"internet\"\nsource_addresses = [\"127.0.0.1\"]\n\
          [apps.echo]\ncidrs = [\"127.0.0.0/8\"]\n\
-         [compliance]\nmax_age = \"{max_age}\"\nrefresh_interval = \"1s\"\ncompliant_groups = [\"Compliant\"]\n",
+         [compliance]\nmax_age = \"{max_age}\"\nrefresh_interval = \"1s\"\ncompliant_groups = [\"Compliant\"]\n{extra}",
         d = dir.display()
     );
     for s in sources {
@@ -254,4 +258,14 @@ fn serials_from_outside_are_checked() {
     assert!(checked_serial("A B").is_err());
     assert!(checked_serial("A\u{7}").is_err());
     assert!(checked_serial(&"A".repeat(129)).is_err());
+}
+
+#[test]
+fn the_store_path_is_configurable_and_relative_to_the_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with(dir.path(), &[], "10m", "store = \"db/devices.redb\"\n");
+    assert_eq!(cfg.device_store(), dir.path().join("db/devices.redb"));
+    let mut table = DeviceTable::open(&cfg.device_store(), &cfg);
+    assert!(table.take_store_errors().is_empty());
+    assert!(dir.path().join("db/devices.redb").exists());
 }
