@@ -162,11 +162,13 @@ impl DeviceTable {
                 format!("{serial} is unknown to every inventory source"),
             ),
             Some(r) => {
-                check(
-                    "known",
-                    true,
-                    format!("listed by {}", view.sources.join(", ")),
-                );
+                let inventory: Vec<&str> = self
+                    .facts(&serial)
+                    .into_iter()
+                    .filter(|(_, f)| f.managed.is_some())
+                    .map(|(name, _)| name)
+                    .collect();
+                check("known", true, format!("listed by {}", inventory.join(", ")));
                 let max_age = cfg.compliance.max_age;
                 let human = crate::policy::human;
                 match now.duration_since(r.confirmed_at) {
@@ -220,7 +222,7 @@ impl DeviceTable {
                     .find(|g| view.groups.contains(*g));
                 check(
                     "compliant",
-                    hit.is_some() && view.blocked.is_none(),
+                    hit.is_some(),
                     match hit {
                         Some(g) => format!("in compliant group \"{g}\""),
                         None => format!(
