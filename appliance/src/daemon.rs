@@ -69,6 +69,8 @@ pub struct Shared {
     admin_state: Mutex<String>,
     /// Webhook-triggered re-reads, coalesced by one task.
     resync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>>,
+    /// Serializes source syncs (refresh, CLI, webhook, apply).
+    sync_lock: tokio::sync::Mutex<()>,
     /// Store batches are committed in the order they were taken.
     store_order: Mutex<()>,
     /// Set once at start, for handing `Arc<Shared>` to the admin listener.
@@ -111,6 +113,8 @@ impl Shared {
     /// (a failed or malformed source keeps its previous facts and raises an alert), and
     /// re-decides the open flows of every device that changed.
     async fn sync_devices(&self, only: Option<&[String]>) -> usize {
+        // one sync at a time, so a slow older read never lands after a newer one
+        let _one = self.sync_lock.lock().await;
         let cfg = self.current();
         let now = SystemTime::now();
         let mut fetched = Vec::new();
@@ -865,6 +869,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         admin_state: Mutex::new("not configured".into()),
         resync_tx: Mutex::new(None),
         store_order: Mutex::new(()),
+        sync_lock: tokio::sync::Mutex::new(()),
         self_ref: std::sync::OnceLock::new(),
     });
     let _ = shared.self_ref.set(Arc::downgrade(&shared));

@@ -162,6 +162,14 @@ pub fn status(r: &Value) -> String {
             comp["max_age_secs"].as_u64().unwrap_or(0)
         ))
     );
+    let _ = writeln!(
+        o,
+        "store     {}",
+        comp["store"]
+            .as_str()
+            .unwrap_or("none (not persisted: see compliance.store_failed)")
+    );
+    let _ = writeln!(o, "admin     {}", s(&comp["admin"]));
     let _ = writeln!(o, "policies  {}", list(&c["policies"]));
     o
 }
