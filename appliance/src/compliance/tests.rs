@@ -269,3 +269,108 @@ fn the_store_path_is_configurable_and_relative_to_the_configuration() {
     assert!(table.take_store_errors().is_empty());
     assert!(dir.path().join("db/devices.redb").exists());
 }
+
+mod merge_props {
+    //! Generated sources, risk-feed facts and overrides against the merge's fail-closed
+    //! rules: the merged record is never looser than the inventory sources alone.
+    use super::*;
+    use proptest::prelude::*;
+
+    const GROUPS: [&str; 3] = ["Compliant", "Engineering", "Contractors"];
+    const RISKS: [RiskLevel; 4] = [
+        RiskLevel::Secure,
+        RiskLevel::Low,
+        RiskLevel::Medium,
+        RiskLevel::High,
+    ];
+
+    #[derive(Debug, Clone)]
+    struct Fact {
+        source: usize,
+        managed: Option<bool>,
+        groups: Vec<usize>,
+        risk: Option<usize>,
+        age: u64,
+    }
+
+    fn fact() -> impl Strategy<Value = Fact> {
+        (
+            0usize..3,
+            proptest::option::of(any::<bool>()),
+            proptest::sample::subsequence(vec![0usize, 1, 2], 0..=3),
+            proptest::option::of(0usize..4),
+            0u64..2000,
+        )
+            .prop_map(|(source, managed, groups, risk, age)| Fact {
+                source,
+                managed,
+                groups,
+                risk,
+                age,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_merge_never_loosens(
+            facts in proptest::collection::vec(fact(), 0..6),
+            block in any::<bool>(),
+            risk_override in proptest::option::of(0usize..4),
+        ) {
+            let now = t(10_000);
+            let mut table = DeviceTable::default();
+            let mut by_source: BTreeMap<String, SourceFact> = BTreeMap::new();
+            for f in &facts {
+                // source 2 plays the risk feed: never says managed
+                let name = if f.source == 2 { RISK_FEED_SOURCE.to_string() } else { format!("s{}", f.source) };
+                let managed = if f.source == 2 { None } else { f.managed };
+                by_source.insert(name, SourceFact {
+                    managed,
+                    groups: f.groups.iter().map(|g| GROUPS[*g].to_string()).collect(),
+                    risk: f.risk.map(|r| RISKS[r]),
+                    risk_reasons: Vec::new(),
+                    udids: BTreeSet::new(),
+                    platform: None,
+                    confirmed_at: now - Duration::from_secs(f.age),
+                    expires: None,
+                });
+            }
+            for (name, f) in &by_source {
+                table.update_devices(name, vec![("D".into(), Some(f.clone()))], "test");
+            }
+            let level = risk_override.map(|r| RISKS[r]);
+            let mut o = Overrides::default();
+            if block {
+                o = overrides::apply(&o, OverrideAction::Block, None, None, None, now).unwrap();
+            }
+            if let Some(l) = level {
+                o = overrides::apply(&o, OverrideAction::Risk, Some(l), None, None, now).unwrap();
+            }
+            table.set_overrides("D", o, "test");
+
+            let inventory: Vec<&SourceFact> = by_source.values().filter(|f| f.managed.is_some()).collect();
+            let record = table.get("D");
+            if inventory.is_empty() {
+                prop_assert!(record.is_none(), "known without an inventory source");
+                return Ok(());
+            }
+            let r = record.unwrap();
+            // managed only if an inventory source says so
+            prop_assert_eq!(r.managed, inventory.iter().any(|f| f.managed == Some(true)));
+            // groups never beyond what inventory sources say
+            let union: BTreeSet<String> = inventory.iter().flat_map(|f| f.groups.iter().cloned()).collect();
+            prop_assert!(r.groups.is_subset(&union));
+            // the oldest inventory confirmation counts
+            prop_assert_eq!(Some(r.confirmed_at), inventory.iter().map(|f| f.confirmed_at).min());
+            // risk is at least every opinion, the override's included
+            for f in by_source.values() {
+                if let Some(x) = f.risk { prop_assert!(r.risk >= x); }
+            }
+            if let Some(l) = level { prop_assert!(r.risk >= l); }
+            if block {
+                prop_assert!(r.groups.is_empty());
+                prop_assert_eq!(r.risk, RiskLevel::High);
+            }
+        }
+    }
+}
