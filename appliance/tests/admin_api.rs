@@ -9,76 +9,17 @@
 mod common;
 
 use common::{
-    device, device_certificate, echo_server, free_port, free_udp_port, now_ms, require_aioquic,
-    Lab, DEVICE_OK,
+    device, device_certificate, echo_server, free_port, free_udp_port, good, now_ms, request,
+    require_aioquic, Lab, DEVICE_OK,
 };
 use serde_json::Value;
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const DEVICE_OUT: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Engineering\"]\nrisk = \"secure\"\n";
 
-/// One HTTPS request with curl (verifying the listener's certificate); status and JSON body.
-fn request(
-    lab: &Lab,
-    port: u16,
-    method: &str,
-    path: &str,
-    user: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "10", "-X", method])
-        .arg("--cacert")
-        .arg(lab.dir.join("relay-ca.crt"))
-        .args([
-            "--resolve",
-            &format!("relay.attestgate.lab:{port}:127.0.0.1"),
-            "-H",
-            "content-type: application/json",
-            "--data-binary",
-            "@-",
-            "-w",
-            "\n%{http_code}",
-            &format!("https://relay.attestgate.lab:{port}{path}"),
-        ]);
-    if let Some(u) = user {
-        cmd.args(["-u", u]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (
-        code.trim().parse().unwrap(),
-        serde_json::from_str(body).unwrap_or(Value::Null),
-    )
-}
-
 /// An authenticated risk report.
 fn report(lab: &Lab, port: u16, body: &str) -> (u16, Value) {
     request(lab, port, "POST", "/risk", good(), body)
-}
-
-fn good() -> Option<&'static str> {
-    Some("jamf:s3cret-pw")
 }
 
 fn wait_admin(lab: &Lab) {

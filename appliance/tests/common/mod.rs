@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses part of this
 
 use serde_json::Value;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -138,10 +139,16 @@ file = "{d}/events.jsonl"
     }
 
     pub fn start(&self) -> Kill {
+        self.start_with_env(&[])
+    }
+
+    /// The daemon with these environment variables set (e.g. `SSL_CERT_FILE`).
+    pub fn start_with_env(&self, env: &[(&str, &Path)]) -> Kill {
         let child = Command::new(BIN)
             .arg("-c")
             .arg(&self.config)
             .args(["run", "--log-level", "info"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -372,4 +379,62 @@ pub fn now_ms() -> f64 {
         .unwrap()
         .as_secs_f64()
         * 1000.0
+}
+
+/// One HTTPS request with curl (verifying the listener's certificate); status and JSON body.
+pub fn request(
+    lab: &Lab,
+    port: u16,
+    method: &str,
+    path: &str,
+    user: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-X", method])
+        .arg("--cacert")
+        .arg(lab.dir.join("relay-ca.crt"))
+        .args([
+            "--resolve",
+            &format!("relay.attestgate.lab:{port}:127.0.0.1"),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+            "-w",
+            "\n%{http_code}",
+            &format!("https://relay.attestgate.lab:{port}{path}"),
+        ]);
+    if let Some(u) = user {
+        cmd.args(["-u", u]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (
+        code.trim().parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// The admin listener's Basic credentials in the labs of [`Lab::with_admin`].
+pub fn good() -> Option<&'static str> {
+    Some("jamf:s3cret-pw")
 }
