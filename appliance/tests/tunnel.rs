@@ -230,7 +230,7 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
 /// start-up; the tunnel comes up, strongSwan saw an RFC 7427 signature, ping crosses it.
 #[test]
 fn daemon_tunnel_to_strongswan_with_certificates() {
-    use tests::interop::{lab_with, ping_through, route_into_tun};
+    use tests::interop::{lab_with, ping_through};
     use tests::pki::{LabPki, P256};
     if !tests::require_root("daemon_tunnel_to_strongswan_with_certificates") {
         return;
@@ -275,6 +275,14 @@ fn daemon_tunnel_to_strongswan_with_certificates() {
         log.contains("authentication of 'gw.attestgate.lab' with ECDSA_WITH_SHA256_DER successful"),
         "{log}"
     );
-    route_into_tun(&a, up["tun"].as_str().unwrap());
+    // the daemon routes the peer's selector into its TUN device (egress::routes); bring it up
+    a.ip(&[
+        "link",
+        "set",
+        up["tun"].as_str().unwrap(),
+        "mtu",
+        "1400",
+        "up",
+    ]);
     assert!(ping_through(&a, 3), "{}", sw.list_sas());
 }

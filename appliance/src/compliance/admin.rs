@@ -435,16 +435,7 @@ async fn handle(
             },
         ),
     };
-    let hint = match parsed {
-        Ok(h) => h,
-        Err(e) => {
-            backend.event(
-                "webhook.refused",
-                json!({"path": path, "peer": peer.to_string(), "reason": format!("malformed body: {e}")}),
-            );
-            return error(StatusCode::BAD_REQUEST, format!("malformed webhook: {e}"));
-        }
-    };
+    // no source to re-read: 404 whatever the body
     if sources.is_empty() {
         backend.event(
             "webhook.refused",
@@ -458,6 +449,16 @@ async fn handle(
             },
         );
     }
+    let hint = match parsed {
+        Ok(h) => h,
+        Err(e) => {
+            backend.event(
+                "webhook.refused",
+                json!({"path": path, "peer": peer.to_string(), "reason": format!("malformed body: {e}")}),
+            );
+            return error(StatusCode::BAD_REQUEST, format!("malformed webhook: {e}"));
+        }
+    };
     backend.event(
         "webhook.received",
         json!({"path": path, "peer": peer.to_string(), "webhook_event": hint.event, "serials": hint.serials,
