@@ -62,8 +62,11 @@ pub enum Command {
     Config(ConfigCommand),
     /// Explain the decision for a device and a target, from the live daemon or from state given here.
     Whatif(WhatifArgs),
-    /// List the devices the compliance sources know.
-    Devices,
+    /// List the devices the compliance sources know: compliant or not and why.
+    Devices(DevicesArgs),
+    /// Show one device (every fact with its source and age, and the verdict) or override it.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Re-read every compliance source now and re-decide the open flows.
     Sync,
     /// List the relayed flows: device, target, egress, bytes each way, age.
@@ -108,6 +111,78 @@ pub enum ConfigCommand {
     /// Validate a file and make it the running configuration atomically (installing it as the
     /// daemon's configuration file when FILE is given). An invalid file changes nothing.
     Apply { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Args)]
+pub struct DevicesArgs {
+    /// Only devices that are not compliant.
+    #[arg(long)]
+    pub noncompliant: bool,
+    /// Only devices in this MDM group.
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Only devices this source says something about (a source name, `override`, `risk-feed`).
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Only devices at this risk level or worse: secure, low, medium, high.
+    #[arg(long)]
+    pub risk: Option<config::RiskLevel>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Every fact about a device with its source and age, its overrides, and whether it is
+    /// compliant (and why not).
+    Show { serial: String },
+    /// Block a device: out of every compliant group, risk high, until the expiry or `unblock`.
+    /// Persisted across restarts; shown as the source `override`.
+    Block {
+        serial: String,
+        #[command(flatten)]
+        expiry: Expiry,
+        /// Why (shown in `device show` and the event).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Set a device's risk level until the expiry or `clear`. Overrides only tighten: the worst
+    /// of every source's risk counts.
+    Risk {
+        serial: String,
+        level: config::RiskLevel,
+        #[command(flatten)]
+        expiry: Expiry,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a device's block.
+    Unblock { serial: String },
+    /// Remove every override of a device (block and risk).
+    Clear { serial: String },
+}
+
+#[derive(Debug, Args)]
+pub struct Expiry {
+    /// The override lapses after this long, e.g. 30m, 4h, 2d (default: until removed).
+    #[arg(long = "for", value_parser = parse_duration, conflicts_with = "until", value_name = "DURATION")]
+    pub for_: Option<std::time::Duration>,
+    /// The override lapses at this time: RFC 3339 (2026-11-27T18:00:00Z) or unix seconds.
+    #[arg(long, value_parser = crate::timefmt::parse_time, value_name = "TIME")]
+    pub until: Option<i64>,
+}
+
+impl Expiry {
+    /// Unix seconds, if any.
+    pub fn until(&self, now: std::time::SystemTime) -> Option<i64> {
+        self.until.or_else(|| {
+            // rounded up to the next second, so that the override lasts at least as long
+            let end = now.checked_add(self.for_?)?;
+            let secs = crate::timefmt::unix(end);
+            let partial = end
+                .duration_since(std::time::UNIX_EPOCH)
+                .is_ok_and(|d| d.subsec_nanos() > 0);
+            Some(secs.saturating_add(i64::from(partial)))
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -42,6 +42,27 @@ pub enum Request {
         name: String,
         action: String,
     },
+    /// `devices` with filters.
+    DeviceList {
+        #[serde(default)]
+        filter: crate::compliance::report::DeviceFilter,
+    },
+    /// Every fact about one device and its verdict.
+    DeviceShow {
+        serial: String,
+    },
+    /// Block, set a risk, unblock, clear.
+    DeviceOverride {
+        serial: String,
+        action: crate::compliance::OverrideAction,
+        #[serde(default)]
+        level: Option<config::RiskLevel>,
+        #[serde(default)]
+        reason: Option<String>,
+        /// Unix seconds.
+        #[serde(default)]
+        until: Option<i64>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -49,13 +49,17 @@ struct ApplyRecord {
     message: String,
 }
 
+/// A webhook's request to re-read these sources, with what it named.
+type Resync = (Vec<String>, crate::compliance::admin::WebhookHint);
+
 /// State shared by the socket handlers, the refresher and the signal loop.
 #[derive(Debug)]
 pub struct Shared {
     config_path: PathBuf,
     running: RwLock<Arc<Running>>,
     devices: Arc<RwLock<DeviceTable>>,
-    /// Jamf Pro and Intune clients, fetched outside the device table's lock.
+    /// Jamf Pro and Intune clients, kept between syncs so their tokens are reused; used under
+    /// `sync_lock`, outside the device table's lock.
     mdm: tokio::sync::Mutex<crate::compliance::mdm::MdmSources>,
     gateway: Arc<crate::gateway::Gateway>,
     relay: Mutex<Option<(String, relay::RelayHandle)>>,
@@ -66,6 +70,41 @@ pub struct Shared {
     apply_lock: tokio::sync::Mutex<()>,
     last_apply: Mutex<Option<ApplyRecord>>,
     socket: PathBuf,
+    /// The admin HTTPS listener (webhooks, risk feed) and its settings' fingerprint.
+    admin: Mutex<Option<(String, crate::compliance::admin::AdminListener)>>,
+    admin_state: Mutex<String>,
+    /// Webhook-triggered re-reads, coalesced by one task.
+    resync_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Resync>>>,
+    /// Serializes source syncs (refresh, CLI, webhook, apply).
+    sync_lock: tokio::sync::Mutex<()>,
+    /// Store batches are committed in the order they were taken.
+    store_order: Mutex<()>,
+    /// Set once at start, for handing `Arc<Shared>` to the admin listener.
+    self_ref: std::sync::OnceLock<std::sync::Weak<Shared>>,
+}
+
+impl crate::compliance::admin::AdminBackend for Shared {
+    fn config(&self) -> Arc<config::Config> {
+        Arc::new(self.current().loaded.config.clone())
+    }
+    fn devices(&self) -> &RwLock<DeviceTable> {
+        &self.devices
+    }
+    fn resync(&self, sources: Vec<String>, hint: crate::compliance::admin::WebhookHint) {
+        // A hint naming devices re-reads those from a Jamf Pro source; anything else re-reads
+        // the whole source (see `Shared::webhook_reread`).
+        if let Ok(tx) = self.resync_tx.lock() {
+            if let Some(tx) = tx.as_ref() {
+                let _ = tx.send((sources, hint));
+            }
+        }
+    }
+    fn changed(&self, changes: Vec<crate::compliance::Change>) {
+        Shared::changed(self, changes)
+    }
+    fn event(&self, kind: &str, fields: Value) {
+        self.events.emit(kind, fields)
+    }
 }
 
 impl Shared {
@@ -76,27 +115,268 @@ impl Shared {
         }
     }
 
-    async fn sync_devices(&self) {
+    /// Re-reads the sources (`only`: these names; `None`: all), applies what they returned
+    /// (a failed or malformed source keeps its previous facts and raises an alert), and
+    /// re-decides the open flows of every device that changed.
+    async fn sync_devices(&self, only: Option<&[String]>) -> usize {
+        // one sync at a time, so a slow older read never lands after a newer one
+        let _one = self.sync_lock.lock().await;
         let cfg = self.current();
-        let fetched = self.mdm.lock().await.fetch_all(&cfg.loaded.config).await;
-        let status = match self.devices.write() {
-            Ok(mut d) => {
-                d.set_mdm_results(fetched);
-                d.sync(&cfg.loaded.config, SystemTime::now())
+        let now = SystemTime::now();
+        let mut fetched = Vec::new();
+        {
+            // the network reads happen here, outside the device table's lock
+            let mut mdm = self.mdm.lock().await;
+            mdm.prune(&cfg.loaded.config);
+            for source in &cfg.loaded.config.compliance.sources {
+                if only.is_some_and(|o| !o.contains(&source.name.value)) {
+                    continue;
+                }
+                let f = crate::compliance::fetch(source, now, &mut mdm).await;
+                fetched.push((source.name.value.clone(), source.kind.type_name(), f));
             }
-            Err(_) => return,
+        }
+        let names: Vec<String> = fetched.iter().map(|(n, _, _)| n.clone()).collect();
+        let (changes, status) = match self.devices.write() {
+            Ok(mut d) => {
+                let mut changes = Vec::new();
+                for (name, kind, f) in fetched {
+                    changes.extend(d.apply_fetch(&name, kind, f, now));
+                }
+                changes.extend(d.prune(&cfg.loaded.config));
+                (changes, d.status())
+            }
+            Err(_) => return 0,
         };
-        for s in status {
+        let count = changes.len();
+        self.changed(changes);
+        for s in status.into_iter().filter(|s| names.contains(&s.name)) {
             match s.state {
                 "ok" => {
                     tracing::debug!(source = %s.name, devices = s.devices, "compliance source synced")
                 }
                 "error" => self.events.emit(
                     "compliance.sync_failed",
-                    json!({"source": s.name, "error": s.message, "kept_devices": s.devices}),
+                    json!({"source": s.name, "error": s.message, "kept_devices": s.devices, "alert": true}),
                 ),
                 _ => {}
             }
+        }
+        count
+    }
+
+    /// Re-reads the devices a webhook names from Jamf Pro source `name` and applies them
+    /// (a device Jamf no longer lists loses this source's facts: unknown to it, fail closed).
+    /// `Err`: the hint cannot be followed device by device, or the read failed; the caller
+    /// re-reads the whole source instead (whose failure keeps the previous facts and alerts).
+    async fn reread_devices(
+        &self,
+        name: &str,
+        hints: &[crate::compliance::admin::WebhookHint],
+    ) -> Result<usize, String> {
+        let _one = self.sync_lock.lock().await;
+        let cfg = self.current();
+        let Some(source) = cfg
+            .loaded
+            .config
+            .compliance
+            .sources
+            .iter()
+            .find(|s| s.name.value == name)
+        else {
+            return Ok(0); // removed meanwhile
+        };
+        let config::SourceKind::JamfPro {
+            computer_groups,
+            mobile_device_groups,
+            ..
+        } = &source.kind
+        else {
+            return Err("not a jamf-pro source".into());
+        };
+        // confirmed when the re-read began
+        let now = SystemTime::now();
+        let mut updates: BTreeMap<String, Option<crate::compliance::SourceFact>> = BTreeMap::new();
+        {
+            let mut mdm = self.mdm.lock().await;
+            for hint in hints {
+                for serial in &hint.serials {
+                    match mdm.refresh_device(source, serial).await {
+                        Some(Ok(found)) => {
+                            let serial = crate::compliance::normalize_serial(serial);
+                            updates.insert(serial, found.map(|d| d.to_fact(now)));
+                        }
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("no client".into()),
+                    }
+                }
+                let mut jamf = hint.to_jamf();
+                jamf.serials.clear();
+                // a membership change of a smart group this source does not read changes
+                // nothing it decides on
+                if let Some(g) = jamf.group_id {
+                    if !computer_groups.contains(&g) {
+                        jamf.computer_ids.clear();
+                    }
+                    if !mobile_device_groups.contains(&g) {
+                        jamf.mobile_device_ids.clear();
+                    }
+                }
+                let ids = jamf.computer_ids.len() + jamf.mobile_device_ids.len();
+                // devices named by id alone (membership changes)
+                if ids > hint.serials.len() {
+                    let devices = match mdm.refresh_hint(source, &jamf).await {
+                        Some(Ok(d)) => d,
+                        Some(Err(e)) => return Err(e.to_string()),
+                        None => return Err("no client".into()),
+                    };
+                    // an id Jamf no longer knows cannot be told by serial
+                    if devices.len() < ids {
+                        return Err(format!(
+                            "Jamf answered {} device(s) for {ids} id(s)",
+                            devices.len()
+                        ));
+                    }
+                    for d in devices {
+                        updates.insert(d.serial.clone(), Some(d.to_fact(now)));
+                    }
+                }
+            }
+        }
+        let changes = match self.devices.write() {
+            Ok(mut d) => d.update_devices(
+                name,
+                updates.into_iter().collect(),
+                &format!("webhook re-read of source {name}"),
+            ),
+            Err(_) => return Err("device table unavailable".into()),
+        };
+        let count = changes.len();
+        self.changed(changes);
+        Ok(count)
+    }
+
+    /// Follows the webhooks queued for these sources: a targeted re-read where every hint
+    /// names devices of a Jamf Pro source, else (or when that fails) a full re-read.
+    async fn webhook_reread(&self, batch: Vec<Resync>) {
+        let mut by_source: BTreeMap<String, Vec<crate::compliance::admin::WebhookHint>> =
+            BTreeMap::new();
+        for (sources, hint) in &batch {
+            for s in sources {
+                by_source.entry(s.clone()).or_default().push(hint.clone());
+            }
+        }
+        let cfg = self.current();
+        let mut full = Vec::new();
+        for (name, hints) in by_source {
+            let jamf = cfg.loaded.config.compliance.sources.iter().any(|s| {
+                s.name.value == name && matches!(s.kind, config::SourceKind::JamfPro { .. })
+            });
+            if !jamf || !hints.iter().all(|h| h.names_devices()) {
+                full.push(name);
+                continue;
+            }
+            let started = std::time::Instant::now();
+            match self.reread_devices(&name, &hints).await {
+                Ok(changes) => {
+                    let devices = self.devices.read().map(|d| d.device_count()).unwrap_or(0);
+                    self.events.emit(
+                        "compliance.synced",
+                        json!({"devices": devices, "changes": changes, "failed_sources": 0,
+                            "duration_ms": started.elapsed().as_millis(), "trigger": "webhook",
+                            "sources": [name], "hints": hints.len(), "targeted": true}),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(source = %name, error = %e, "targeted re-read failed; re-reading the source");
+                    full.push(name);
+                }
+            }
+        }
+        if !full.is_empty() {
+            self.sync_and_report(
+                Some(&full),
+                "webhook",
+                json!({"sources": full, "hints": batch.len()}),
+            )
+            .await;
+        }
+    }
+
+    /// [`Shared::sync_devices`] and a `compliance.synced` event with counts and duration.
+    async fn sync_and_report(&self, only: Option<&[String]>, trigger: &str, extra: Value) -> Value {
+        let started = std::time::Instant::now();
+        let changes = self.sync_devices(only).await;
+        let (devices, sources) = self
+            .devices
+            .read()
+            .map(|d| (d.device_count(), d.status()))
+            .unwrap_or_default();
+        let failed = sources.iter().filter(|s| s.state == "error").count();
+        let mut fields = json!({"devices": devices, "changes": changes, "failed_sources": failed,
+            "duration_ms": started.elapsed().as_millis(), "trigger": trigger});
+        if let (Value::Object(f), Value::Object(x)) = (&mut fields, extra) {
+            f.extend(x);
+        }
+        self.events.emit("compliance.synced", fields.clone());
+        fields["sources"] = json!(sources);
+        fields
+    }
+
+    /// Every change of the device store: its devices' open flows are re-decided at once, then
+    /// each change becomes a `compliance.changed` event; store failures become alerts.
+    fn changed(&self, changes: Vec<crate::compliance::Change>) {
+        self.enforce_changes(&changes);
+        self.persist_devices();
+    }
+
+    /// Commits the device table's queued store writes, in the order they were made, outside
+    /// the table's lock; failures become alerts.
+    fn persist_devices(&self) {
+        let _order = self.store_order.lock();
+        let (pending, mut errors) = match self.devices.write() {
+            Ok(mut d) => (d.take_writes(), d.take_store_errors()),
+            Err(_) => return,
+        };
+        if let Some(p) = pending {
+            if let Err(e) = p.commit() {
+                errors.push(e);
+            }
+        }
+        for e in errors {
+            self.events.emit(
+                "compliance.store_failed",
+                json!({"error": e, "alert": true}),
+            );
+        }
+    }
+
+    fn enforce_changes(&self, changes: &[crate::compliance::Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let mut serials: Vec<String> = changes.iter().map(|c| c.serial.clone()).collect();
+        serials.dedup();
+        let revoked = match self.relay.lock() {
+            Ok(slot) => slot.as_ref().map_or(0, |(_, relay)| {
+                self.gateway
+                    .enforce_devices(relay, &serials, SystemTime::now())
+            }),
+            Err(_) => 0,
+        };
+        let enforce_us = started.elapsed().as_micros();
+        for c in changes {
+            self.events.emit(
+                "compliance.changed",
+                json!({"serial": c.serial, "before": c.before, "after": c.after, "reason": c.reason}),
+            );
+        }
+        if revoked > 0 {
+            self.events.emit(
+                "enforcement.revoked",
+                json!({"flows": revoked, "devices": serials, "trigger": "compliance.changed", "enforce_us": enforce_us}),
+            );
         }
     }
 
@@ -165,9 +445,10 @@ impl Shared {
         }
         self.events.set_file(new.loaded.config.events.file.clone());
         self.gateway.set_engine(Arc::new(new.engine.clone()));
-        self.sync_devices().await;
+        self.sync_and_report(None, "apply", json!({})).await;
         self.reconcile_tunnels();
         self.reconcile_relay();
+        self.reconcile_admin().await;
         self.enforce();
         let msg = format!(
             "generation {} ({}) applied",
@@ -200,9 +481,13 @@ impl Shared {
         let run = self.current();
         let cfg = &run.loaded.config;
         let now = SystemTime::now();
-        let (sources, devices) = match self.devices.read() {
-            Ok(d) => (d.status().to_vec(), d.device_count()),
-            Err(_) => (Vec::new(), 0),
+        let (sources, devices, store) = match self.devices.read() {
+            Ok(d) => (
+                d.status(),
+                d.device_count(),
+                d.store_path().map(|p| p.display().to_string()),
+            ),
+            Err(_) => (Vec::new(), 0, None),
         };
         let last = self.last_apply.lock().ok().and_then(|l| l.clone());
         let statuses = self.tunnel_statuses();
@@ -236,6 +521,8 @@ impl Shared {
                 "devices": devices,
                 "max_age_secs": cfg.compliance.max_age.as_secs(),
                 "sources": sources,
+                "store": store,
+                "admin": self.admin_state.lock().map(|s| s.clone()).unwrap_or_default(),
             },
             "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
         })
@@ -271,25 +558,74 @@ impl Shared {
     }
 
     fn devices(&self) -> Value {
-        let now = SystemTime::now();
-        let list: Vec<Value> = match self.devices.read() {
-            Ok(d) => d
-                .all()
-                .into_iter()
-                .map(|(serial, r)| {
-                    json!({
-                        "serial": serial,
-                        "managed": r.managed,
-                        "groups": r.groups,
-                        "risk": r.risk,
-                        "source": r.source,
-                        "age_secs": now.duration_since(r.confirmed_at).unwrap_or_default().as_secs(),
-                    })
-                })
-                .collect(),
-            Err(_) => Vec::new(),
+        self.device_list(&crate::compliance::report::DeviceFilter::default())
+    }
+
+    fn device_list(&self, filter: &crate::compliance::report::DeviceFilter) -> Value {
+        let cfg = self.current();
+        match self.devices.read() {
+            Ok(d) => d.list(&cfg.loaded.config, SystemTime::now(), filter),
+            Err(_) => json!({ "devices": [] }),
+        }
+    }
+
+    fn device_show(&self, serial: &str) -> Response {
+        let serial = match crate::compliance::checked_serial(serial) {
+            Ok(s) => s,
+            Err(e) => return Response::err("bad-request", format!("serial: {e}"), vec![]),
         };
-        json!({ "devices": list })
+        let cfg = self.current();
+        match self.devices.read() {
+            Ok(d) => Response::ok(d.show(&serial, &cfg.loaded.config, SystemTime::now())),
+            Err(_) => Response::err("internal", "device table unavailable", vec![]),
+        }
+    }
+
+    /// `attestgate device block|risk|unblock|clear`: persisted, an event, and the device's
+    /// open flows re-decided at once.
+    fn device_override(
+        &self,
+        serial: &str,
+        action: crate::compliance::OverrideAction,
+        level: Option<config::RiskLevel>,
+        reason: Option<String>,
+        until: Option<i64>,
+    ) -> Response {
+        let serial = match crate::compliance::checked_serial(serial) {
+            Ok(s) => s,
+            Err(e) => return Response::err("bad-request", format!("serial: {e}"), vec![]),
+        };
+        let now = SystemTime::now();
+        let cfg = self.current();
+        let (changes, result) = {
+            let Ok(mut d) = self.devices.write() else {
+                return Response::err("internal", "device table unavailable", vec![]);
+            };
+            let next = match crate::compliance::overrides::apply(
+                &d.overrides(&serial),
+                action,
+                level,
+                reason.clone(),
+                until,
+                now,
+            ) {
+                Ok(n) => n,
+                Err(e) => return Response::err("bad-request", e, vec![]),
+            };
+            let changes = d.set_overrides(&serial, next, &format!("override {}", action.as_str()));
+            let known = d.get(&serial).is_some();
+            let mut result = d.show(&serial, &cfg.loaded.config, now);
+            result["action"] = json!(action.as_str());
+            result["changed"] = json!(!changes.is_empty());
+            result["known"] = json!(known);
+            (changes, result)
+        };
+        self.events.emit(
+            "compliance.override",
+            json!({"serial": serial, "action": action.as_str(), "level": level, "reason": reason, "until": until}),
+        );
+        self.changed(changes);
+        Response::ok(result)
     }
 
     /// Starts the relay, or restarts it when its settings changed. A relay that cannot start
@@ -340,6 +676,53 @@ impl Shared {
             }
         };
         if let Ok(mut s) = self.relay_state.lock() {
+            *s = state;
+        }
+    }
+
+    /// Starts, restarts or stops the admin listener to match `[compliance.webhook]`. One that
+    /// cannot start (address in use, unreadable secret) leaves the daemon running without it.
+    async fn reconcile_admin(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let webhook = cfg.compliance.webhook.clone();
+        let fingerprint = format!("{webhook:?}");
+        if let Ok(slot) = self.admin.lock() {
+            if slot.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+                return;
+            }
+        }
+        let old = self.admin.lock().ok().and_then(|mut s| s.take());
+        drop(old);
+        let Some(w) = webhook else {
+            if let Ok(mut s) = self.admin_state.lock() {
+                *s = "not configured".into();
+            }
+            return;
+        };
+        let Some(me) = self.self_ref.get().and_then(std::sync::Weak::upgrade) else {
+            return;
+        };
+        let started =
+            crate::compliance::admin::start(&w, me, crate::compliance::admin::jamf_parser()).await;
+        let state = match started {
+            Ok(listener) => {
+                let state = format!("listening on {}", listener.local_addr());
+                self.events.emit(
+                    "admin.started",
+                    json!({"listen": listener.local_addr().to_string()}),
+                );
+                if let Ok(mut slot) = self.admin.lock() {
+                    *slot = Some((fingerprint, listener));
+                }
+                state
+            }
+            Err(e) => {
+                self.events
+                    .emit("admin.error", json!({"error": e, "alert": true}));
+                format!("error: {e}")
+            }
+        };
+        if let Ok(mut s) = self.admin_state.lock() {
             *s = state;
         }
     }
@@ -467,25 +850,18 @@ impl Shared {
             } => self.whatif(&device, &target, protocol),
             Request::Devices {} => Response::ok(self.devices()),
             Request::Flows {} => Response::ok(self.flows()),
-            Request::Sync {} => {
-                let started = std::time::Instant::now();
-                self.sync_devices().await;
-                self.enforce();
-                let sources = self
-                    .devices
-                    .read()
-                    .map(|d| d.status().to_vec())
-                    .unwrap_or_default();
-                let devices = self.devices.read().map(|d| d.device_count()).unwrap_or(0);
-                let ms = started.elapsed().as_millis();
-                self.events.emit(
-                    "compliance.synced",
-                    json!({"devices": devices, "duration_ms": ms, "trigger": "cli"}),
-                );
-                Response::ok(json!({"devices": devices, "duration_ms": ms, "sources": sources}))
-            }
+            Request::Sync {} => Response::ok(self.sync_and_report(None, "cli", json!({})).await),
             Request::Tunnels {} => Response::ok(json!({ "tunnels": self.tunnel_statuses() })),
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
+            Request::DeviceList { filter } => Response::ok(self.device_list(&filter)),
+            Request::DeviceShow { serial } => self.device_show(&serial),
+            Request::DeviceOverride {
+                serial,
+                action,
+                level,
+                reason,
+                until,
+            } => self.device_override(&serial, action, level, reason, until),
         }
     }
 }
@@ -542,6 +918,9 @@ fn restart_needed(old: &config::Config, new: &config::Config) -> Vec<&'static st
     }
     if old.appliance.state_dir != new.appliance.state_dir {
         out.push("appliance.state_dir");
+    }
+    if old.device_store() != new.device_store() {
+        out.push("compliance.store");
     }
     if old.logging.level != new.logging.level || old.logging.format != new.logging.format {
         out.push("logging");
@@ -610,7 +989,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     let cfg = loaded.config.clone();
     std::fs::create_dir_all(&cfg.appliance.state_dir)?;
     let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
-    let devices = Arc::new(RwLock::new(DeviceTable::default()));
+    let devices = Arc::new(RwLock::new(DeviceTable::open(&cfg.device_store(), &cfg)));
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -620,7 +999,6 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             loaded: Arc::new(loaded),
         })),
         devices: devices.clone(),
-        mdm: tokio::sync::Mutex::new(Default::default()),
         gateway: Arc::new(crate::gateway::Gateway::new(
             Arc::new(PolicyEngine::new(Arc::new(cfg.clone()))),
             devices,
@@ -633,18 +1011,46 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         apply_lock: tokio::sync::Mutex::new(()),
         last_apply: Mutex::new(None),
         socket: cfg.appliance.control_socket.clone(),
+        admin: Mutex::new(None),
+        admin_state: Mutex::new("not configured".into()),
+        resync_tx: Mutex::new(None),
+        mdm: tokio::sync::Mutex::new(Default::default()),
+        store_order: Mutex::new(()),
+        sync_lock: tokio::sync::Mutex::new(()),
+        self_ref: std::sync::OnceLock::new(),
     });
+    let _ = shared.self_ref.set(Arc::downgrade(&shared));
+    let resyncer = {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Resync>();
+        if let Ok(mut slot) = shared.resync_tx.lock() {
+            *slot = Some(tx);
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            // webhooks come in bursts: every hint queued meanwhile joins one re-read
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                shared.webhook_reread(batch).await;
+            }
+        })
+    };
     shared.events.set_file(cfg.events.file.clone());
     for w in shared.current().loaded.warnings.0.iter() {
         tracing::warn!("{w}");
     }
-    shared.sync_devices().await;
+    // store failures at open (an unreadable file: every device unknown) are alerts too
+    shared.changed(Vec::new());
+    shared.sync_and_report(None, "start", json!({})).await;
     // routes of ours (protocol 245) that a previous run left behind
     if let Err(e) = crate::egress::routes::remove_leftovers().await {
         tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
     }
     shared.reconcile_tunnels();
     shared.reconcile_relay();
+    shared.reconcile_admin().await;
     shared.events.emit(
         "daemon.started",
         json!({
@@ -670,7 +1076,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
                     .refresh_interval
                     .max(Duration::from_secs(1));
                 tokio::time::sleep(every).await;
-                shared.sync_devices().await;
+                shared.sync_and_report(None, "refresh", json!({})).await;
                 shared.enforce();
             }
         })
@@ -684,6 +1090,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
+                let now = SystemTime::now();
+                let lapsed = shared
+                    .devices
+                    .write()
+                    .map(|mut d| d.expire(now))
+                    .unwrap_or_default();
+                shared.changed(lapsed);
                 shared.enforce();
             }
         })
@@ -713,6 +1126,9 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     };
     refresher.abort();
     enforcer.abort();
+    resyncer.abort();
+    let admin = shared.admin.lock().ok().and_then(|mut a| a.take());
+    drop(admin);
     let relay = shared.relay.lock().ok().and_then(|mut r| r.take());
     if let Some((_, relay)) = relay {
         relay.shutdown(Duration::from_secs(2)).await;

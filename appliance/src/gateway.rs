@@ -58,20 +58,31 @@ impl Gateway {
         let mut serials: Vec<String> = relay.flows().into_iter().map(|f| f.device).collect();
         serials.sort();
         serials.dedup();
+        self.enforce_devices(relay, &serials, now)
+    }
+
+    /// Re-decides the open flows of these devices only (a change of their state), at once.
+    pub fn enforce_devices(
+        &self,
+        relay: &relay::RelayHandle,
+        serials: &[String],
+        now: SystemTime,
+    ) -> usize {
         let certificates = self
             .certificates
             .lock()
             .map(|c| c.clone())
             .unwrap_or_default();
-        let mut revoked = 0;
-        for serial in serials {
-            // without a known certificate window the flow cannot be re-decided: close it
-            let window = certificates.get(&serial).copied();
-            revoked += relay.revoke(&serial, |f| {
-                window.is_some_and(|w| self.still_allowed(f, w, now))
-            });
-        }
-        revoked
+        serials
+            .iter()
+            .map(|serial| {
+                // without a known certificate window the flow cannot be re-decided: close it
+                let window = certificates.get(serial).copied();
+                relay.revoke(serial, |f| {
+                    window.is_some_and(|w| self.still_allowed(f, w, now))
+                })
+            })
+            .sum()
     }
 
     fn engine(&self) -> Arc<PolicyEngine> {

@@ -262,7 +262,15 @@ fn socket_path(cli: &Cli) -> PathBuf {
 fn client(cli: &Cli) -> u8 {
     let request = match &cli.command {
         Command::Status => Request::Status {},
-        Command::Devices => Request::Devices {},
+        Command::Devices(a) => Request::DeviceList {
+            filter: compliance::report::DeviceFilter {
+                noncompliant: a.noncompliant,
+                group: a.group.clone(),
+                source: a.source.clone(),
+                risk: a.risk,
+            },
+        },
+        Command::Device(d) => device_request(d),
         Command::Tunnels => Request::Tunnels {},
         Command::Flows => Request::Flows {},
         Command::Sync => Request::Sync {},
@@ -334,7 +342,11 @@ fn client(cli: &Cli) -> u8 {
         let result = response.result.unwrap_or_default();
         match &cli.command {
             Command::Status => print!("{}", output::status(&result)),
-            Command::Devices => print!("{}", output::devices(&result)),
+            Command::Devices(_) => print!("{}", output::devices(&result)),
+            Command::Device(cli::DeviceCommand::Show { .. }) => {
+                print!("{}", output::device_show(&result))
+            }
+            Command::Device(_) => print!("{}", output::device_override(&result)),
             Command::Tunnels => print!("{}", output::tunnels(&result)),
             Command::Flows => print!("{}", output::flows(&result)),
             Command::Sync => println!(
@@ -350,6 +362,45 @@ fn client(cli: &Cli) -> u8 {
         }
     }
     exit::OK
+}
+
+fn device_request(d: &cli::DeviceCommand) -> Request {
+    use cli::DeviceCommand as D;
+    use compliance::OverrideAction as A;
+    let now = SystemTime::now();
+    let (serial, action, level, reason, until) = match d {
+        D::Show { serial } => {
+            return Request::DeviceShow {
+                serial: serial.clone(),
+            }
+        }
+        D::Block {
+            serial,
+            expiry,
+            reason,
+        } => (serial, A::Block, None, reason.clone(), expiry.until(now)),
+        D::Risk {
+            serial,
+            level,
+            expiry,
+            reason,
+        } => (
+            serial,
+            A::Risk,
+            Some(*level),
+            reason.clone(),
+            expiry.until(now),
+        ),
+        D::Unblock { serial } => (serial, A::Unblock, None, None, None),
+        D::Clear { serial } => (serial, A::Clear, None, None, None),
+    };
+    Request::DeviceOverride {
+        serial: serial.clone(),
+        action,
+        level,
+        reason,
+        until,
+    }
 }
 
 fn whatif_offline(cli: &Cli, a: &cli::WhatifArgs) -> u8 {

@@ -179,8 +179,22 @@ pub fn status(r: &Value) -> String {
             comp["max_age_secs"].as_u64().unwrap_or(0)
         ))
     );
+    let _ = writeln!(
+        o,
+        "store     {}",
+        comp["store"]
+            .as_str()
+            .unwrap_or("none (not persisted: see compliance.store_failed)")
+    );
+    let _ = writeln!(o, "admin     {}", s(&comp["admin"]));
     let _ = writeln!(o, "policies  {}", list(&c["policies"]));
     o
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
+        .unwrap_or_default()
 }
 
 pub fn devices(r: &Value) -> String {
@@ -191,30 +205,174 @@ pub fn devices(r: &Value) -> String {
                 .map(|d| {
                     vec![
                         s(&d["serial"]),
-                        if d["managed"].as_bool() == Some(true) {
+                        if d["compliant"].as_bool() == Some(true) {
                             "yes".into()
                         } else {
-                            "no".into()
+                            "NO".into()
                         },
                         s(&d["risk"]),
-                        d["groups"]
-                            .as_array()
-                            .map(|g| g.iter().map(s).collect::<Vec<_>>().join(", "))
-                            .unwrap_or_default(),
-                        s(&d["source"]),
-                        ago(d["age_secs"].as_u64().unwrap_or(0)),
+                        join(&d["groups"]),
+                        join(&d["sources"]),
+                        d["age_secs"]
+                            .as_u64()
+                            .map(ago)
+                            .unwrap_or_else(|| "-".into()),
+                        d["why"].as_str().unwrap_or("").to_string(),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
     if rows.is_empty() {
-        return "no devices known (no source synced yet, or all sources are empty)\n".into();
+        let filtered = r["filter"].as_object().is_some_and(|f| {
+            f.values()
+                .any(|v| !v.is_null() && v.as_bool() != Some(false))
+        });
+        return if filtered {
+            "no device matches the filter\n".into()
+        } else {
+            "no devices known (no source synced yet, or all sources are empty)\n".into()
+        };
     }
     table(
-        &["SERIAL", "MANAGED", "RISK", "GROUPS", "SOURCE", "CONFIRMED"],
+        &[
+            "SERIAL",
+            "COMPLIANT",
+            "RISK",
+            "GROUPS",
+            "SOURCES",
+            "CONFIRMED",
+            "WHY NOT",
+        ],
         &rows,
     )
+}
+
+fn until(v: &Value) -> String {
+    match v.as_i64() {
+        Some(t) => format!("until {}", crate::timefmt::rfc3339(t)),
+        None => "until removed".into(),
+    }
+}
+
+/// `attestgate device show`.
+pub fn device_show(r: &Value) -> String {
+    let mut o = String::new();
+    let v = &r["verdict"];
+    let _ = writeln!(
+        o,
+        "device {}: {}",
+        s(&r["serial"]),
+        if v["compliant"].as_bool() == Some(true) {
+            "COMPLIANT".to_string()
+        } else {
+            format!("NOT COMPLIANT: {}", s(&v["why"]))
+        }
+    );
+    for c in v["checks"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            o,
+            "  {}  {:<9} {}",
+            if c["passed"].as_bool() == Some(true) {
+                "pass"
+            } else {
+                "FAIL"
+            },
+            s(&c["check"]),
+            s(&c["detail"])
+        );
+    }
+    let rows: Vec<Vec<String>> = r["facts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            vec![
+                s(&f["source"]),
+                s(&f["type"]),
+                match f["managed"].as_bool() {
+                    Some(true) => "yes".into(),
+                    Some(false) => "no".into(),
+                    None => "-".into(),
+                },
+                join(&f["groups"]),
+                match f["risk_reasons"].as_array().filter(|a| !a.is_empty()) {
+                    Some(_) => format!("{} ({})", s(&f["risk"]), join(&f["risk_reasons"])),
+                    None => s(&f["risk"]),
+                },
+                join(&f["udids"]),
+                s(&f["platform"]),
+                format!(
+                    "{}{}",
+                    ago(f["age_secs"].as_u64().unwrap_or(0)),
+                    if f["stale"].as_bool() == Some(true) {
+                        " (STALE)"
+                    } else {
+                        ""
+                    }
+                ),
+            ]
+        })
+        .collect();
+    o.push('\n');
+    if rows.is_empty() {
+        o.push_str("no source knows this device\n");
+    } else {
+        o.push_str(&table(
+            &[
+                "SOURCE",
+                "TYPE",
+                "MANAGED",
+                "GROUPS",
+                "RISK",
+                "UDIDS",
+                "PLATFORM",
+                "CONFIRMED",
+            ],
+            &rows,
+        ));
+    }
+    for ov in r["overrides"].as_array().into_iter().flatten() {
+        let what = match ov["kind"].as_str() {
+            Some("block") => "block".to_string(),
+            _ => format!("risk {}", s(&ov["level"])),
+        };
+        let _ = writeln!(
+            o,
+            "override  {what}  set {}  {}{}",
+            ago(ov["age_secs"].as_u64().unwrap_or(0)),
+            until(&ov["until"]),
+            ov["reason"]
+                .as_str()
+                .map(|r| format!("  reason: {r}"))
+                .unwrap_or_default()
+        );
+    }
+    o
+}
+
+/// `attestgate device block|risk|unblock|clear`.
+pub fn device_override(r: &Value) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "device {}: {} {}",
+        s(&r["serial"]),
+        s(&r["action"]),
+        if r["changed"].as_bool() == Some(true) {
+            "applied"
+        } else {
+            "recorded (the device's state did not change)"
+        }
+    );
+    if r["known"].as_bool() == Some(false) {
+        let _ = writeln!(
+            o,
+            "note: no inventory source knows this device (it is unknown, so not compliant, anyway)"
+        );
+    }
+    o.push_str(&device_show(r));
+    o
 }
 
 pub fn flows(r: &Value) -> String {

@@ -310,8 +310,16 @@ fn daemon_lifecycle_apply_refuse_reload_stop() {
     let kinds: Vec<String> = all
         .iter()
         .map(|e| e["event"].as_str().unwrap().to_string())
-        .filter(|k| !k.starts_with("tunnel.") && !k.starts_with("relay."))
+        .filter(|k| {
+            !k.starts_with("tunnel.") && !k.starts_with("relay.") && !k.starts_with("compliance.")
+        })
         .collect();
+    // the first sync made the lab's three devices known, one compliance.changed each
+    let changed = all
+        .iter()
+        .filter(|e| e["event"] == "compliance.changed")
+        .count();
+    assert_eq!(changed, 3, "{all:?}");
     assert_eq!(
         kinds,
         [

@@ -6,65 +6,13 @@
 
 #![allow(clippy::unwrap_used)] // test harness: a failed unwrap is a failed test
 
+mod common;
+
+use common::{device, device_certificate, echo_server, free_udp_port, require_aioquic, Kill, BIN};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const BIN: &str = env!("CARGO_BIN_EXE_attestgate");
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn sh(args: &[&str], dir: &Path) {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// An echo server on 127.0.0.1 (one thread per connection).
-fn echo_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = [0u8; 65536];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
 
 const DEVICES_OK: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Compliant Macs\"]\nrisk = \"secure\"\n";
 const DEVICES_BAD: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Engineering\"]\nrisk = \"secure\"\n";
@@ -106,55 +54,6 @@ file = "{d}/events.jsonl"
     )
 }
 
-struct Device {
-    child: Kill,
-    lines: mpsc::Receiver<Value>,
-}
-
-fn device(dir: &Path, relay_port: u16, echo: u16) -> Device {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../relay/tests/h3_client.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .args([
-            "hold",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &relay_port.to_string(),
-            "--server-name",
-            "relay.attestgate.lab",
-        ])
-        .arg("--ca")
-        .arg(dir.join("relay-ca.crt"))
-        .arg("--cert")
-        .arg(dir.join("device.crt"))
-        .arg("--key")
-        .arg(dir.join("device.key"))
-        .args([
-            "--authority",
-            &format!("127.0.0.1:{echo}"),
-            "--timeout",
-            "30",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    Device {
-        child: Kill(child),
-        lines: rx,
-    }
-}
-
 fn cli(config: &Path, args: &[&str]) -> Value {
     let out = Command::new(BIN)
         .arg("-c")
@@ -173,14 +72,7 @@ fn cli(config: &Path, args: &[&str]) -> Value {
 
 #[test]
 fn a_compliance_flip_resets_the_open_flow_within_a_second() {
-    if Command::new("python3")
-        .args(["-c", "import aioquic"])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        panic!("aioquic is missing: python3 -m pip install aioquic==1.7.2");
-    }
+    require_aioquic();
     let tmp = tempfile::tempdir().unwrap();
     let dir: PathBuf = tmp.path().to_path_buf();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -191,59 +83,7 @@ fn a_compliance_flip_resets_the_open_flow_within_a_second() {
         .unwrap()
         .success());
     // a device certificate from the lab device CA, serial in the subject CN
-    sh(
-        &[
-            "openssl",
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            "device.key",
-        ],
-        &dir,
-    );
-    sh(
-        &[
-            "openssl",
-            "req",
-            "-new",
-            "-key",
-            "device.key",
-            "-subj",
-            "/CN=C02LAB0001",
-            "-out",
-            "device.csr",
-        ],
-        &dir,
-    );
-    std::fs::write(
-        dir.join("device.ext"),
-        "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
-    )
-    .unwrap();
-    sh(
-        &[
-            "openssl",
-            "x509",
-            "-req",
-            "-in",
-            "device.csr",
-            "-CA",
-            "device-ca.crt",
-            "-CAkey",
-            "device-ca.key",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "device.ext",
-            "-out",
-            "device.crt",
-        ],
-        &dir,
-    );
+    device_certificate(&dir, "C02LAB0001");
     std::fs::write(dir.join("devices.toml"), DEVICES_OK).unwrap();
     let port = free_udp_port();
     let echo = echo_server();

@@ -261,7 +261,23 @@ pub struct Compliance {
     pub compliant_groups: Vec<String>,
     pub sources: Vec<ComplianceSource>,
     pub webhook: Option<Webhook>,
+    /// The persisted device store (`[compliance] store`); `None`: `devices.redb` in
+    /// `appliance.state_dir` (see [`Config::device_store`]).
+    pub store: Option<PathBuf>,
 }
+
+impl Config {
+    /// Where the device store lives: `[compliance] store`, else `STATE_DIR/devices.redb`.
+    pub fn device_store(&self) -> PathBuf {
+        self.compliance
+            .store
+            .clone()
+            .unwrap_or_else(|| self.appliance.state_dir.join(DEFAULT_DEVICE_STORE))
+    }
+}
+
+/// The device store's file name inside `appliance.state_dir` when `[compliance] store` is unset.
+pub const DEFAULT_DEVICE_STORE: &str = "devices.redb";
 
 #[derive(Debug, Clone)]
 pub struct ComplianceSource {

@@ -12,7 +12,7 @@
 //!
 //! The file is the truth at the moment it is read: its records count as confirmed then.
 
-use crate::policy::DeviceRecord;
+use super::SourceFact;
 use config::RiskLevel;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -35,10 +35,8 @@ struct DeviceEntry {
     groups: Vec<String>,
     risk: RiskLevel,
     #[serde(default)]
-    #[allow(dead_code)]
     platform: Option<String>,
     #[serde(default)]
-    #[allow(dead_code)]
     udids: Vec<String>,
 }
 
@@ -58,11 +56,7 @@ pub enum FileSourceError {
 }
 
 /// Reads the file; every record is confirmed at `now`.
-pub fn read(
-    path: &Path,
-    source: &str,
-    now: SystemTime,
-) -> Result<BTreeMap<String, DeviceRecord>, FileSourceError> {
+pub fn read(path: &Path, now: SystemTime) -> Result<BTreeMap<String, SourceFact>, FileSourceError> {
     let text = std::fs::read_to_string(path).map_err(|source| FileSourceError::Read {
         path: path.to_path_buf(),
         source,
@@ -86,16 +80,11 @@ pub fn read(
                 message: format!("device {serial} is listed twice"),
             });
         }
-        out.insert(
-            serial,
-            DeviceRecord {
-                managed: d.managed,
-                groups: d.groups.into_iter().collect(),
-                risk: d.risk,
-                source: source.to_string(),
-                confirmed_at: now,
-            },
-        );
+        let mut fact =
+            SourceFact::inventory(d.managed, d.groups.into_iter().collect(), Some(d.risk), now);
+        fact.platform = d.platform;
+        fact.udids = d.udids.into_iter().collect();
+        out.insert(serial, fact);
     }
     Ok(out)
 }
@@ -110,36 +99,36 @@ mod tests {
         let p = dir.path().join("devices.toml");
         std::fs::write(
             &p,
-            "[[device]]\nserial = \" c02lab0001 \"\nmanaged = true\ngroups = [\"Compliant Macs\"]\nrisk = \"low\"\n",
+            "[[device]]\nserial = \" c02lab0001 \"\nmanaged = true\ngroups = [\"Compliant Macs\"]\nrisk = \"low\"\nplatform = \"macos\"\nudids = [\"U1\"]\n",
         )
         .unwrap();
         let now = SystemTime::now();
-        let r = read(&p, "lab", now).unwrap();
+        let r = read(&p, now).unwrap();
         let d = &r["C02LAB0001"];
-        assert!(d.managed && d.groups.contains("Compliant Macs") && d.risk == RiskLevel::Low);
+        assert!(
+            d.managed == Some(true)
+                && d.groups.contains("Compliant Macs")
+                && d.risk == Some(RiskLevel::Low)
+        );
+        assert_eq!(d.platform.as_deref(), Some("macos"));
+        assert!(d.udids.contains("U1"));
         std::fs::write(
             &p,
             "[[device]]\nserial = \"X\"\nmanaged = true\nrisk = \"severe\"\n",
         )
         .unwrap();
-        let e = read(&p, "lab", now).unwrap_err().to_string();
+        let e = read(&p, now).unwrap_err().to_string();
         assert!(e.contains("severe"), "{e}");
         std::fs::write(
             &p,
             "[[device]]\nserial = \"X\"\nmanaged = true\nrisk = \"low\"\ncolour = 1\n",
         )
         .unwrap();
-        assert!(read(&p, "lab", now)
-            .unwrap_err()
-            .to_string()
-            .contains("colour"));
+        assert!(read(&p, now).unwrap_err().to_string().contains("colour"));
         std::fs::write(&p, "[[device]]\nserial = \"X\"\nmanaged = true\nrisk = \"low\"\n[[device]]\nserial = \"x\"\nmanaged = true\nrisk = \"low\"\n").unwrap();
-        assert!(read(&p, "lab", now)
-            .unwrap_err()
-            .to_string()
-            .contains("twice"));
+        assert!(read(&p, now).unwrap_err().to_string().contains("twice"));
         assert!(matches!(
-            read(&dir.path().join("none"), "lab", now),
+            read(&dir.path().join("none"), now),
             Err(FileSourceError::Read { .. })
         ));
     }

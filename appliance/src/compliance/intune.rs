@@ -182,10 +182,6 @@ impl IntuneSource {
         })
     }
 
-    pub fn client(&self) -> &ApiClient {
-        &self.client
-    }
-
     #[cfg(test)]
     pub fn client_mut_for_tests(&mut self) -> &mut ApiClient {
         &mut self.client

@@ -204,6 +204,7 @@ pub struct JamfHint {
 
 impl JamfHint {
     /// False for events that concern no device (e.g. `JSSStartup`).
+    #[cfg_attr(not(test), allow(dead_code))] // tests
     pub fn names_devices(&self) -> bool {
         !(self.computer_ids.is_empty()
             && self.mobile_device_ids.is_empty()
@@ -415,6 +416,7 @@ impl JamfSource {
         })
     }
 
+    #[cfg_attr(not(test), allow(dead_code))] // tests
     pub fn client(&self) -> &ApiClient {
         &self.client
     }

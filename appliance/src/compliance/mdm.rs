@@ -12,8 +12,8 @@ mod mdm_sources_tests;
 use super::http::HttpSettings;
 use super::intune::IntuneSource;
 use super::jamf::{JamfHint, JamfSource};
-use crate::policy::DeviceRecord;
-use config::{Config, RiskLevel, SourceKind};
+use super::SourceFact;
+use config::{ComplianceSource, Config, RiskLevel, SourceKind};
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
@@ -36,16 +36,19 @@ pub struct MdmDevice {
 }
 
 impl MdmDevice {
-    /// The record the policy engine reads. A source that says nothing about risk contributes
-    /// `secure`; the table merges sources taking the worst risk, so another source's risk is
-    /// never lowered by this one.
-    pub fn to_record(&self, source: &str, confirmed_at: SystemTime) -> DeviceRecord {
-        DeviceRecord {
-            managed: self.managed,
+    /// What this source says about the device, for the device store. A source that says
+    /// nothing about risk has no risk opinion (`None`); the table merges sources taking the
+    /// worst risk, so another source's risk is never lowered by this one.
+    pub fn to_fact(&self, confirmed_at: SystemTime) -> SourceFact {
+        SourceFact {
+            managed: Some(self.managed),
             groups: self.groups.iter().cloned().collect(),
-            risk: self.risk.unwrap_or(RiskLevel::Secure),
-            source: source.to_string(),
+            risk: self.risk,
+            risk_reasons: self.risk_reasons.clone(),
+            udids: self.udids.iter().cloned().collect(),
+            platform: Some(self.platform.clone()),
             confirmed_at,
+            expires: None,
         }
     }
 }
@@ -172,9 +175,6 @@ impl MdmSource {
     }
 }
 
-/// What each MDM source answered, by source name, with when it was asked.
-pub type FetchResults = BTreeMap<String, Result<(Vec<MdmDevice>, SystemTime), SourceError>>;
-
 /// The configured MDM sources, kept between syncs so their tokens are reused.
 #[derive(Debug, Default)]
 pub struct MdmSources {
@@ -184,6 +184,9 @@ pub struct MdmSources {
 }
 
 impl MdmSources {
+    /// Sources with these client settings (tests: the stand-ins' CA); the daemon uses the
+    /// defaults (the OS roots, which honour `SSL_CERT_FILE`).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn new(settings: HttpSettings) -> Self {
         MdmSources {
             by_name: BTreeMap::new(),
@@ -191,48 +194,89 @@ impl MdmSources {
         }
     }
 
-    /// Full sync of every Jamf Pro and Intune source of `cfg`, one after another. A source
-    /// whose configuration changed, or whose last answer was an authentication failure, is
-    /// rebuilt (re-reading its secret file). Sources no longer configured are dropped.
-    pub async fn fetch_all(&mut self, cfg: &Config) -> FetchResults {
-        let mut results = BTreeMap::new();
-        let mut kept = BTreeMap::new();
-        for s in &cfg.compliance.sources {
-            let name = s.name.value.clone();
-            let fingerprint = format!("{:?}", s.kind);
-            let existing = self
-                .by_name
-                .remove(&name)
-                .filter(|(f, _)| *f == fingerprint);
-            let mut source = match existing {
-                Some((_, src)) => src,
-                None => match MdmSource::from_config(&s.kind, &self.settings) {
-                    Ok(Some(src)) => src,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        results.insert(name, Err(e));
-                        continue;
-                    }
-                },
-            };
-            let started = std::time::Instant::now();
-            // Confirmed when the sync began: the data can be no newer than that (fail closed
-            // as it ages).
-            let asked_at = SystemTime::now();
-            let answer = source.full_sync().await;
-            tracing::debug!(source = %name, ms = started.elapsed().as_millis() as u64, ok = answer.is_ok(), "MDM full sync");
-            let rebuild = matches!(answer, Err(SourceError::Auth { .. }));
-            results.insert(name.clone(), answer.map(|d| (d, asked_at)));
-            if !rebuild {
-                kept.insert(name, (fingerprint, source));
+    /// The client for `source`, built now (reading its secret file) when there is none yet or
+    /// its configuration changed. `Ok(None)`: not a Jamf Pro or Intune source.
+    pub fn source_mut(
+        &mut self,
+        source: &ComplianceSource,
+    ) -> Result<Option<&mut MdmSource>, SourceError> {
+        let name = &source.name.value;
+        let fingerprint = format!("{:?}", source.kind);
+        if self
+            .by_name
+            .get(name)
+            .is_none_or(|(f, _)| *f != fingerprint)
+        {
+            self.by_name.remove(name);
+            match MdmSource::from_config(&source.kind, &self.settings)? {
+                Some(src) => {
+                    self.by_name.insert(name.clone(), (fingerprint, src));
+                }
+                None => return Ok(None),
             }
         }
-        self.by_name = kept;
-        results
+        Ok(self.by_name.get_mut(name).map(|(_, s)| s))
     }
 
-    /// The source of this name, if it is a Jamf Pro or Intune one built by a previous fetch.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut MdmSource> {
-        self.by_name.get_mut(name).map(|(_, s)| s)
+    /// Runs `op` on the client for `source`. An authentication failure drops the client, so
+    /// the next use rebuilds it (re-reading its secret file). `None`: not an MDM source.
+    async fn with_source<T>(
+        &mut self,
+        source: &ComplianceSource,
+        op: impl AsyncFnOnce(&mut MdmSource) -> Result<T, SourceError>,
+    ) -> Option<Result<T, SourceError>> {
+        let answer = match self.source_mut(source) {
+            Ok(Some(src)) => op(src).await,
+            Ok(None) => return None,
+            Err(e) => Err(e),
+        };
+        if matches!(
+            answer,
+            Err(SourceError::Auth { .. }) | Err(SourceError::Config(_))
+        ) {
+            self.by_name.remove(&source.name.value);
+        }
+        Some(answer)
+    }
+
+    /// Full sync of one Jamf Pro or Intune source; `None` for other types.
+    pub async fn fetch_one(
+        &mut self,
+        source: &ComplianceSource,
+    ) -> Option<Result<Vec<MdmDevice>, SourceError>> {
+        let started = std::time::Instant::now();
+        let answer = self
+            .with_source(source, async |s| s.full_sync().await)
+            .await;
+        if let Some(a) = &answer {
+            tracing::debug!(source = %source.name.value, ms = started.elapsed().as_millis() as u64, ok = a.is_ok(), "MDM full sync");
+        }
+        answer
+    }
+
+    /// Re-reads what a Jamf webhook names; `None` for other types.
+    pub async fn refresh_hint(
+        &mut self,
+        source: &ComplianceSource,
+        hint: &JamfHint,
+    ) -> Option<Result<Vec<MdmDevice>, SourceError>> {
+        self.with_source(source, async |s| s.refresh_hint(hint).await)
+            .await
+    }
+
+    /// Re-reads one device; `Ok(None)`: the MDM does not know it. `None` for other types.
+    pub async fn refresh_device(
+        &mut self,
+        source: &ComplianceSource,
+        serial: &str,
+    ) -> Option<Result<Option<MdmDevice>, SourceError>> {
+        self.with_source(source, async |s| s.refresh_device(serial).await)
+            .await
+    }
+
+    /// Drops the clients of sources `cfg` no longer configures.
+    pub fn prune(&mut self, cfg: &Config) {
+        self.by_name
+            .retain(|name, _| cfg.compliance.sources.iter().any(|s| s.name.value == *name));
     }
 }

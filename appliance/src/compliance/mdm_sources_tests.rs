@@ -7,8 +7,8 @@ use crate::compliance::http::{HttpSettings, Secret};
 use crate::compliance::intune::IntuneSource;
 use crate::compliance::jamf::{parse_webhook, JamfSource};
 use crate::compliance::mdm::{MdmDevice, MdmSources, SourceError};
-use crate::compliance::DeviceTable;
-use config::RiskLevel;
+use crate::compliance::{DeviceTable, SourceStatus};
+use config::{Config, RiskLevel};
 use rustls_pki_types::CertificateDer;
 use std::time::{Duration, Instant, SystemTime};
 use tests::standins::intune::{IntuneStandin, ManagedDevice};
@@ -140,8 +140,9 @@ async fn jamf_full_sync_reads_every_page_groups_and_risk() {
     assert_eq!((p1.platform.as_str(), p1.risk), ("ios", None));
     assert!(find(&devices, "DMPSTAND0002").groups.is_empty());
 
-    let rec = m1.to_record("jamf", SystemTime::UNIX_EPOCH);
-    assert!(rec.managed && rec.groups.contains("Compliant Macs") && rec.source == "jamf");
+    let fact = m1.to_fact(SystemTime::UNIX_EPOCH);
+    assert!(fact.managed == Some(true) && fact.groups.contains("Compliant Macs"));
+    assert_eq!(fact.confirmed_at, SystemTime::UNIX_EPOCH);
 }
 
 #[tokio::test]
@@ -347,7 +348,7 @@ async fn jamf_malformed_or_incomplete_answers_are_errors() {
     assert_eq!(src.full_sync().await.unwrap().len(), 8);
 }
 
-fn config_with(sources: &str) -> config::Config {
+fn config_with(sources: &str) -> Config {
     let lab = include_str!("../../../config/examples/lab.toml");
     let start = lab.find("[compliance.sources.lab]").unwrap();
     let end = start + lab[start..].find("\n\n").unwrap();
@@ -360,6 +361,21 @@ fn config_with(sources: &str) -> config::Config {
     )
     .unwrap_or_else(|e| panic!("{e:?}\n{text}"))
     .config
+}
+
+/// One sync of every source of `cfg` as the daemon runs it: fetched outside the table, then
+/// applied; the sources' states afterwards.
+async fn sync(
+    table: &mut DeviceTable,
+    sources: &mut MdmSources,
+    cfg: &Config,
+) -> Vec<SourceStatus> {
+    let now = SystemTime::now();
+    for s in &cfg.compliance.sources {
+        let fetched = crate::compliance::fetch(s, now, sources).await;
+        table.apply_fetch(&s.name.value, s.kind.type_name(), fetched, now);
+    }
+    table.status()
 }
 
 #[tokio::test]
@@ -393,8 +409,7 @@ async fn a_failed_sync_keeps_the_previous_devices() {
     let mut sources = MdmSources::new(s);
     let mut table = DeviceTable::default();
 
-    table.set_mdm_results(sources.fetch_all(&cfg).await);
-    let status = table.sync(&cfg, SystemTime::now());
+    let status = sync(&mut table, &mut sources, &cfg).await;
     assert!(status.iter().all(|s| s.state == "ok"), "{status:?}");
     assert_eq!(table.device_count(), 6);
     let before = table.get("C02STAND0001").unwrap();
@@ -418,8 +433,7 @@ async fn a_failed_sync_keeps_the_previous_devices() {
             key: "complianceState".into(),
         },
     );
-    table.set_mdm_results(sources.fetch_all(&cfg).await);
-    let status = table.sync(&cfg, SystemTime::now());
+    let status = sync(&mut table, &mut sources, &cfg).await;
     for s in &status {
         assert_eq!(s.state, "error", "{s:?}");
         assert!(
@@ -438,8 +452,7 @@ async fn a_failed_sync_keeps_the_previous_devices() {
     );
 
     // The next whole answer applies.
-    table.set_mdm_results(sources.fetch_all(&cfg).await);
-    let status = table.sync(&cfg, SystemTime::now());
+    let status = sync(&mut table, &mut sources, &cfg).await;
     assert!(status.iter().all(|s| s.state == "ok"), "{status:?}");
     assert!(table.get("C02STAND0001").unwrap().groups.is_empty());
     // Sources are kept between syncs: one token each for all three syncs.

@@ -18,6 +18,7 @@ impl Reader<'_, '_> {
                 "compliant_groups",
                 "sources",
                 "webhook",
+                "store",
             ],
         )?;
         let max_age = self.duration_key(&f, "max_age", Duration::from_secs(15 * 60));
@@ -66,7 +67,12 @@ impl Reader<'_, '_> {
             Some(e) => Some(self.webhook(&e.node)?),
             None => None,
         };
+        let store = match f.get("store") {
+            Some(_) => Some(self.path_key(&f, "store", false)?.value),
+            None => None,
+        };
         Some(Compliance {
+            store,
             max_age: max_age?,
             refresh_interval: refresh_interval?,
             compliant_groups,
