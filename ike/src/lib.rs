@@ -18,12 +18,9 @@
 //!   (RFC 7296 §2.6) instead of creating state.
 //! - [`datapath`] and [`tunnel`]: the tokio data path of a tunnel — TUN device with offloads,
 //!   batched UDP 4500 (GSO/GRO) and raw ESP, one task per direction.
-//!
-//! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK, the first child
-//!   SA, NAT detection, retransmission; see its module doc for what is not done yet.
-//!
-//! Not written yet (issue 3): rekeying, certificate authentication, the ESP data path driver
-//! (TUN, UDP): nothing here carries traffic yet.
+//! - [`sa`]: the IKE SA state machine (sans-IO): IKE_SA_INIT, IKE_AUTH with PSK or certificates,
+//!   child SAs, NAT detection, fragmentation, retransmission, rekeys and their collisions,
+//!   lifetimes, liveness; see its module doc.
 
 pub mod cert;
 pub mod cookie;
