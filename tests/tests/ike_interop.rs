@@ -8,9 +8,54 @@
 use serde_json::Value;
 use std::time::Duration;
 use tests::ike_peer::Peer;
-use tests::interop::{check_strongswan, lab, ping_across, route_into_tun};
+use tests::interop::{check_strongswan, lab, lab_with, ping_across, route_into_tun};
 use tests::netns::{veth, Netns};
+use tests::pki::{LabPki, P256};
 use tests::strongswan::{Auth, Charon, PeerConfig};
+
+/// Runs `body` with PSK, or with ECDSA P-256 certificates from a fresh lab CA
+/// (gw.attestgate.lab ours, vpn.corp.lab strongSwan's); the PKI's files live while it runs.
+fn with_auth(ecdsa: bool, body: impl FnOnce(Auth)) {
+    if ecdsa {
+        let pki = LabPki::new("attestgate lab CA", &P256);
+        body(Auth::Cert {
+            ours: pki.issue("gw.attestgate.lab"),
+            theirs: pki.issue("vpn.corp.lab"),
+            ca: pki.ca.clone(),
+            strongswan_signs: None,
+        });
+    } else {
+        body(Auth::Psk("interop-psk-6f1c2a9e".into()));
+    }
+}
+
+/// With certificates, strongSwan must have checked our AUTH as an RFC 7427 ECDSA signature.
+fn check_auth(sw: &Charon, auth: &Auth) {
+    if let Auth::Cert { .. } = auth {
+        let log = sw.log();
+        let ok = "authentication of 'gw.attestgate.lab' with ECDSA_WITH_SHA256_DER successful";
+        assert!(log.contains(ok), "{ok} not in:\n{log}");
+    }
+}
+
+/// Two tests from one body taking an `Auth`: `$psk` with PSK, `$ecdsa` with ECDSA P-256.
+macro_rules! psk_and_ecdsa {
+    ($body:ident, $psk:ident, $ecdsa:ident) => {
+        #[test]
+        fn $psk() {
+            if tests::require_root(stringify!($psk)) {
+                with_auth(false, $body);
+            }
+        }
+
+        #[test]
+        fn $ecdsa() {
+            if tests::require_root(stringify!($ecdsa)) {
+                with_auth(true, $body);
+            }
+        }
+    };
+}
 
 fn attestgate_initiates(ike: &str, esp: &str) {
     let (a, b, ours) = lab(ike, esp);
@@ -216,13 +261,15 @@ fn esp_traffic_responder(ike: &str, esp: &str) {
     esp_traffic(ike, esp, "responder");
 }
 
+psk_and_ecdsa!(
+    initiator_behind_a_masquerading_nat,
+    initiator_behind_a_masquerading_nat_psk,
+    initiator_behind_a_masquerading_nat_ecdsa
+);
+
 /// attestgate behind an nftables masquerading NAT box: NAT detection moves IKE and ESP to
 /// UDP 4500, strongSwan sees the NAT's address, and ping and iperf3 cross the tunnel.
-#[test]
-fn initiator_behind_a_masquerading_nat() {
-    if !tests::require_root("initiator_behind_a_masquerading_nat") {
-        return;
-    }
+fn initiator_behind_a_masquerading_nat(auth: Auth) {
     let a = Netns::new("ag");
     let nat = Netns::new("nat");
     let b = Netns::new("sw");
@@ -258,7 +305,7 @@ fn initiator_behind_a_masquerading_nat() {
         remote_addr: "203.0.113.20".into(),
         local_id: "gw.attestgate.lab".into(),
         remote_id: "vpn.corp.lab".into(),
-        auth: Auth::Psk("nat-psk-9d2c4e1f".into()),
+        auth,
         ike_proposal: "aes256gcm16-prfsha256-ecp256".into(),
         esp_proposal: "aes256gcm16".into(),
         local_ts: "198.18.100.0/24".into(),
@@ -287,6 +334,7 @@ fn initiator_behind_a_masquerading_nat() {
             || sas.contains("nat-any=yes"),
         "{sas}"
     );
+    check_auth(&sw, &ours.auth);
     ping_across(&a, 3);
     let bps = tests::strongswan::iperf3(&b, "198.19.0.1", &a, "198.18.100.1", 2);
     eprintln!(
@@ -296,14 +344,16 @@ fn initiator_behind_a_masquerading_nat() {
     assert!(bps > 1e6);
 }
 
+psk_and_ecdsa!(
+    tunnel_comes_back_after_strongswan_restarts,
+    tunnel_comes_back_after_strongswan_restarts_psk,
+    tunnel_comes_back_after_strongswan_restarts_ecdsa
+);
+
 /// strongSwan is killed in the middle of a session and started again: attestgate notices with
 /// its liveness checks and brings the tunnel back by itself; traffic flows again.
-#[test]
-fn tunnel_comes_back_after_strongswan_restarts() {
-    if !tests::require_root("tunnel_comes_back_after_strongswan_restarts") {
-        return;
-    }
-    let (a, b, ours) = lab("aes256gcm16-prfsha256-ecp256", "aes256gcm16");
+fn tunnel_comes_back_after_strongswan_restarts(auth: Auth) {
+    let (a, b, ours) = lab_with("aes256gcm16-prfsha256-ecp256", "aes256gcm16", auth);
     let sw = Charon::start(&b, &ours.mirrored());
     let tun = tests::netns::unique("t");
     let peer = Peer::start_with(
@@ -338,16 +388,19 @@ fn tunnel_comes_back_after_strongswan_restarts() {
     assert_ne!(first["spi_in"], second["spi_in"]);
     ping_across(&a, 3);
     check_strongswan(&sw, &second);
+    check_auth(&sw, &ours.auth);
 }
+
+psk_and_ecdsa!(
+    iperf3_stream_survives_rekeys_every_two_seconds,
+    iperf3_stream_survives_rekeys_every_two_seconds_psk,
+    iperf3_stream_survives_rekeys_every_two_seconds_ecdsa
+);
 
 /// A TCP stream through the tunnel survives child SA rekeys every two seconds
 /// (make-before-break on both ends).
-#[test]
-fn iperf3_stream_survives_rekeys_every_two_seconds() {
-    if !tests::require_root("iperf3_stream_survives_rekeys_every_two_seconds") {
-        return;
-    }
-    let (a, b, ours) = lab("aes256gcm16-prfsha256-ecp256", "aes256gcm16");
+fn iperf3_stream_survives_rekeys_every_two_seconds(auth: Auth) {
+    let (a, b, ours) = lab_with("aes256gcm16-prfsha256-ecp256", "aes256gcm16", auth);
     let sw = Charon::start(&b, &ours.mirrored());
     let tun = tests::netns::unique("t");
     let peer = Peer::start_with(
@@ -373,5 +426,5 @@ fn iperf3_stream_survives_rekeys_every_two_seconds() {
         0,
         "{events:?}"
     );
-    let _ = sw.list_sas();
+    check_auth(&sw, &ours.auth);
 }
