@@ -140,11 +140,18 @@ async fn backpressure_when_the_target_does_not_read() {
         "--send",
         &size,
         "--timeout",
-        "6",
+        "12",
     ];
     let client = lab.node(Some("good"), &args);
     let watch = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Node may take seconds to start on a loaded machine: wait for the flow, then give the
+        // buffers time to fill
+        let deadline = std::time::Instant::now() + Duration::from_secs(8);
+        while lab.relay.flows().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "no flow registered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let first = lab.relay.flows()[0].bytes_from_device;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let second = lab.relay.flows()[0].bytes_from_device;
