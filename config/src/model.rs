@@ -188,6 +188,9 @@ pub struct Tunnel {
     /// As a responder, ask IKE_SA_INIT for a cookie (RFC 7296 §2.6) at this many half-open IKE
     /// SAs; 0 always asks. strongSwan's `charon.cookie_threshold` defaults to 10 too.
     pub cookie_threshold: u32,
+    /// Always encapsulate ESP in UDP 4500 (RFC 3948), like strongSwan's `encap = yes`; `false`:
+    /// only when a NAT is detected (RFC 7296 §2.23), raw ESP (IP protocol 50) otherwise.
+    pub encap: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -1463,6 +1463,28 @@ fn cookie_threshold_defaults_to_10_and_takes_0() {
 }
 
 #[test]
+fn encap_defaults_to_true_and_takes_false() {
+    let dir = lab_files();
+    let tunnel = |l: &Loaded| match l.config.egress("corp").map(|e| &e.kind) {
+        Some(config::EgressKind::Tunnel(t)) => t.encap,
+        _ => panic!("corp is not a tunnel"),
+    };
+    assert!(tunnel(&accepted_with(
+        &base(),
+        dir.path(),
+        FileChecks::Skip
+    )));
+    let t = replace(&base(), "mtu = 1400", "mtu = 1400\nencap = false");
+    assert!(!tunnel(&accepted_with(&t, dir.path(), FileChecks::Skip)));
+    let t = replace(&base(), "mtu = 1400", "mtu = 1400\nencap = \"no\"");
+    let refused = refused(&t);
+    assert!(
+        refused.to_string().contains("egress.corp.encap"),
+        "{refused}"
+    );
+}
+
+#[test]
 fn cookie_threshold_out_of_range() {
     let t = replace(&base(), "mtu = 1400", "mtu = 1400\ncookie_threshold = -1");
     check(

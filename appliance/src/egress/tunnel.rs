@@ -151,7 +151,7 @@ pub fn sa_config(t: &Tunnel) -> Result<SaConfig, String> {
         remote_ts: selectors(&t.remote_ts),
         retransmit_timeout: Duration::from_millis(500),
         retransmit_tries: 5,
-        force_udp_encap: true,
+        force_udp_encap: t.encap,
         cert,
     })
 }

@@ -89,6 +89,7 @@ impl Reader<'_, '_> {
             "child_lifetime_bytes",
             "fragment_size",
             "cookie_threshold",
+            "encap",
         ];
         const INTERNET: &[&str] = &["source_addresses"];
         const PUBLIC: &[&str] = &["source_address"];
@@ -373,6 +374,7 @@ impl Reader<'_, '_> {
         let fragment_size = self.int_key(f, "fragment_size", 576, 9000, 1280);
         let initiate = self.bool_key(f, "initiate", true);
         let cookie_threshold = self.int_key(f, "cookie_threshold", 0, 100_000, 10);
+        let encap = self.bool_key(f, "encap", true);
         let dpd_interval = self.duration_key(f, "dpd_interval", Duration::from_secs(30));
         let dpd_action = self.choice_key(
             f,
@@ -447,6 +449,7 @@ impl Reader<'_, '_> {
             child_lifetime_bytes: child_lifetime_bytes?,
             fragment_size: u16::try_from(fragment_size?).ok()?,
             cookie_threshold: u32::try_from(cookie_threshold?).ok()?,
+            encap: encap?,
         })
     }
 }
