@@ -3,8 +3,8 @@
 //! event counting. Shared by the IKE interop tests.
 
 use crate::ike_peer::Peer;
-use crate::netns::{veth, Netns};
-use crate::strongswan::{Auth, PeerConfig};
+use crate::netns::Netns;
+use crate::strongswan::PeerConfig;
 use serde_json::Value;
 
 /// attestgate (`ours`, in `a`, 203.0.113.10, selector 198.18.100.0/24) and strongSwan (`b`,
@@ -17,25 +17,9 @@ pub struct TunnelLab {
 }
 
 impl TunnelLab {
+    /// The interop lab of [`crate::interop::lab`] (PSK).
     pub fn new(ike: &str, esp: &str) -> TunnelLab {
-        let a = Netns::new("ag");
-        let b = Netns::new("sw");
-        veth(&a, "203.0.113.10/24", &b, "203.0.113.20/24");
-        a.addr("lo", "198.18.100.1/24");
-        b.addr("lo", "198.19.0.1/24");
-        let ours = PeerConfig {
-            local_addr: "203.0.113.10".into(),
-            remote_addr: "203.0.113.20".into(),
-            local_id: "gw.attestgate.lab".into(),
-            remote_id: "vpn.corp.lab".into(),
-            auth: Auth::Psk("lifecycle-psk-3e7d91c4".into()),
-            ike_proposal: ike.into(),
-            esp_proposal: esp.into(),
-            local_ts: "198.18.100.0/24".into(),
-            remote_ts: "198.19.0.0/24".into(),
-            child_rekey: "1h".into(),
-            ike_rekey: "4h".into(),
-        };
+        let (a, b, ours) = crate::interop::lab(ike, esp);
         TunnelLab { a, b, ours }
     }
 
