@@ -14,7 +14,7 @@
 //! reset and no other one was (benchmarks, not timed tests).
 //!
 //! ```sh
-//! cargo test --release -p attestgate --test flip_bench -- --ignored --nocapture
+//! cargo test --release -p attestgate --test flip_bench -- --ignored --nocapture --test-threads=1
 //! ```
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test harness
