@@ -35,27 +35,8 @@ fn a_smart_group_change_announced_by_webhook_resets_the_open_flow_and_restores_i
     let relay_port = free_udp_port();
     let admin = free_port();
     let lab = Lab::new();
-    let d = lab.dir.display();
-    std::fs::write(lab.dir.join("jamf.secret"), format!("{SECRET}\n")).unwrap();
-    std::fs::write(lab.dir.join("webhook.pw"), "s3cret-pw\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    for f in ["jamf.secret", "webhook.pw"] {
-        std::fs::set_permissions(lab.dir.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    let ca = lab.dir.join("jamf-ca.pem");
-    std::fs::write(&ca, &jamf.server.tls.ca_pem).unwrap();
-    lab.write_config(
-        relay_port,
-        // only the webhook re-reads during the test
-        "refresh_interval = \"10m\"",
-        &format!(
-            "[compliance.sources.jamf]\ntype = \"jamf-pro\"\nurl = \"{}\"\nclient_id = \"{ID}\"\n\
-             client_secret_file = \"{d}/jamf.secret\"\ncomputer_groups = [1]\n\
-             [compliance.webhook]\nlisten = \"127.0.0.1:{admin}\"\ncertificate = \"{d}/relay.crt\"\n\
-             private_key = \"{d}/relay.key\"\nauth = \"basic\"\nusername = \"jamf\"\npassword_file = \"{d}/webhook.pw\"\n",
-            jamf.url()
-        ),
-    );
+    // only the webhook re-reads during the test
+    let ca = lab.jamf_config(relay_port, admin, &jamf, ID, SECRET, "10m");
     device_certificate(&lab.dir, SERIAL);
     let echo = echo_server();
     let daemon = lab.start_with_env(&[("SSL_CERT_FILE", &ca)]);

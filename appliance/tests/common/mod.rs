@@ -116,6 +116,43 @@ file = "{d}/events.jsonl"
         lab
     }
 
+    /// The configuration of [`Lab::write_config`] with `refresh_interval = "{refresh}"`, a
+    /// `jamf-pro` source `jamf` reading computer group 1 of the Jamf Pro stand-in `jamf` as
+    /// client `id` / `secret`, and the admin listener on `admin` with Basic auth
+    /// `jamf:s3cret-pw`. Returns the stand-in's CA, for the daemon's `SSL_CERT_FILE`.
+    pub fn jamf_config(
+        &self,
+        relay_port: u16,
+        admin: u16,
+        jamf: &tests::standins::jamf::JamfStandin,
+        id: &str,
+        secret: &str,
+        refresh: &str,
+    ) -> PathBuf {
+        let d = self.dir.display();
+        std::fs::write(self.dir.join("jamf.secret"), format!("{secret}\n")).unwrap();
+        std::fs::write(self.dir.join("webhook.pw"), "s3cret-pw\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["jamf.secret", "webhook.pw"] {
+            std::fs::set_permissions(self.dir.join(f), std::fs::Permissions::from_mode(0o600))
+                .unwrap();
+        }
+        let ca = self.dir.join("jamf-ca.pem");
+        std::fs::write(&ca, &jamf.server.tls.ca_pem).unwrap();
+        self.write_config(
+            relay_port,
+            &format!("refresh_interval = \"{refresh}\""),
+            &format!(
+                "[compliance.sources.jamf]\ntype = \"jamf-pro\"\nurl = \"{}\"\nclient_id = \"{id}\"\n\
+                 client_secret_file = \"{d}/jamf.secret\"\ncomputer_groups = [1]\n\
+                 [compliance.webhook]\nlisten = \"127.0.0.1:{admin}\"\ncertificate = \"{d}/relay.crt\"\n\
+                 private_key = \"{d}/relay.key\"\nauth = \"basic\"\nusername = \"jamf\"\npassword_file = \"{d}/webhook.pw\"\n",
+                jamf.url()
+            ),
+        );
+        ca
+    }
+
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
             .arg("-c")
