@@ -8,7 +8,9 @@
 //!
 //! - a device is *known* when an inventory source (file, Jamf Pro, Intune) lists it; a risk
 //!   feed or an override never makes a device known;
-//! - managed if any inventory source says so, groups are the union, risk the worst opinion of
+//! - managed only if every inventory source that lists it says so (an MDM that unenrolled the
+//!   device outvotes one that still lists it: fail closed), groups are the union over the
+//!   sources that say it is managed, risk the worst opinion of
 //!   any source (inventory, risk feed, override), confirmed at the *oldest* inventory
 //!   confirmation, so staleness is never hidden (data older than `max_age` counts as unknown);
 //! - an active block takes the device out of every group and sets its risk to high.
@@ -592,12 +594,16 @@ impl DeviceTable {
             blocked: None,
             sources: Vec::new(),
         };
+        let mut unmanaged_somewhere = false;
         for (name, f) in self.facts(&serial) {
             v.sources.push(name.to_string());
             if let Some(m) = f.managed {
                 v.known = true;
-                v.managed |= m;
-                v.groups.extend(f.groups.iter().cloned());
+                if m {
+                    v.groups.extend(f.groups.iter().cloned());
+                } else {
+                    unmanaged_somewhere = true;
+                }
             }
             if let Some(r) = f.risk {
                 if v.risk.is_none_or(|cur| r > cur) {
@@ -607,6 +613,7 @@ impl DeviceTable {
                     .extend(f.risk_reasons.iter().map(|x| format!("{name}: {x}")));
             }
         }
+        v.managed = v.known && !unmanaged_somewhere;
         if let Some(o) = self.overrides.get(&serial) {
             let mut used = false;
             if let Some(level) = o.risk.as_ref().and_then(|e| e.level) {

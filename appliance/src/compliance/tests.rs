@@ -355,10 +355,14 @@ mod merge_props {
                 return Ok(());
             }
             let r = record.unwrap();
-            // managed only if an inventory source says so
-            prop_assert_eq!(r.managed, inventory.iter().any(|f| f.managed == Some(true)));
-            // groups never beyond what inventory sources say
-            let union: BTreeSet<String> = inventory.iter().flat_map(|f| f.groups.iter().cloned()).collect();
+            // managed only if every inventory source says so (one saying unmanaged outvotes)
+            prop_assert_eq!(r.managed, inventory.iter().all(|f| f.managed == Some(true)));
+            // groups never beyond what the inventory sources saying managed say
+            let union: BTreeSet<String> = inventory
+                .iter()
+                .filter(|f| f.managed == Some(true))
+                .flat_map(|f| f.groups.iter().cloned())
+                .collect();
             prop_assert!(r.groups.is_subset(&union));
             // the oldest inventory confirmation counts
             prop_assert_eq!(Some(r.confirmed_at), inventory.iter().map(|f| f.confirmed_at).min());
