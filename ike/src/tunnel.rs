@@ -91,6 +91,11 @@ async fn run_until(
     // RFC 3948 §2.3: keep the NAT's mapping alive while nothing else is sent
     let mut keepalive = tokio::time::interval(NAT_KEEPALIVE_INTERVAL);
     keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // a responder's SA must complete IKE_AUTH within the half-open timeout: an IKE_SA_INIT
+    // with a forged source (RFC 7296 §2.6) must not hold the tunnel in a half-open SA
+    let auth_deadline = responder
+        .as_deref()
+        .map(|r| Instant::now() + r.half_open_timeout);
     loop {
         while let Some(t) = sa.poll_transmit() {
             if sockets.send(&t).await.is_err() {
@@ -152,7 +157,20 @@ async fn run_until(
         if sa.is_closed() {
             return (sa, counters.snapshot(), None);
         }
-        let timeout = sa.poll_timeout();
+        let half_open = auth_deadline.filter(|_| !sa.is_established());
+        if half_open.is_some_and(|d| Instant::now() >= d) {
+            let reason = "no IKE_AUTH from the peer within the half-open timeout";
+            tracing::info!(remote = %sa.remote(), reason, "responder IKE SA dropped");
+            let _ = events.send(Event::Closed {
+                reason: reason.to_string(),
+            });
+            // a candidate the peer is setting up meanwhile carries on (supervise_responder)
+            return (sa, counters.snapshot(), None);
+        }
+        let timeout = match (sa.poll_timeout(), half_open) {
+            (Some(t), Some(d)) => Some(t.min(d)),
+            (t, d) => t.or(d),
+        };
         let sleep = async {
             match timeout {
                 Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -322,6 +340,8 @@ struct Responder {
     gate: crate::cookie::CookieGate,
     half_open: crate::driver::HalfOpen,
     foreign: Arc<std::sync::atomic::AtomicU64>,
+    /// How long an SA may wait for IKE_AUTH.
+    half_open_timeout: std::time::Duration,
     /// A new IKE SA from the peer, replacing the current one once IKE_AUTH completes.
     candidate: Option<IkeSa>,
     /// Datagrams to send: the candidate's and COOKIE answers.
@@ -445,6 +465,7 @@ pub async fn supervise_responder(
         gate,
         half_open: crate::driver::HalfOpen::new(responding.half_open_timeout),
         foreign: responding.foreign,
+        half_open_timeout: responding.half_open_timeout,
         candidate: None,
         out: Vec::new(),
     };
