@@ -163,25 +163,17 @@ fn read_secret(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {
     Ok(bytes)
 }
 
-/// RFC 4648 §4 base64 with padding (for the Basic credentials, RFC 7617 §2).
+/// RFC 4648 §4 base64 with padding (for the Basic credentials, RFC 7617 §2), into a buffer
+/// that is wiped when dropped.
 fn base64(input: &[u8]) -> Zeroizing<Vec<u8>> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Zeroizing::new(Vec::with_capacity(input.len().div_ceil(3) * 4));
-    for chunk in input.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]);
-            } else {
-                out.push(b'=');
-            }
-        }
-    }
+    use base64::Engine;
+    let engine = base64::engine::general_purpose::STANDARD;
+    let mut out = Zeroizing::new(vec![
+        0u8;
+        base64::encoded_len(input.len(), true).unwrap_or(0)
+    ]);
+    let written = engine.encode_slice(input, &mut out).unwrap_or(0);
+    out.truncate(written);
     out
 }
 
