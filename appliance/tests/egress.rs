@@ -271,6 +271,19 @@ fn nat_pool_routing_failover_and_cleanup() {
         pool_address,
         "the LAN server saw another source"
     );
+    // the relay's socket took the tunnel MTU and MSS from the route (the MSS clamp)
+    let ss = text(a.run(&["ss", "-tin", "src", &pool_address]));
+    // (advmss as the kernel reports it: the route's 1360 less TCP options such as timestamps)
+    let advmss: u32 = ss
+        .split("advmss:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{ss}"));
+    assert!(
+        (1320..=1360).contains(&advmss) && ss.contains("pmtu:1400"),
+        "{ss}"
+    );
     let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
     let assigned = events
         .lines()
