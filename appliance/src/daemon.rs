@@ -2,9 +2,9 @@
 //! gracefully on SIGTERM/SIGINT, re-reads its configuration on SIGHUP, and answers the CLI on
 //! the control socket.
 //!
-//! What runs today: configuration (load, apply, reload), the `file` compliance source with
-//! periodic refresh, the policy engine behind `whatif`, events. The relay listeners, the IPsec
-//! tunnels and the MDM sources are later issues and are not started.
+//! What runs: configuration (load, apply, reload), the compliance sources and store, the policy
+//! engine, the relay with the appliance's egresses (NAT pools, internet failover), the IPsec
+//! tunnels with their policy routing, the admin listener, events.
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
@@ -1145,9 +1145,6 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             "digest": shared.current().loaded.digest,
             "socket": cfg.appliance.control_socket.display().to_string(),
         }),
-    );
-    tracing::warn!(
-        "relay listeners and tunnels are not implemented yet: no device traffic is relayed"
     );
 
     let refresher = {
