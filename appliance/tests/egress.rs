@@ -193,6 +193,35 @@ fn nat_pool_routing_failover_and_cleanup() {
     b.addr("lo", "198.19.0.53/32");
     let (_dns, dns_peers) = server(&b, &["python3", "-c", DNS, "198.19.0.53"]);
 
+    // what a crashed daemon left (protocol 245, any table), and the operator's own
+    a.ip(&[
+        "rule",
+        "add",
+        "from",
+        "192.0.2.0/25",
+        "lookup",
+        "1234",
+        "proto",
+        "245",
+    ]);
+    a.ip(&[
+        "route",
+        "add",
+        "unreachable",
+        "default",
+        "table",
+        "1234",
+        "proto",
+        "245",
+    ]);
+    a.ip(&["rule", "add", "from", "192.0.2.128/25", "lookup", "4321"]);
+    a.ip(&["route", "add", "unreachable", "default", "table", "4321"]);
+    let operators = |a: &Netns| {
+        let (rules, _) = ours(a);
+        let table = text(a.ip(&["route", "show", "table", "4321"]));
+        rules.contains("from 192.0.2.128/25 lookup 4321") && table.contains("unreachable default")
+    };
+
     let daemon = Daemon::start(BIN, &a, &config);
     let cli = Cli {
         bin: BIN,
@@ -203,8 +232,15 @@ fn nat_pool_routing_failover_and_cleanup() {
     });
     let tun = up["tun"].as_str().unwrap().to_string();
 
-    // the rule, the tunnel's table and the AnyIP pool route, all with protocol 245
+    // the leftovers went at start-up; the operator's rule and table did not
     let (rules, routes) = ours(&a);
+    assert!(
+        !rules.contains("192.0.2.0/25") && !routes.contains("table 1234"),
+        "{rules}{routes}"
+    );
+    assert!(operators(&a), "the operator's routing was touched");
+
+    // the rule, the tunnel's table and the AnyIP pool route, all with protocol 245
     let rule = rules
         .lines()
         .find(|l| l.contains("from 198.18.100.0/26"))
@@ -372,7 +408,8 @@ fn nat_pool_routing_failover_and_cleanup() {
     // an apply adding a second tunnel: the open flows keep going, the new tunnel gets its own
     // rule and table, the relay is not restarted
     let relay_started = events.matches("relay.started").count();
-    let mut more = std::fs::read_to_string(&config).unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut more = original.clone();
     more = more.replacen(
         "# The identity provider",
         "[egress.branch]\ntype = \"tunnel\"\nlocal_address = \"203.0.113.11\"\nremote_address = \"203.0.113.21\"\n\
@@ -415,6 +452,34 @@ fn nat_pool_routing_failover_and_cleanup() {
     assert_eq!(tables.len(), 2, "{two_rules}");
     assert_ne!(tables[0], tables[1], "{two_rules}");
 
+    // and an apply removing it again: its rule, table and pool route go, corp's flow stays
+    let less = dir.path().join("less.toml");
+    std::fs::write(&less, &original).unwrap();
+    let out = cli.run(&["config", "apply", less.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours(&a).0.contains("from 198.18.101.0/28") {
+        assert!(
+            Instant::now() < deadline,
+            "the removed tunnel's rule stayed: {}",
+            ours(&a).0
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = text(a.ip(&["route", "show", "table", "all"]));
+    assert!(!all.contains("198.18.101.0/28"), "{all}");
+    assert!(
+        ours(&a).0.contains("from 198.18.100.0/26"),
+        "{}",
+        ours(&a).0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d1.try_recv().is_err(),
+        "the corp flow ended when branch went"
+    );
+    flow_to(&config, "198.19.0.1:8080", |s| s == pool_address);
+
     // the daemon stops (SIGTERM): no rule, route or pool address of ours is left
     let pid = cli_json(&config, &["status"])["pid"]
         .as_u64()
@@ -441,6 +506,10 @@ fn nat_pool_routing_failover_and_cleanup() {
     assert!(
         !all.contains("198.18.100.0/26") && !all.contains("198.18.101.0/28"),
         "{all}"
+    );
+    assert!(
+        operators(&a),
+        "the operator's routing was touched at shutdown"
     );
     eprintln!("egress test took {:?}", started.elapsed());
 }
