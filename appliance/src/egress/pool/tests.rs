@@ -59,16 +59,22 @@ fn leases_survive_a_restart_and_a_corrupt_file_starts_empty() {
         ("198.18.100.0/26".parse().unwrap(), NatMode::PerDevice),
     )]);
     let (a, b) = {
-        let p = NatPools::open(dir.path());
+        let p = Arc::new(NatPools::open(dir.path()));
         p.set_pools(wanted.clone());
         // many devices: some probe past their preferred slot
         for i in 0..40 {
             p.address("corp", &format!("D{i}"), none).unwrap();
         }
-        (
+        let ab = (
             p.address("corp", "D3", none).unwrap(),
             p.address("corp", "D37", none).unwrap(),
-        )
+        );
+        // written once the gateway asks (here, outside a runtime: at once)
+        assert!(!std::fs::read_to_string(dir.path().join(LEASE_FILE))
+            .unwrap_or_default()
+            .contains("\"D37\""));
+        p.save_if_changed();
+        ab
     };
     let text = std::fs::read_to_string(dir.path().join(LEASE_FILE)).unwrap();
     assert!(text.contains("\"D37\""), "{text}");
