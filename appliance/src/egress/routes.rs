@@ -250,28 +250,15 @@ async fn link_index(handle: &Handle, device: &str) -> Result<u32, String> {
 }
 
 /// Puts a tunnel egress's NAT pool on the appliance and routes it into `table` (see the module
-/// documentation): the AnyIP `local` route, the `unreachable default` of the table and the
-/// rule, each replacing one of ours left for the same pool or table.
+/// documentation): the `unreachable default` of the table, the rule, then the AnyIP `local`
+/// route, each replacing one of ours left for the same pool or table. Should a step fail, the
+/// pool's addresses are not made bindable, so no socket can leave from them outside the table.
 pub async fn install_pool(pool: IpNet, table: u32) -> Result<(), String> {
     let handle = connect()?;
     // a rule for this table left by an earlier run (perhaps for another pool) goes first
     for rule in our_rules(&handle, Some(table)).await? {
         let _ = handle.rule().del(rule).execute().await;
     }
-    let lo = link_index(&handle, "lo").await?;
-    let local = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(pool.network(), pool.prefix_len())
-        .map_err(|e| e.to_string())?
-        .output_interface(lo)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host);
-    handle
-        .route()
-        .add(ours_route(local, LOCAL_TABLE))
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| format!("cannot add local route for {pool}: {e}"))?;
     let any = match pool {
         IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -310,7 +297,24 @@ pub async fn install_pool(pool: IpNet, table: u32) -> Result<(), String> {
                 .await
         }
     };
-    added.map_err(|e| format!("cannot add rule from {pool} lookup {table}: {e}"))
+    added.map_err(|e| format!("cannot add rule from {pool} lookup {table}: {e}"))?;
+    // last: only once the rule keeps pool-sourced traffic off the main table may a socket
+    // bind a pool address (fail closed)
+    let lo = link_index(&handle, "lo").await?;
+    let local = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(pool.network(), pool.prefix_len())
+        .map_err(|e| e.to_string())?
+        .output_interface(lo)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host);
+    handle
+        .route()
+        .add(ours_route(local, LOCAL_TABLE))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| format!("cannot add local route for {pool}: {e}"))?;
+    Ok(())
 }
 
 /// Removes what [`install_pool`] and [`TunnelRoutes`] made for this pool and table: the rules
