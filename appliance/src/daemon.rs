@@ -2,9 +2,9 @@
 //! gracefully on SIGTERM/SIGINT, re-reads its configuration on SIGHUP, and answers the CLI on
 //! the control socket.
 //!
-//! What runs today: configuration (load, apply, reload), the `file` compliance source with
-//! periodic refresh, the policy engine behind `whatif`, events. The relay listeners, the IPsec
-//! tunnels and the MDM sources are later issues and are not started.
+//! What runs: configuration (load, apply, reload), the compliance sources and store, the policy
+//! engine, the relay with the appliance's egresses (NAT pools, internet failover), the IPsec
+//! tunnels with their policy routing, the admin listener, events.
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
@@ -62,6 +62,8 @@ pub struct Shared {
     /// `sync_lock`, outside the device table's lock.
     mdm: tokio::sync::Mutex<crate::compliance::mdm::MdmSources>,
     gateway: Arc<crate::gateway::Gateway>,
+    /// The relay's way out; its per-egress data is swapped on apply, without a relay restart.
+    egress: Arc<crate::egress::ApplianceEgress>,
     relay: Mutex<Option<(String, relay::RelayHandle)>>,
     relay_state: Mutex<String>,
     events: Arc<EventLog>,
@@ -444,9 +446,12 @@ impl Shared {
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
         }
         self.events.set_file(new.loaded.config.events.file.clone());
+        // pools and egress data first, so no decision of the new engine misses its egress
+        self.gateway.pools.configure(&new.loaded.config);
+        self.egress.configure(&new.loaded.config);
         self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_and_report(None, "apply", json!({})).await;
-        self.reconcile_tunnels();
+        self.reconcile_tunnels().await;
         self.reconcile_relay();
         self.reconcile_admin().await;
         self.enforce();
@@ -628,12 +633,14 @@ impl Shared {
         Response::ok(result)
     }
 
-    /// Starts the relay, or restarts it when its settings changed. A relay that cannot start
-    /// (an address not on this host, an unreadable file) leaves the daemon running without it.
+    /// Starts the relay, or restarts it when its `[relay]` settings changed. Egress changes
+    /// do not restart it (they are swapped into [`crate::egress::ApplianceEgress`]), so
+    /// adding a tunnel or an egress drops no flow. A relay that cannot start (an address not
+    /// on this host, an unreadable file) leaves the daemon running without it.
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
-        let egress = crate::gateway::relay_egress(&cfg);
-        let fingerprint = format!("{:?} {:?}", cfg.relay, egress);
+        let egress = self.egress.clone();
+        let fingerprint = without_spans(&format!("{:?}", cfg.relay));
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -644,8 +651,7 @@ impl Shared {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
         let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
-            relay::Relay::bind(rc, self.gateway.clone(), Arc::new(egress))
-                .map_err(|e| e.to_string())
+            relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
         });
         let state = match started {
             Ok(handle) => {
@@ -757,6 +763,7 @@ impl Shared {
                         "http": format!("{:?}", f.http),
                         "egress": f.egress,
                         "peer": f.peer.to_string(),
+                        "source": f.source.map(|s| s.ip().to_string()),
                         "age_secs": now.duration_since(f.started).unwrap_or_default().as_secs(),
                         "bytes_from_device": f.bytes_from_device,
                         "bytes_to_device": f.bytes_to_device,
@@ -808,34 +815,59 @@ impl Shared {
     }
 
     /// Starts, restarts and stops tunnels so they match the running configuration. Tunnels
-    /// whose settings did not change keep their SAs.
-    fn reconcile_tunnels(&self) {
+    /// whose settings (and routing table) did not change keep their SAs and routes; a tunnel
+    /// that stops has its NAT pool's routing removed before any replacement starts.
+    async fn reconcile_tunnels(&self) {
         let cfg = self.current().loaded.config.clone();
-        let Ok(mut tunnels) = self.tunnels.lock() else {
-            return;
-        };
+        let tables = crate::egress::routes::table_numbers(cfg.egresses.iter().filter_map(|e| {
+            matches!(e.kind, config::EgressKind::Tunnel(_)).then_some(e.name.value.as_str())
+        }));
         let wanted: BTreeMap<String, String> = cfg
             .egresses
             .iter()
             .filter_map(|e| match &e.kind {
-                config::EgressKind::Tunnel(t) => Some((e.name.value.clone(), format!("{t:?}"))),
+                config::EgressKind::Tunnel(t) => Some((
+                    e.name.value.clone(),
+                    without_spans(&format!("{t:?} table {:?}", tables.get(&e.name.value))),
+                )),
                 _ => None,
             })
             .collect();
-        tunnels.retain(|name, (fingerprint, _)| wanted.get(name) == Some(fingerprint));
-        let missing: Vec<String> = wanted
-            .keys()
-            .filter(|n| !tunnels.contains_key(*n))
-            .cloned()
-            .collect();
+        let (stopped, missing) = {
+            let Ok(mut tunnels) = self.tunnels.lock() else {
+                return;
+            };
+            let mut stopped = Vec::new();
+            tunnels.retain(|name, (fingerprint, handle)| {
+                let keep = wanted.get(name) == Some(fingerprint);
+                if !keep {
+                    stopped.push(handle.routing());
+                }
+                keep
+            });
+            let missing: Vec<String> = wanted
+                .keys()
+                .filter(|n| !tunnels.contains_key(*n))
+                .cloned()
+                .collect();
+            (stopped, missing)
+        };
+        for (pool, table) in stopped {
+            if let Err(e) = crate::egress::routes::remove_pool(pool, table).await {
+                tracing::warn!(%pool, table, error = %e, "cannot remove a stopped tunnel's routing");
+            }
+        }
         if missing.is_empty() {
             return;
         }
         let mut subset = cfg.clone();
         subset.egresses.retain(|e| missing.contains(&e.name.value));
-        for (name, handle) in crate::egress::tunnel::start_all(&subset, self.events.clone()) {
-            let fingerprint = wanted.get(&name).cloned().unwrap_or_default();
-            tunnels.insert(name, (fingerprint, handle));
+        let started = crate::egress::tunnel::start_all(&subset, &tables, self.events.clone());
+        if let Ok(mut tunnels) = self.tunnels.lock() {
+            for (name, handle) in started {
+                let fingerprint = wanted.get(&name).cloned().unwrap_or_default();
+                tunnels.insert(name, (fingerprint, handle));
+            }
         }
     }
 
@@ -864,6 +896,24 @@ impl Shared {
             } => self.device_override(&serial, action, level, reason, until),
         }
     }
+}
+
+/// A configuration value's `Debug` text without the source spans (`span: 12..34`) of its
+/// `Spanned` fields: settings fingerprints must not change when only their place in the file
+/// did (a comment added above them).
+fn without_spans(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(at) = rest.find("span: ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "span: ".len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -990,6 +1040,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     std::fs::create_dir_all(&cfg.appliance.state_dir)?;
     let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
     let devices = Arc::new(RwLock::new(DeviceTable::open(&cfg.device_store(), &cfg)));
+    let events = Arc::new(EventLog::default());
+    events.set_file(cfg.events.file.clone());
+    let pools = Arc::new(crate::egress::pool::NatPools::open(
+        &cfg.appliance.state_dir,
+    ));
+    pools.set_events(events.clone());
+    pools.configure(&cfg);
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -1002,10 +1059,15 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         gateway: Arc::new(crate::gateway::Gateway::new(
             Arc::new(PolicyEngine::new(Arc::new(cfg.clone()))),
             devices,
+            pools.clone(),
+        )),
+        egress: Arc::new(crate::egress::ApplianceEgress::new(
+            &cfg,
+            Some(events.clone()),
         )),
         relay: Mutex::new(None),
         relay_state: Mutex::new("not started".into()),
-        events: Arc::new(EventLog::default()),
+        events,
         tunnels: Mutex::new(BTreeMap::new()),
         started: SystemTime::now(),
         apply_lock: tokio::sync::Mutex::new(()),
@@ -1020,6 +1082,25 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         self_ref: std::sync::OnceLock::new(),
     });
     let _ = shared.self_ref.set(Arc::downgrade(&shared));
+    {
+        // a NAT pool that is full reclaims only leases of devices without an open flow
+        let weak = Arc::downgrade(&shared);
+        shared.gateway.set_busy(Box::new(move |egress: &str| {
+            let Some(shared) = weak.upgrade() else {
+                return Default::default();
+            };
+            let Ok(slot) = shared.relay.lock() else {
+                return Default::default();
+            };
+            slot.as_ref()
+                .map(|(_, r)| r.flows())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f.egress == egress)
+                .map(|f| f.device)
+                .collect()
+        }));
+    }
     let resyncer = {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Resync>();
         if let Ok(mut slot) = shared.resync_tx.lock() {
@@ -1044,11 +1125,16 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     // store failures at open (an unreadable file: every device unknown) are alerts too
     shared.changed(Vec::new());
     shared.sync_and_report(None, "start", json!({})).await;
-    // routes of ours (protocol 245) that a previous run left behind
-    if let Err(e) = crate::egress::routes::remove_leftovers().await {
-        tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
+    // routes and rules of ours (protocol 245, every table) that a previous run left behind
+    match crate::egress::routes::remove_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed leftover routes and rules of an earlier run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot remove leftover routes and rules"),
     }
-    shared.reconcile_tunnels();
+    shared.reconcile_tunnels().await;
     shared.reconcile_relay();
     shared.reconcile_admin().await;
     shared.events.emit(
@@ -1059,9 +1145,6 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             "digest": shared.current().loaded.digest,
             "socket": cfg.appliance.control_socket.display().to_string(),
         }),
-    );
-    tracing::warn!(
-        "relay listeners and tunnels are not implemented yet: no device traffic is relayed"
     );
 
     let refresher = {
@@ -1136,12 +1219,28 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     if let Ok(mut t) = shared.tunnels.lock() {
         t.clear(); // aborts the tunnel tasks; their TUN devices go with them
     }
-    // the devices' routes go with them; remove ours explicitly all the same
-    let _ = crate::egress::routes::remove_leftovers().await;
+    // the devices' routes go with them; remove ours (rules, pool routes, tables) explicitly
+    if let Err(e) = crate::egress::routes::remove_leftovers().await {
+        tracing::warn!(error = %e, "cannot remove attestgate's routes and rules");
+    }
+    shared.gateway.pools.save();
     drop(listener);
     let _ = std::fs::remove_file(&cfg.appliance.control_socket);
     shared
         .events
         .emit("daemon.stopped", json!({"signal": reason}));
     Ok(())
+}
+
+#[cfg(test)]
+mod span_tests {
+    #[test]
+    fn fingerprints_ignore_spans_only() {
+        let a = r#"Spanned { value: "/etc/a.crt", span: 120..134 }, x: 5"#;
+        let b = r#"Spanned { value: "/etc/a.crt", span: 7..21 }, x: 5"#;
+        let c = r#"Spanned { value: "/etc/b.crt", span: 7..21 }, x: 5"#;
+        assert_eq!(super::without_spans(a), super::without_spans(b));
+        assert_ne!(super::without_spans(b), super::without_spans(c));
+        assert_eq!(super::without_spans("no spans"), "no spans");
+    }
 }

@@ -27,7 +27,8 @@
 //!   on HTTP/3, or in DATAGRAM capsules on the stream on either listener, through the relay's
 //!   own Capsule Protocol codec ([`capsule`], RFC 9297 §3.2; unknown capsule types skipped).
 //! - Flows and revocation (`flows`): every flow is registered with its device, target,
-//!   egress, listener, start time and bytes each way ([`RelayHandle::flows`]);
+//!   egress, listener, start time, bytes each way and, once dialled, the local address its
+//!   target socket left from ([`FlowInfo::source`], [`RelayHandle::flows`]);
 //!   [`RelayHandle::revoke`] resets a device's flows that a predicate does not keep
 //!   (H3_REQUEST_CANCELLED / RST_STREAM CANCEL, target TCP reset) within milliseconds;
 //!   [`RelayHandle::revoke_certificate`] closes all the device's connections. A per-device
@@ -52,7 +53,6 @@
 //!
 //! # What is not built yet, or known limits
 //!
-//! - Sources from a tunnel's NAT pool (the appliance's side, issue 6).
 //! - h3 0.0.8 accepts some malformed HTTP/3 requests the relay cannot see as such: a
 //!   pseudo-header field after a regular one, a repeated pseudo-header field (the last one
 //!   wins); they are decided and served (or answered 501) like well-formed ones
@@ -273,6 +273,10 @@ pub enum RelayDecision {
     Deny { status: DenyStatus },
     /// Tell the device to go direct: `503` with `Proxy-Status: …; error=destination_unavailable`.
     Direct,
+    /// Refused for a reason of the appliance's own rather than policy (e.g. its NAT pool is
+    /// exhausted): `502` with `Proxy-Status: …; error=connection_refused; details=…` carrying
+    /// these details.
+    Refuse { details: String },
 }
 
 /// The question the relay asks for every CONNECT / connect-udp. Implemented by the appliance.

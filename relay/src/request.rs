@@ -257,6 +257,16 @@ pub(crate) async fn serve_request<Q: DeviceRequest, A: Authorizer, E: Egress>(
                 let answer = refuse(status, ProxyError::ConnectionRefused, "denied by policy");
                 return exchange.answer(answer).await;
             }
+            RelayDecision::Refuse { details } => {
+                count(&stats.denied);
+                info!(%device, %http, %target, %details, "relay: refused");
+                let answer = refuse(
+                    StatusCode::BAD_GATEWAY,
+                    ProxyError::ConnectionRefused,
+                    &details,
+                );
+                return exchange.answer(answer).await;
+            }
             RelayDecision::Direct => {
                 count(&stats.direct);
                 info!(%device, %http, %target, "relay: go direct");
@@ -363,6 +373,9 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         Ok(tcp) => tcp,
         Err(error) => return dial_failed(exchange, error, &context, shared).await,
     };
+    if let Ok(local) = tcp.local_addr() {
+        context.flow.set_source(local);
+    }
     let device = &context.peer.device.serial;
     let (flow, egress, http) = (context.flow.id(), &route.name, context.peer.http);
     let (send, recv) = match exchange.accept(response(StatusCode::OK, None)).await {
@@ -371,7 +384,7 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
     };
     count(&stats.flows_opened);
     let _active = Gauge::new(&stats.flows_active);
-    info!(%device, %http, %target, flow, %egress, source = ?route.source, "relay: TCP flow opened");
+    info!(%device, %http, %target, flow, %egress, source = ?context.flow.source(), "relay: TCP flow opened");
     let meter = Meter {
         stats,
         flow: &context.flow,
@@ -411,6 +424,9 @@ async fn forward_udp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         Ok(socket) => socket,
         Err(error) => return dial_failed(exchange, error, &context, shared).await,
     };
+    if let Ok(local) = socket.local_addr() {
+        context.flow.set_source(local);
+    }
     let device = &context.peer.device.serial;
     let (flow, egress, http) = (context.flow.id(), &route.name, context.peer.http);
     let quic = exchange.quic_datagrams();
@@ -423,7 +439,7 @@ async fn forward_udp<Q: DeviceRequest, A: Authorizer, E: Egress>(
     };
     count(&stats.flows_opened);
     let _active = Gauge::new(&stats.flows_active);
-    info!(%device, %http, %target, flow, %egress, source = ?route.source, "relay: UDP flow opened");
+    info!(%device, %http, %target, flow, %egress, source = ?context.flow.source(), "relay: UDP flow opened");
     let meter = Meter {
         stats,
         flow: &context.flow,
