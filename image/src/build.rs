@@ -153,26 +153,14 @@ pub fn build(opts: &Options) -> Result<Report> {
 
 fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {
     let release = target_dir().join("release");
-    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    c.current_dir(workspace_root()).args(["build", "--release"]);
-    let mut needed = false;
+    // One cargo run per package: building both in one invocation unifies their dependencies'
+    // features differently from a plain `cargo build --release -p attestgate` and rebuilds
+    // the whole tree.
     if opts.binary.is_none() {
-        c.args(["-p", "attestgate", "--bin", "attestgate"]);
-        needed = true;
+        cargo_release("attestgate", "attestgate")?;
     }
     if opts.firstboot.is_none() {
-        c.args(["-p", "image", "--bin", "attestgate-firstboot"]);
-        needed = true;
-    }
-    if needed {
-        eprintln!("image: cargo build --release (attestgate, attestgate-firstboot)");
-        let status = c.status().map_err(io(Path::new("cargo")))?;
-        if !status.success() {
-            return Err(cmd::Error::Tool {
-                tool: "cargo build --release".into(),
-                reason: status.to_string(),
-            });
-        }
+        cargo_release("image", "attestgate-firstboot")?;
     }
     let attestgate = opts
         .binary
@@ -191,6 +179,23 @@ fn binaries(opts: &Options) -> Result<(PathBuf, PathBuf)> {
         }
     }
     Ok((attestgate, firstboot))
+}
+
+fn cargo_release(package: &str, bin: &str) -> Result<()> {
+    eprintln!("image: cargo build --release -p {package} --bin {bin}");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(workspace_root())
+        .args(["build", "--release", "-p", package, "--bin", bin])
+        .status()
+        .map_err(io(Path::new("cargo")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(cmd::Error::Tool {
+            tool: format!("cargo build --release -p {package}"),
+            reason: status.to_string(),
+        })
+    }
 }
 
 /// The summary after a build: every stage, the outputs, and the targets beside the figures.

@@ -56,7 +56,7 @@ impl Identities {
 /// (it becomes /dev/console, where the first-boot and health lines go).
 pub fn cmdline(root_partuuid: &str) -> String {
     format!(
-        "root=PARTUUID={root_partuuid} ro rootfstype=ext4 rootwait panic=10 loglevel=4 \
+        "root=PARTUUID={root_partuuid} ro rootfstype=ext4 rootwait panic=10 quiet \
          console=tty0 console=ttyS0,115200"
     )
 }

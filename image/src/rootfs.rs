@@ -134,11 +134,11 @@ pub fn customize(
     firstboot: &Path,
 ) -> Result<BootFiles> {
     let w = |rel: &str, contents: &str, mode: u32| write(root, rel, contents.as_bytes(), mode);
-    copy(attestgate, &root.join("usr/bin/attestgate"), 0o755)?;
-    copy(
+    // Debug info stays on the build host (the release profile keeps line tables).
+    install_stripped(attestgate, &root.join("usr/bin/attestgate"))?;
+    install_stripped(
         firstboot,
         &root.join("usr/lib/attestgate/attestgate-firstboot"),
-        0o755,
     )?;
     w("usr/lib/attestgate/attestgate-health", guest::HEALTH, 0o755)?;
     w("etc/systemd/system/attestgate.service", guest::UNIT, 0o644)?;
@@ -309,12 +309,18 @@ fn write(root: &Path, rel: &str, contents: &[u8], mode: u32) -> Result<()> {
     set_mode(&p, mode)
 }
 
-fn copy(src: &Path, dst: &Path, mode: u32) -> Result<()> {
+fn install_stripped(src: &Path, dst: &Path) -> Result<()> {
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent).map_err(io(parent))?;
     }
-    std::fs::copy(src, dst).map_err(io(src))?;
-    set_mode(dst, mode)
+    let _ = std::fs::remove_file(dst);
+    cmd::run(
+        Command::new("objcopy")
+            .arg("--strip-debug")
+            .arg(src)
+            .arg(dst),
+    )?;
+    set_mode(dst, 0o755)
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {

@@ -246,7 +246,7 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
             Err(mpsc::RecvTimeoutError::Timeout) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         };
-        let _ = writeln!(log, "{line}");
+        let _ = writeln!(log, "[{:6.1}s] {line}", started.elapsed().as_secs_f64());
         // strip terminal escapes the console may put before the text
         let text = line
             .rsplit('\r')
