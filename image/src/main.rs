@@ -43,9 +43,13 @@ enum Cmd {
         /// user-data file for the seed instead of the built-in smoke configuration.
         #[arg(long)]
         user_data: Option<PathBuf>,
-        /// Boot without a seed (expects the "not configured" report).
+        /// Boot without a seed (use with --expect unconfigured).
         #[arg(long, conflicts_with = "user_data")]
         no_seed: bool,
+        /// What the boot must show: healthy (default), refused (with --user-data holding an
+        /// invalid configuration), unconfigured (with --no-seed).
+        #[arg(long, value_enum, default_value = "healthy")]
+        expect: smoke::Expect,
         /// Virtual CPUs (2 under TCG stalled the guest's RCU on these machines).
         #[arg(long, default_value_t = 1)]
         smp: u32,
@@ -83,6 +87,7 @@ fn main() -> ExitCode {
             timeout,
             user_data,
             no_seed,
+            expect,
             smp,
         } => {
             let out = default_out();
@@ -104,12 +109,8 @@ fn main() -> ExitCode {
             let started = Instant::now();
             match smoke::smoke(&opts) {
                 Ok(o) => {
-                    smoke::print_report(&o, started.elapsed());
-                    // --no-seed and custom user-data runs report; only the default run is
-                    // pass/fail on health.
-                    if o.passed()
-                        || ((no_seed || opts.user_data.is_some()) && o.report_after.is_some())
-                    {
+                    smoke::print_report(&o, expect, started.elapsed());
+                    if o.passed(expect) {
                         ExitCode::SUCCESS
                     } else {
                         ExitCode::FAILURE

@@ -37,6 +37,17 @@ pub struct Options {
     pub smp: u32,
 }
 
+/// What the boot must show for the smoke test to pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Expect {
+    /// The daemon answers `attestgate status`; no failed unit.
+    Healthy,
+    /// The seed's configuration is refused on the console; the daemon stays stopped.
+    Refused,
+    /// No configuration: the console says how to configure; no failed unit.
+    Unconfigured,
+}
+
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub healthy_after: Option<Duration>,
@@ -50,8 +61,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn passed(&self) -> bool {
-        self.healthy_after.is_some() && self.failed_units == Some(0)
+    pub fn passed(&self, expect: Expect) -> bool {
+        let reported = self.report_after.is_some();
+        match expect {
+            Expect::Healthy => self.healthy_after.is_some() && self.failed_units == Some(0),
+            Expect::Refused => {
+                reported
+                    && self.healthy_after.is_none()
+                    && !self.refused.is_empty()
+                    && self.failed_lines.len() == 1
+                    && self.failed_lines[0].starts_with("attestgate-firstboot.service")
+            }
+            Expect::Unconfigured => {
+                reported
+                    && self.healthy_after.is_none()
+                    && self.not_configured
+                    && self.refused.is_empty()
+                    && self.failed_units == Some(0)
+            }
+        }
     }
 }
 
@@ -340,7 +368,7 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> bool {
     false
 }
 
-pub fn print_report(o: &Outcome, total: Duration) {
+pub fn print_report(o: &Outcome, expect: Expect, total: Duration) {
     println!("image smoke:");
     match o.healthy_after {
         Some(t) => println!(
@@ -374,7 +402,7 @@ pub fn print_report(o: &Outcome, total: Duration) {
     println!("  whole smoke run  {:.1} s", total.as_secs_f64());
     println!("  serial log       {}", o.serial_log.display());
     println!(
-        "  result           {}",
-        if o.passed() { "PASS" } else { "FAIL" }
+        "  result           {} (expected: {expect:?})",
+        if o.passed(expect) { "PASS" } else { "FAIL" }
     );
 }
