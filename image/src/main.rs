@@ -1,6 +1,126 @@
-//! Builds attestgate's bootable VM image (issue 7). Not written yet: this binary only says so.
+//! `image`: builds attestgate's bootable VM image and boots it under qemu (issue 7).
 
-fn main() -> std::process::ExitCode {
-    eprintln!("image: the VM image builder is not implemented yet (see issue 7)");
-    std::process::ExitCode::from(2)
+use clap::{Parser, Subcommand};
+use image::{build, smoke};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+/// Builds and smoke-tests the attestgate appliance image.
+#[derive(Debug, Parser)]
+#[command(name = "image")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Build the image: rootfs (mmdebstrap, cached), UKI + systemd-boot, GPT disk, raw + qcow2
+    /// and a SHA-256 manifest.
+    Build {
+        /// Output directory (the cache and work tree go under it).
+        #[arg(long, default_value_os_t = default_out())]
+        out: PathBuf,
+        /// A release attestgate binary to ship (default: `cargo build --release -p attestgate`).
+        #[arg(long)]
+        binary: Option<PathBuf>,
+        /// An attestgate-firstboot binary (default: built with cargo).
+        #[arg(long)]
+        firstboot: Option<PathBuf>,
+    },
+    /// Boot an image under qemu (TCG, OVMF) with a NoCloud seed and wait for the daemon's
+    /// health line on the serial console.
+    Smoke {
+        /// The image (qcow2 or .raw); default: the last build's qcow2.
+        image: Option<PathBuf>,
+        /// Work directory (overlay, seed, serial log).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Give up after this many seconds without the health report.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// user-data file for the seed instead of the built-in smoke configuration.
+        #[arg(long)]
+        user_data: Option<PathBuf>,
+        /// Boot without a seed (use with --expect unconfigured).
+        #[arg(long, conflicts_with = "user_data")]
+        no_seed: bool,
+        /// What the boot must show: healthy (default), refused (with --user-data holding an
+        /// invalid configuration), unconfigured (with --no-seed).
+        #[arg(long, value_enum, default_value = "healthy")]
+        expect: smoke::Expect,
+        /// Virtual CPUs (2 under TCG stalled the guest's RCU on these machines).
+        #[arg(long, default_value_t = 1)]
+        smp: u32,
+    },
+}
+
+fn default_out() -> PathBuf {
+    build::workspace_root().join("target/image")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Build {
+            out,
+            binary,
+            firstboot,
+        } => match build::build(&build::Options {
+            out,
+            binary,
+            firstboot,
+        }) {
+            Ok(report) => {
+                build::print_report(&report);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("image build: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Cmd::Smoke {
+            image,
+            work,
+            timeout,
+            user_data,
+            no_seed,
+            expect,
+            smp,
+        } => {
+            let out = default_out();
+            let user_data = match user_data.map(std::fs::read_to_string).transpose() {
+                Ok(u) => u,
+                Err(e) => {
+                    eprintln!("image smoke: user-data: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let opts = smoke::Options {
+                image: image.unwrap_or_else(|| out.join("attestgate.qcow2")),
+                work: work.unwrap_or_else(|| out.join("smoke")),
+                timeout: Duration::from_secs(timeout),
+                user_data,
+                no_seed,
+                smp,
+            };
+            let started = Instant::now();
+            match smoke::smoke(&opts) {
+                Ok(o) => {
+                    smoke::print_report(&o, expect, started.elapsed());
+                    if o.passed(expect) {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("image smoke: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
 }

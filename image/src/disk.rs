@@ -1,0 +1,371 @@
+//! The disk: unified kernel images, the EFI system partition, ext4 file systems made from
+//! directories, and the GPT, all on plain files (no loop devices, no mounts).
+//!
+//! Layout (1 MiB aligned):
+//!
+//! | # | label  | type (UAPI discoverable partitions spec) | size          | contents        |
+//! |---|--------|------------------------------------------|---------------|-----------------|
+//! | 1 | esp    | EFI system                               | 256 MiB       | systemd-boot, UKIs |
+//! | 2 | root-a | root x86-64                              | 1 GiB         | ext4, read-only |
+//! | 3 | root-b | root x86-64                              | 1 GiB         | empty until the first update |
+//! | 4 | data   | Linux generic                            | 512 MiB → disk | ext4, /var, grown on first boot |
+
+use crate::cmd::{self, io, Result};
+use crate::rootfs::BootFiles;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const MIB: u64 = 1024 * 1024;
+pub const ESP_MIB: u64 = 256;
+pub const ROOT_MIB: u64 = 1024;
+pub const DATA_MIB: u64 = 512;
+/// Boot attempts a new entry gets before systemd-boot counts it bad (Boot Loader Spec, "Boot
+/// counting").
+pub const BOOT_TRIES: u32 = 3;
+
+const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
+const TYPE_LINUX: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+/// Partition identities, chosen per build.
+#[derive(Debug, Clone)]
+pub struct Identities {
+    pub root_a: String,
+    pub root_b: String,
+    pub esp: String,
+    pub data: String,
+    pub root_a_fs: String,
+    pub data_fs: String,
+}
+
+impl Identities {
+    pub fn random() -> Result<Identities> {
+        Ok(Identities {
+            root_a: cmd::uuid()?,
+            root_b: cmd::uuid()?,
+            esp: cmd::uuid()?,
+            data: cmd::uuid()?,
+            root_a_fs: cmd::uuid()?,
+            data_fs: cmd::uuid()?,
+        })
+    }
+}
+
+/// The kernel command line of a slot: its root by PARTUUID, read-only, the serial console last
+/// (it becomes /dev/console, where the first-boot and health lines go).
+pub fn cmdline(root_partuuid: &str) -> String {
+    format!(
+        "root=PARTUUID={root_partuuid} ro rootfstype=ext4 rootwait panic=10 quiet \
+         console=tty0 console=ttyS0,115200"
+    )
+}
+
+/// One PE section to add to the stub.
+struct Section<'a> {
+    name: &'a str,
+    file: &'a Path,
+}
+
+/// A unified kernel image: systemd's EFI stub with .osrel, .cmdline, .linux and .initrd
+/// sections, placed after the stub's own sections (ukify is not in bookworm; objcopy is).
+pub fn uki(boot: &BootFiles, cmdline: &str, work: &Path, out: &Path) -> Result<()> {
+    let cmdline_file = work.join("cmdline.txt");
+    std::fs::write(&cmdline_file, format!("{cmdline}\0")).map_err(io(&cmdline_file))?;
+    let dump = cmd::run(Command::new("objdump").arg("-h").arg(&boot.stub))?;
+    let mut end = stub_end(&dump)?;
+    let sections = [
+        Section {
+            name: ".osrel",
+            file: &boot.os_release,
+        },
+        Section {
+            name: ".cmdline",
+            file: &cmdline_file,
+        },
+        Section {
+            name: ".linux",
+            file: &boot.kernel,
+        },
+        Section {
+            name: ".initrd",
+            file: &boot.initrd,
+        },
+    ];
+    let mut c = Command::new("objcopy");
+    for s in &sections {
+        let vma = align(end, 0x1000);
+        c.arg("--add-section")
+            .arg(format!("{}={}", s.name, s.file.display()))
+            .arg("--change-section-vma")
+            .arg(format!("{}={vma:#x}", s.name));
+        end = vma + cmd::size(s.file);
+    }
+    c.arg(&boot.stub).arg(out);
+    cmd::run(&mut c)?;
+    Ok(())
+}
+
+/// The end (VMA + size) of the stub's last section, from `objdump -h`.
+fn stub_end(objdump: &str) -> Result<u64> {
+    let mut end = 0u64;
+    for line in objdump.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "  0 .text  0000c9e8  0000000000001000  0000000000001000  00000400  2**4"
+        if f.len() >= 4 && f[0].parse::<u32>().is_ok() {
+            let size = u64::from_str_radix(f[2], 16);
+            let vma = u64::from_str_radix(f[3], 16);
+            if let (Ok(size), Ok(vma)) = (size, vma) {
+                end = end.max(vma + size);
+            }
+        }
+    }
+    if end == 0 {
+        return Err(cmd::Error::Other(
+            "objdump -h: no sections in the stub".into(),
+        ));
+    }
+    Ok(end)
+}
+
+fn align(x: u64, to: u64) -> u64 {
+    x.div_ceil(to) * to
+}
+
+/// The EFI system partition as a FAT32 image: systemd-boot as the removable-media loader and
+/// slot A's UKI with its boot counter.
+pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    cmd::run(
+        Command::new("mkfs.fat")
+            .args(["-F", "32", "-n", "ESP", "-C"])
+            .arg(out)
+            .arg((ESP_MIB * 1024).to_string()),
+    )?;
+    let img = out.to_string_lossy().into_owned();
+    cmd::run(Command::new("mmd").args([
+        "-i",
+        &img,
+        "::EFI",
+        "::EFI/BOOT",
+        "::EFI/systemd",
+        "::EFI/Linux",
+        "::loader",
+    ]))?;
+    let loader_conf = out.with_extension("loader.conf");
+    // timeout 0: boot the default at once; the newest attestgate entry that is not bad.
+    std::fs::write(
+        &loader_conf,
+        "timeout 0\ndefault attestgate-*\neditor no\nconsole-mode keep\n",
+    )
+    .map_err(io(&loader_conf))?;
+    let uki_name = format!("::EFI/Linux/attestgate-a+{BOOT_TRIES}.efi");
+    for (src, dst) in [
+        (boot.systemd_boot.as_path(), "::EFI/BOOT/BOOTX64.EFI"),
+        (
+            boot.systemd_boot.as_path(),
+            "::EFI/systemd/systemd-bootx64.efi",
+        ),
+        (loader_conf.as_path(), "::loader/loader.conf"),
+        (uki_a, uki_name.as_str()),
+    ] {
+        cmd::run(Command::new("mcopy").args(["-i", &img]).arg(src).arg(dst))?;
+    }
+    Ok(())
+}
+
+/// An ext4 image of `size_mib` made from `dir` (owners, modes and xattrs kept).
+pub fn ext4(dir: &Path, label: &str, uuid: &str, size_mib: u64, out: &Path) -> Result<()> {
+    let _ = std::fs::remove_file(out);
+    cmd::run(
+        cmd::nice("mke2fs")
+            .args([
+                "-q", "-F", "-t", "ext4", "-m", "0", "-L", label, "-U", uuid, "-d",
+            ])
+            .arg(dir)
+            .arg(out)
+            .arg(format!("{size_mib}M")),
+    )?;
+    Ok(())
+}
+
+/// The whole disk: a sparse raw file with the GPT written by sfdisk, and the partition images
+/// copied in (zero blocks skipped, so the file stays sparse).
+pub fn assemble(
+    ids: &Identities,
+    esp: &Path,
+    root_a: &Path,
+    data: &Path,
+    out: &Path,
+) -> Result<()> {
+    let starts = [
+        1,
+        1 + ESP_MIB,
+        1 + ESP_MIB + ROOT_MIB,
+        1 + ESP_MIB + 2 * ROOT_MIB,
+    ];
+    let total_mib = starts[3] + DATA_MIB + 1;
+    let _ = std::fs::remove_file(out);
+    let f = std::fs::File::create(out).map_err(io(out))?;
+    f.set_len(total_mib * MIB).map_err(io(out))?;
+    drop(f);
+    let sectors = |mib: u64| mib * MIB / 512;
+    let script = format!(
+        "label: gpt\nunit: sectors\nfirst-lba: 2048\n\
+         start={}, size={}, type={TYPE_ESP}, name=\"esp\", uuid={}\n\
+         start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-a\", uuid={}\n\
+         start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-b\", uuid={}\n\
+         start={}, size={}, type={TYPE_LINUX}, name=\"data\", uuid={}\n",
+        sectors(starts[0]),
+        sectors(ESP_MIB),
+        ids.esp,
+        sectors(starts[1]),
+        sectors(ROOT_MIB),
+        ids.root_a,
+        sectors(starts[2]),
+        sectors(ROOT_MIB),
+        ids.root_b,
+        sectors(starts[3]),
+        sectors(DATA_MIB),
+        ids.data,
+    );
+    let mut child = Command::new("sfdisk")
+        .args([
+            "--quiet",
+            "--no-reread",
+            "--no-tell-kernel",
+            "--wipe",
+            "always",
+        ])
+        .arg(out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(io(Path::new("sfdisk")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(io(Path::new("sfdisk")))?;
+    }
+    let outp = child.wait_with_output().map_err(io(Path::new("sfdisk")))?;
+    if !outp.status.success() {
+        return Err(cmd::Error::Tool {
+            tool: "sfdisk".into(),
+            reason: String::from_utf8_lossy(&outp.stderr).into_owned(),
+        });
+    }
+    for (image, start, max) in [
+        (esp, starts[0], ESP_MIB),
+        (root_a, starts[1], ROOT_MIB),
+        (data, starts[3], DATA_MIB),
+    ] {
+        if cmd::size(image) > max * MIB {
+            return Err(cmd::Error::Other(format!(
+                "{} is larger than its {max} MiB partition",
+                image.display()
+            )));
+        }
+        copy_sparse(image, out, start * MIB)?;
+    }
+    Ok(())
+}
+
+/// Copies `src` into `dst` at `offset`, skipping all-zero blocks.
+fn copy_sparse(src: &Path, dst: &Path, offset: u64) -> Result<()> {
+    let mut input = std::fs::File::open(src).map_err(io(src))?;
+    let mut output = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(io(dst))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = offset;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = input.read(&mut buf[filled..]).map_err(io(src))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        for chunk in buf[..filled].chunks(64 * 1024) {
+            if chunk.iter().any(|&b| b != 0) {
+                output.seek(SeekFrom::Start(pos)).map_err(io(dst))?;
+                output.write_all(chunk).map_err(io(dst))?;
+            }
+            pos += chunk.len() as u64;
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    output.sync_all().map_err(io(dst))
+}
+
+/// qcow2 with zstd compression when this qemu-img has it, zlib otherwise. Returns which.
+pub fn qcow2(raw: &Path, out: &Path) -> Result<&'static str> {
+    let _ = std::fs::remove_file(out);
+    for kind in ["zstd", "zlib"] {
+        let r = cmd::run(
+            cmd::nice("qemu-img")
+                .args(["convert", "-f", "raw", "-O", "qcow2", "-c", "-o"])
+                .arg(format!("compression_type={kind}"))
+                .arg(raw)
+                .arg(out),
+        );
+        match r {
+            Ok(_) => return Ok(kind),
+            Err(e) if kind == "zstd" => {
+                eprintln!("image: qemu-img has no zstd compression ({e}); using zlib");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(cmd::Error::Other("qemu-img convert failed".into()))
+}
+
+/// Where a build puts things.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    pub dir: PathBuf,
+}
+
+impl Outputs {
+    pub fn raw(&self) -> PathBuf {
+        self.dir.join("attestgate.raw")
+    }
+    pub fn qcow2(&self) -> PathBuf {
+        self.dir.join("attestgate.qcow2")
+    }
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.join("SHA256SUMS")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn stub_end_reads_objdump() {
+        let dump = "\nlinuxx64.efi.stub:     file format pei-x86-64\n\nSections:\n\
+            Idx Name          Size      VMA               LMA               File off  Algn\n  \
+            0 .text         0000c9e8  0000000000001000  0000000000001000  00000400  2**4\n                  \
+            CONTENTS, ALLOC, LOAD, READONLY, CODE\n  \
+            1 .data         00001000  0000000000010000  0000000000010000  00010000  2**4\n";
+        assert_eq!(stub_end(dump).unwrap(), 0x11000);
+        assert!(stub_end("nothing").is_err());
+    }
+
+    #[test]
+    fn cmdline_has_serial_console_last() {
+        let c = cmdline("u");
+        assert!(c.starts_with("root=PARTUUID=u ro "));
+        assert!(c.ends_with("console=ttyS0,115200"));
+    }
+}
