@@ -271,6 +271,14 @@ impl Lab {
         let peer = Netns::new("peer");
         let lan = Netns::new("lan");
         let idp = Netns::new("idp");
+        // for a wrapper script that must clean up after a Ctrl-C, which skips our guards
+        if let Ok(record) = std::env::var("ATTESTGATE_LAB_RECORD") {
+            let mut text = format!("dir {}\n", d.display());
+            for ns in [&wan, &appliance, &device, &peer, &lan, &idp] {
+                text.push_str(&format!("netns {}\n", ns.name));
+            }
+            std::fs::write(record, text).unwrap();
+        }
         wan.ip(&["link", "add", "br0", "type", "bridge"]);
         wan.ip(&["link", "set", "br0", "up"]);
         wan.addr("br0", &format!("{WAN_ROUTER}/24"));
