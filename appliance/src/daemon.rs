@@ -446,7 +446,7 @@ impl Shared {
         self.events.set_file(new.loaded.config.events.file.clone());
         self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_and_report(None, "apply", json!({})).await;
-        self.reconcile_tunnels();
+        self.reconcile_tunnels().await;
         self.reconcile_relay();
         self.reconcile_admin().await;
         self.enforce();
@@ -808,34 +808,59 @@ impl Shared {
     }
 
     /// Starts, restarts and stops tunnels so they match the running configuration. Tunnels
-    /// whose settings did not change keep their SAs.
-    fn reconcile_tunnels(&self) {
+    /// whose settings (and routing table) did not change keep their SAs and routes; a tunnel
+    /// that stops has its NAT pool's routing removed before any replacement starts.
+    async fn reconcile_tunnels(&self) {
         let cfg = self.current().loaded.config.clone();
-        let Ok(mut tunnels) = self.tunnels.lock() else {
-            return;
-        };
+        let tables = crate::egress::routes::table_numbers(cfg.egresses.iter().filter_map(|e| {
+            matches!(e.kind, config::EgressKind::Tunnel(_)).then_some(e.name.value.as_str())
+        }));
         let wanted: BTreeMap<String, String> = cfg
             .egresses
             .iter()
             .filter_map(|e| match &e.kind {
-                config::EgressKind::Tunnel(t) => Some((e.name.value.clone(), format!("{t:?}"))),
+                config::EgressKind::Tunnel(t) => Some((
+                    e.name.value.clone(),
+                    format!("{t:?} table {:?}", tables.get(&e.name.value)),
+                )),
                 _ => None,
             })
             .collect();
-        tunnels.retain(|name, (fingerprint, _)| wanted.get(name) == Some(fingerprint));
-        let missing: Vec<String> = wanted
-            .keys()
-            .filter(|n| !tunnels.contains_key(*n))
-            .cloned()
-            .collect();
+        let (stopped, missing) = {
+            let Ok(mut tunnels) = self.tunnels.lock() else {
+                return;
+            };
+            let mut stopped = Vec::new();
+            tunnels.retain(|name, (fingerprint, handle)| {
+                let keep = wanted.get(name) == Some(fingerprint);
+                if !keep {
+                    stopped.push(handle.routing());
+                }
+                keep
+            });
+            let missing: Vec<String> = wanted
+                .keys()
+                .filter(|n| !tunnels.contains_key(*n))
+                .cloned()
+                .collect();
+            (stopped, missing)
+        };
+        for (pool, table) in stopped {
+            if let Err(e) = crate::egress::routes::remove_pool(pool, table).await {
+                tracing::warn!(%pool, table, error = %e, "cannot remove a stopped tunnel's routing");
+            }
+        }
         if missing.is_empty() {
             return;
         }
         let mut subset = cfg.clone();
         subset.egresses.retain(|e| missing.contains(&e.name.value));
-        for (name, handle) in crate::egress::tunnel::start_all(&subset, self.events.clone()) {
-            let fingerprint = wanted.get(&name).cloned().unwrap_or_default();
-            tunnels.insert(name, (fingerprint, handle));
+        let started = crate::egress::tunnel::start_all(&subset, &tables, self.events.clone());
+        if let Ok(mut tunnels) = self.tunnels.lock() {
+            for (name, handle) in started {
+                let fingerprint = wanted.get(&name).cloned().unwrap_or_default();
+                tunnels.insert(name, (fingerprint, handle));
+            }
         }
     }
 
@@ -1048,7 +1073,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     if let Err(e) = crate::egress::routes::remove_leftovers().await {
         tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
     }
-    shared.reconcile_tunnels();
+    shared.reconcile_tunnels().await;
     shared.reconcile_relay();
     shared.reconcile_admin().await;
     shared.events.emit(

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use tokio::sync::watch;
@@ -58,6 +58,9 @@ pub struct FlowInfo {
     pub egress: String,
     /// The device's address.
     pub peer: SocketAddr,
+    /// The local address the flow's target socket left from (the egress source address the
+    /// kernel bound), once the target is reached; `None` while it is being dialled.
+    pub source: Option<SocketAddr>,
     /// When the flow was decided (registered before the target is dialled).
     pub started: SystemTime,
     /// Payload bytes from the device towards the target (UDP payloads for connect-udp).
@@ -82,6 +85,7 @@ struct FlowEntry {
     id: u64,
     spec: FlowSpec,
     started: SystemTime,
+    source: OnceLock<SocketAddr>,
     from_device: AtomicU64,
     to_device: AtomicU64,
     revoke: watch::Sender<bool>,
@@ -97,6 +101,7 @@ impl FlowEntry {
             http: self.spec.http,
             egress: self.spec.egress.clone(),
             peer: self.spec.peer,
+            source: self.source.get().copied(),
             started: self.started,
             bytes_from_device: self.from_device.load(Ordering::Relaxed),
             bytes_to_device: self.to_device.load(Ordering::Relaxed),
@@ -149,6 +154,7 @@ impl FlowRegistry {
             id: state.next_id,
             spec,
             started: SystemTime::now(),
+            source: OnceLock::new(),
             from_device: AtomicU64::new(0),
             to_device: AtomicU64::new(0),
             revoke,
@@ -246,6 +252,16 @@ pub(crate) struct Flow {
 impl Flow {
     pub(crate) fn id(&self) -> u64 {
         self.entry.id
+    }
+
+    /// Records the local address the target socket is bound to (shown in the flow list).
+    pub(crate) fn set_source(&self, local: SocketAddr) {
+        let _ = self.entry.source.set(local);
+    }
+
+    /// The local address recorded by [`Flow::set_source`].
+    pub(crate) fn source(&self) -> Option<SocketAddr> {
+        self.entry.source.get().copied()
     }
 
     /// Resolves once the flow is revoked (at once if it already is).

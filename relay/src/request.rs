@@ -363,6 +363,9 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         Ok(tcp) => tcp,
         Err(error) => return dial_failed(exchange, error, &context, shared).await,
     };
+    if let Ok(local) = tcp.local_addr() {
+        context.flow.set_source(local);
+    }
     let device = &context.peer.device.serial;
     let (flow, egress, http) = (context.flow.id(), &route.name, context.peer.http);
     let (send, recv) = match exchange.accept(response(StatusCode::OK, None)).await {
@@ -371,7 +374,7 @@ async fn forward_tcp<Q: DeviceRequest, A: Authorizer, E: Egress>(
     };
     count(&stats.flows_opened);
     let _active = Gauge::new(&stats.flows_active);
-    info!(%device, %http, %target, flow, %egress, source = ?route.source, "relay: TCP flow opened");
+    info!(%device, %http, %target, flow, %egress, source = ?context.flow.source(), "relay: TCP flow opened");
     let meter = Meter {
         stats,
         flow: &context.flow,
@@ -411,6 +414,9 @@ async fn forward_udp<Q: DeviceRequest, A: Authorizer, E: Egress>(
         Ok(socket) => socket,
         Err(error) => return dial_failed(exchange, error, &context, shared).await,
     };
+    if let Ok(local) = socket.local_addr() {
+        context.flow.set_source(local);
+    }
     let device = &context.peer.device.serial;
     let (flow, egress, http) = (context.flow.id(), &route.name, context.peer.http);
     let quic = exchange.quic_datagrams();
@@ -423,7 +429,7 @@ async fn forward_udp<Q: DeviceRequest, A: Authorizer, E: Egress>(
     };
     count(&stats.flows_opened);
     let _active = Gauge::new(&stats.flows_active);
-    info!(%device, %http, %target, flow, %egress, source = ?route.source, "relay: UDP flow opened");
+    info!(%device, %http, %target, flow, %egress, source = ?context.flow.source(), "relay: UDP flow opened");
     let meter = Meter {
         stats,
         flow: &context.flow,

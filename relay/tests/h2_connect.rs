@@ -152,6 +152,11 @@ async fn backpressure_when_the_target_does_not_read() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+        // the flow records the address its target socket left from
+        let source = lab.relay.flows()[0]
+            .source
+            .expect("source recorded once dialled");
+        assert!(source.ip().is_loopback() && source.port() != 0, "{source}");
         let first = lab.relay.flows()[0].bytes_from_device;
         tokio::time::sleep(Duration::from_secs(1)).await;
         let second = lab.relay.flows()[0].bytes_from_device;

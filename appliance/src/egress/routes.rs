@@ -1,12 +1,31 @@
-//! Routes into the tunnels' TUN devices, through rtnetlink: the peer's traffic selectors of
-//! every child SA are routed into the tunnel's device while the child SA is up, so the kernel
-//! hands that traffic to the ESP engine.
+//! Attestgate's routing, through rtnetlink: per tunnel egress, the NAT pool on the appliance
+//! and a policy-routing table that sends pool-sourced traffic into the tunnel's TUN device.
 //!
-//! Every route attestgate adds carries the routing protocol number [`ROUTE_PROTOCOL`] (245,
-//! `proto 245` in `ip route`; RFC-less, from the range Linux leaves to routing daemons, see
-//! `/etc/iproute2/rt_protos`), so that ours can be told from the operator's and removed: when
-//! the child SA that needed a route goes, when the tunnel goes down, when the daemon stops, and
-//! at start-up for what a crashed daemon left behind (`ip route show proto 245` lists them).
+//! For each tunnel egress, while it runs ([`install_pool`], [`remove_pool`]):
+//!
+//! - `local <nat_pool> dev lo table local proto 245`: one AnyIP route makes every pool address
+//!   an address of the appliance (bindable, answered), whatever the pool size;
+//! - `from <nat_pool> lookup <table> priority 10245 proto 245` ([`RULE_PRIORITY`]): sockets
+//!   bound to a pool address use the tunnel's own table ([`table_numbers`]);
+//! - in that table: `unreachable default proto 245`, so pool-sourced traffic never falls
+//!   through to the main table and fails at once (EHOSTUNREACH) while the tunnel is down, and
+//!   while a child SA is up the peer's traffic selectors `dev <tun> proto 245 mtu <mtu> advmss
+//!   <mtu − 40 (IPv4) / 60 (IPv6)>` ([`TunnelRoutes`]).
+//!
+//! The MTU and ADVMSS metrics are the "TCP MSS clamp": every TCP connection that leaves through
+//! a tunnel is the relay's own, locally originated socket (the relay terminates the device's
+//! CONNECT and dials the target itself; nothing is forwarded through the appliance), so the
+//! kernel takes the MSS it announces in its SYN from the route's `advmss` and sizes what it
+//! sends by the route's `mtu` (RFC 9293 §3.7.1). An nftables `tcp option maxseg` rule only
+//! matters for forwarded packets; there are none, so none is installed.
+//!
+//! Every route and rule attestgate adds carries the routing protocol number
+//! [`ROUTE_PROTOCOL`] (245, `proto 245`; RFC-less, from the range Linux leaves to routing
+//! daemons, see `/etc/iproute2/rt_protos`), so that ours can be told from the operator's and
+//! removed: when the child SA that needed a route goes, when the tunnel goes down, when the
+//! tunnel egress stops or leaves the configuration, when the daemon stops, and at start-up for
+//! what a crashed daemon left behind ([`remove_leftovers`]: every rule and every route with
+//! protocol 245 in every table; `ip rule`, `ip route show table all proto 245` list them).
 //!
 //! A traffic selector is an address range; it becomes the fewest prefixes that cover exactly
 //! that range ([`prefixes`]). A route stays while any child SA of the tunnel needs it: during
@@ -14,14 +33,58 @@
 
 use futures::TryStreamExt;
 use ike::wire::{AddressRange, TrafficSelector};
-use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol};
+use ipnet::IpNet;
+use rtnetlink::packet_route::route::{
+    RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
+};
+use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkUnspec, RouteMessageBuilder};
+use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// The routing protocol number on attestgate's routes.
+/// The routing protocol number on attestgate's routes and rules.
 pub const ROUTE_PROTOCOL: u8 = 245;
+
+/// The priority of the `from <nat_pool> lookup <table>` rules: after the `local` table's
+/// rule (0), before the `main` table's (32766).
+pub const RULE_PRIORITY: u32 = 10245;
+
+/// The kernel's `local` table (RT_TABLE_LOCAL), where the pool's AnyIP route goes.
+const LOCAL_TABLE: u32 = 255;
+
+/// The first routing table number of tunnel egresses (0x41470000, "AG"): tables are
+/// `TABLE_BASE + n` for n in 0..[`TABLE_SLOTS`], far from the operator's usual 1..252 and
+/// from `local` (255), `main` (254) and `default` (253).
+pub const TABLE_BASE: u32 = 0x4147_0000;
+/// How many table numbers [`table_numbers`] chooses from.
+pub const TABLE_SLOTS: u32 = 0x1_0000;
+
+/// The routing table of each tunnel egress: `TABLE_BASE + FNV-1a-32(name) mod TABLE_SLOTS`,
+/// so a tunnel keeps its table whatever else the configuration holds; when two names land on
+/// the same number, the one later in alphabetical order takes the next free number. Distinct
+/// for distinct names.
+pub fn table_numbers<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, u32> {
+    let names: BTreeSet<&str> = names.into_iter().collect();
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for name in names {
+        let mut slot = fnv1a(name.as_bytes()) % TABLE_SLOTS;
+        while taken.contains(&slot) {
+            slot = (slot + 1) % TABLE_SLOTS;
+        }
+        taken.insert(slot);
+        out.insert(name.to_string(), TABLE_BASE + slot);
+    }
+    out
+}
+
+/// FNV-1a, 32 bits (stable across builds and platforms, unlike `std`'s hasher).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
 
 /// The fewest prefixes that together cover exactly `range` (empty if start > end).
 pub fn prefixes(range: &AddressRange) -> Vec<(IpAddr, u8)> {
@@ -80,6 +143,53 @@ fn oif(route: &RouteMessage) -> Option<u32> {
     })
 }
 
+/// The table a route or rule message names (the `RTA_TABLE` / `FRA_TABLE` attribute when the
+/// number does not fit the header's octet).
+fn route_table(route: &RouteMessage) -> u32 {
+    route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table))
+}
+
+fn rule_table(rule: &RuleMessage) -> u32 {
+    rule.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(rule.header.table))
+}
+
+fn rule_is_ours(rule: &RuleMessage) -> bool {
+    rule.attributes
+        .iter()
+        .any(|a| matches!(a, RuleAttribute::Protocol(p) if u8::from(*p) == ROUTE_PROTOCOL))
+}
+
+/// Our rules (protocol 245) of both families; only those looking up `table` if given.
+async fn our_rules(handle: &Handle, table: Option<u32>) -> Result<Vec<RuleMessage>, String> {
+    let mut found = Vec::new();
+    for version in [IpVersion::V4, IpVersion::V6] {
+        let mut rules = handle.rule().get(version).execute();
+        while let Some(rule) = rules
+            .try_next()
+            .await
+            .map_err(|e| format!("cannot list rules: {e}"))?
+        {
+            if rule_is_ours(&rule) && table.is_none_or(|t| rule_table(&rule) == t) {
+                found.push(rule);
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// Our routes, of every family and table; only those through `device` if given.
 async fn ours(handle: &Handle, device: Option<u32>) -> Result<Vec<RouteMessage>, String> {
     let mut found = Vec::new();
@@ -100,13 +210,17 @@ async fn ours(handle: &Handle, device: Option<u32>) -> Result<Vec<RouteMessage>,
     Ok(found)
 }
 
-/// Removes every route with [`ROUTE_PROTOCOL`] (left by an earlier run, or at shutdown).
-/// Returns how many went.
+/// Removes every rule and every route (of every table) with [`ROUTE_PROTOCOL`]: left by an
+/// earlier run, or at shutdown. Returns how many went.
 pub async fn remove_leftovers() -> Result<usize, String> {
     let handle = connect()?;
-    let routes = ours(&handle, None).await?;
     let mut removed = 0;
-    for route in routes {
+    for rule in our_rules(&handle, None).await? {
+        if handle.rule().del(rule).execute().await.is_ok() {
+            removed += 1;
+        }
+    }
+    for route in ours(&handle, None).await? {
         if handle.route().del(route).execute().await.is_ok() {
             removed += 1;
         }
@@ -114,19 +228,136 @@ pub async fn remove_leftovers() -> Result<usize, String> {
     Ok(removed)
 }
 
-/// The routes of one tunnel's TUN device.
+fn ours_route(builder: RouteMessageBuilder<IpAddr>, table: u32) -> RouteMessage {
+    builder
+        .table_id(table)
+        .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
+        .build()
+}
+
+async fn link_index(handle: &Handle, device: &str) -> Result<u32, String> {
+    Ok(handle
+        .link()
+        .get()
+        .match_name(device.to_string())
+        .execute()
+        .try_next()
+        .await
+        .map_err(|e| format!("cannot find device {device}: {e}"))?
+        .ok_or_else(|| format!("no device {device}"))?
+        .header
+        .index)
+}
+
+/// Puts a tunnel egress's NAT pool on the appliance and routes it into `table` (see the module
+/// documentation): the AnyIP `local` route, the `unreachable default` of the table and the
+/// rule, each replacing one of ours left for the same pool or table.
+pub async fn install_pool(pool: IpNet, table: u32) -> Result<(), String> {
+    let handle = connect()?;
+    // a rule for this table left by an earlier run (perhaps for another pool) goes first
+    for rule in our_rules(&handle, Some(table)).await? {
+        let _ = handle.rule().del(rule).execute().await;
+    }
+    let lo = link_index(&handle, "lo").await?;
+    let local = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(pool.network(), pool.prefix_len())
+        .map_err(|e| e.to_string())?
+        .output_interface(lo)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host);
+    handle
+        .route()
+        .add(ours_route(local, LOCAL_TABLE))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| format!("cannot add local route for {pool}: {e}"))?;
+    let any = match pool {
+        IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let unreachable = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(any, 0)
+        .map_err(|e| e.to_string())?
+        .kind(RouteType::Unreachable);
+    handle
+        .route()
+        .add(ours_route(unreachable, table))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| format!("cannot add unreachable default to table {table}: {e}"))?;
+    let mut rule = handle
+        .rule()
+        .add()
+        .table_id(table)
+        .priority(RULE_PRIORITY)
+        .action(RuleAction::ToTable);
+    rule.message_mut()
+        .attributes
+        .push(RuleAttribute::Protocol(RouteProtocol::from(ROUTE_PROTOCOL)));
+    let added = match pool {
+        IpNet::V4(p) => {
+            rule.v4()
+                .source_prefix(p.network(), p.prefix_len())
+                .execute()
+                .await
+        }
+        IpNet::V6(p) => {
+            rule.v6()
+                .source_prefix(p.network(), p.prefix_len())
+                .execute()
+                .await
+        }
+    };
+    added.map_err(|e| format!("cannot add rule from {pool} lookup {table}: {e}"))
+}
+
+/// Removes what [`install_pool`] and [`TunnelRoutes`] made for this pool and table: the rules
+/// looking up `table`, every route of ours in `table`, and the pool's `local` route.
+pub async fn remove_pool(pool: IpNet, table: u32) -> Result<(), String> {
+    let handle = connect()?;
+    for rule in our_rules(&handle, Some(table)).await? {
+        let _ = handle.rule().del(rule).execute().await;
+    }
+    for route in ours(&handle, None).await? {
+        let local_of_pool = route_table(&route) == LOCAL_TABLE
+            && route.header.destination_prefix_length == pool.prefix_len()
+            && route.attributes.iter().any(
+                |a| matches!(a, RouteAttribute::Destination(d) if route_address(d) == Some(pool.network())),
+            );
+        if route_table(&route) == table || local_of_pool {
+            let _ = handle.route().del(route).execute().await;
+        }
+    }
+    Ok(())
+}
+
+fn route_address(a: &rtnetlink::packet_route::route::RouteAddress) -> Option<IpAddr> {
+    use rtnetlink::packet_route::route::RouteAddress;
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// The routes of one tunnel's TUN device, in the tunnel's table.
 #[derive(Debug)]
 pub struct TunnelRoutes {
     handle: Handle,
     device: String,
     index: u32,
+    table: u32,
+    mtu: u16,
     /// Each installed prefix and the inbound SPIs of the child SAs that need it.
     installed: BTreeMap<(IpAddr, u8), BTreeSet<u32>>,
 }
 
 impl TunnelRoutes {
-    /// Finds `device`, brings it up and removes routes of ours left on it.
-    pub async fn open(device: &str) -> Result<TunnelRoutes, String> {
+    /// Finds `device`, brings it up and removes routes of ours left on it; routes go into
+    /// `table` with the tunnel's `mtu`.
+    pub async fn open(device: &str, table: u32, mtu: u16) -> Result<TunnelRoutes, String> {
         let handle = connect()?;
         let link = handle
             .link()
@@ -148,6 +379,8 @@ impl TunnelRoutes {
             handle,
             device: device.to_string(),
             index,
+            table,
+            mtu,
             installed: BTreeMap::new(),
         };
         routes.clear().await;
@@ -177,12 +410,14 @@ impl TunnelRoutes {
     }
 
     async fn add_route(&self, (addr, len): (IpAddr, u8)) -> Result<(), String> {
-        let message = RouteMessageBuilder::<IpAddr>::new()
+        let builder = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(addr, len)
             .map_err(|e| e.to_string())?
-            .output_interface(self.index)
-            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-            .build();
+            .output_interface(self.index);
+        let mut message = ours_route(builder, self.table);
+        message
+            .attributes
+            .push(RouteAttribute::Metrics(metrics(self.mtu, addr.is_ipv4())));
         // replace: a route of ours for the prefix from an earlier child SA is taken over
         self.handle
             .route()
@@ -211,10 +446,7 @@ impl TunnelRoutes {
         let Ok(builder) = RouteMessageBuilder::<IpAddr>::new().destination_prefix(addr, len) else {
             return;
         };
-        let message = builder
-            .output_interface(self.index)
-            .protocol(RouteProtocol::from(ROUTE_PROTOCOL))
-            .build();
+        let message = ours_route(builder.output_interface(self.index), self.table);
         if let Err(e) = self.handle.route().del(message).execute().await {
             tracing::debug!(device = %self.device, prefix = %format!("{addr}/{len}"), error = %e, "route already gone");
         }
@@ -234,9 +466,71 @@ impl TunnelRoutes {
     }
 }
 
+/// The `mtu` and `advmss` metrics of a route into a tunnel: the MSS is the MTU less the IP
+/// and TCP headers (20 + 20 octets for IPv4, 40 + 20 for IPv6).
+fn metrics(mtu: u16, ipv4: bool) -> Vec<RouteMetric> {
+    let headers = if ipv4 { 40 } else { 60 };
+    vec![
+        RouteMetric::Mtu(u32::from(mtu)),
+        RouteMetric::Advmss(u32::from(mtu).saturating_sub(headers)),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn table_numbers_are_stable_distinct_and_ours() {
+        let one = table_numbers(["corp"]);
+        let two = table_numbers(["corp", "branch", "aws"]);
+        // a tunnel keeps its table when others are added
+        assert_eq!(one["corp"], two["corp"]);
+        assert_eq!(one["corp"], TABLE_BASE + fnv1a(b"corp") % TABLE_SLOTS);
+        let many: Vec<String> = (0..5000).map(|i| format!("t{i}")).collect();
+        let tables = table_numbers(many.iter().map(|s| s.as_str()));
+        let distinct: BTreeSet<u32> = tables.values().copied().collect();
+        assert_eq!(distinct.len(), 5000, "two tunnels share a table");
+        assert!(tables
+            .values()
+            .all(|t| (TABLE_BASE..TABLE_BASE + TABLE_SLOTS).contains(t)));
+        // 5000 names in 65536 slots collide somewhere (birthday bound), and still come out distinct
+        let natural: BTreeSet<u32> = many
+            .iter()
+            .map(|n| fnv1a(n.as_bytes()) % TABLE_SLOTS)
+            .collect();
+        assert!(natural.len() < 5000);
+    }
+
+    #[test]
+    fn colliding_names_probe_in_alphabetical_order() {
+        // find two names on the same slot
+        let slot = |n: &str| fnv1a(n.as_bytes()) % TABLE_SLOTS;
+        let mut seen = BTreeMap::new();
+        let (a, b) = (0..200_000)
+            .map(|i| format!("n{i}"))
+            .find_map(|n| {
+                let s = slot(&n);
+                seen.insert(s, n.clone()).map(|other| (other, n))
+            })
+            .unwrap();
+        let (first, second) = if a < b { (a, b) } else { (b, a) };
+        let t = table_numbers([second.as_str(), first.as_str()]);
+        assert_eq!(t[&first], TABLE_BASE + slot(&first));
+        assert_eq!(t[&second], TABLE_BASE + (slot(&first) + 1) % TABLE_SLOTS);
+    }
+
+    #[test]
+    fn metrics_clamp_the_mss_to_the_mtu() {
+        assert_eq!(
+            metrics(1400, true),
+            [RouteMetric::Mtu(1400), RouteMetric::Advmss(1360)]
+        );
+        assert_eq!(
+            metrics(1400, false),
+            [RouteMetric::Mtu(1400), RouteMetric::Advmss(1340)]
+        );
+    }
 
     fn v4(start: &str, end: &str) -> Vec<String> {
         prefixes(&AddressRange::V4 {

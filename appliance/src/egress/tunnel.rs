@@ -2,13 +2,13 @@
 //! SAs up (initiator, re-initiating after failures), its TUN device, and a status the CLI shows
 //! (`attestgate tunnels`) and controls (`attestgate tunnel up|down|rekey NAME`).
 //!
-//! The peer's traffic selectors are routed into the TUN device while their child SA is up
-//! ([`super::routes`], routing protocol 245).
+//! When the task starts, the tunnel's NAT pool is put on the appliance and routed into the
+//! tunnel's own table ([`super::routes::install_pool`]); the peer's traffic selectors are
+//! routed into the TUN device, in that table, while their child SA is up ([`super::routes`],
+//! routing protocol 245). The daemon removes the pool's routing when the egress stops.
 //!
 //! A tunnel with `initiate = false` is a responder: it waits for its peer's IKE_SA_INIT
 //! ([`ike::tunnel::supervise_responder`]), shown as `waiting` while it has no SA.
-//!
-//! Not yet: the policy routing from the NAT pool into the TUN device (issue 6).
 
 use config::{EgressKind, Tunnel, TunnelAuth};
 use ike::driver::{Command, IkeSockets};
@@ -78,6 +78,10 @@ type Shared = Arc<Mutex<TunnelStatus>>;
 #[derive(Debug)]
 pub struct TunnelHandle {
     pub status: Shared,
+    /// The NAT pool and routing table the task installed (removed by the daemon when the
+    /// tunnel stops).
+    pool: ipnet::IpNet,
+    table: u32,
     foreign: Arc<AtomicU64>,
     control: mpsc::UnboundedSender<Control>,
     task: tokio::task::JoinHandle<()>,
@@ -98,6 +102,10 @@ impl Drop for TunnelHandle {
 }
 
 impl TunnelHandle {
+    /// The NAT pool and the routing table of this tunnel.
+    pub fn routing(&self) -> (ipnet::IpNet, u32) {
+        (self.pool, self.table)
+    }
     pub fn send(&self, c: Control) -> bool {
         self.control.send(c).is_ok()
     }
@@ -185,9 +193,11 @@ fn describe(ts: &[TrafficSelector]) -> Vec<String> {
         .collect()
 }
 
-/// Starts every `tunnel` egress of `cfg` that initiates.
+/// Starts every `tunnel` egress of `cfg`; `tables` names each one's routing table
+/// ([`super::routes::table_numbers`]).
 pub fn start_all(
     cfg: &config::Config,
+    tables: &BTreeMap<String, u32>,
     events: Arc<crate::events::EventLog>,
 ) -> BTreeMap<String, TunnelHandle> {
     let mut out = BTreeMap::new();
@@ -218,8 +228,16 @@ pub fn start_all(
         }));
         let (control, rx) = mpsc::unbounded_channel();
         let foreign = Arc::new(AtomicU64::new(0));
+        let Some(table) = tables.get(&name).copied() else {
+            events.emit(
+                "tunnel.error",
+                json!({"tunnel": name, "error": "no routing table assigned"}),
+            );
+            continue;
+        };
         let task = tokio::spawn(run_tunnel(
             name.clone(),
+            table,
             (**t).clone(),
             status.clone(),
             rx,
@@ -230,6 +248,8 @@ pub fn start_all(
             name,
             TunnelHandle {
                 status,
+                pool: t.nat_pool.value,
+                table,
                 foreign,
                 control,
                 task,
@@ -264,6 +284,7 @@ fn set(status: &Shared, f: impl FnOnce(&mut TunnelStatus)) {
 
 async fn run_tunnel(
     name: String,
+    table: u32,
     t: Tunnel,
     status: Shared,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -282,6 +303,11 @@ async fn run_tunnel(
             log.emit("tunnel.error", json!({"tunnel": name, "error": why}));
         }
     };
+    // the pool is routed (into an `unreachable default` until a child SA is up) before
+    // anything else, so that pool-sourced traffic never takes the main table
+    if let Err(e) = super::routes::install_pool(t.nat_pool.value, table).await {
+        log.emit("tunnel.error", json!({"tunnel": name, "error": e}));
+    }
     let config = match sa_config(&t) {
         Ok(c) => Arc::new(c),
         Err(e) => return fail(e),
@@ -324,8 +350,9 @@ async fn run_tunnel(
         let name = name.clone();
         let log = log.clone();
         let device = tun.name().to_string();
+        let mtu = t.mtu;
         tokio::spawn(async move {
-            let mut routes = match super::routes::TunnelRoutes::open(&device).await {
+            let mut routes = match super::routes::TunnelRoutes::open(&device, table, mtu).await {
                 Ok(r) => Some(r),
                 Err(e) => {
                     log.emit("tunnel.error", json!({"tunnel": name, "error": e}));
