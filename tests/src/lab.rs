@@ -450,6 +450,11 @@ impl Lab {
         }
     }
 
+    /// SIGKILL to the daemon: it leaves whatever it had configured behind.
+    pub fn kill_daemon(&mut self) {
+        drop(self.daemon.take());
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

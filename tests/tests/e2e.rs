@@ -158,3 +158,134 @@ fn compliant_device_reaches_the_lan_from_a_pool_address_through_the_tunnel() {
         "the resolver saw no query from the pool: {dns:?}"
     );
 }
+
+/// A compliant device's CONNECT to the LAN app server works and leaves from the pool.
+fn lan_works(lab: &Lab, cert: &tests::pki::LabCert) -> String {
+    let src = source_seen(lab, cert, Host::Lan, "app.corp.lab:80");
+    assert!(in_pool(&src), "the LAN saw {src}");
+    src
+}
+
+#[test]
+fn strongswan_restarted_mid_session_the_tunnel_comes_back_by_itself() {
+    let Some(mut lab) = lab("strongswan_restarted") else {
+        return;
+    };
+    let cert = lab.device_cert(COMPLIANT);
+    lan_works(&lab, &cert);
+    let before = lab.tunnel();
+    let restarted = Instant::now();
+    lab.restart_peer();
+    lab.wait_for("the tunnel re-established", Duration::from_secs(40), |l| {
+        let t = l.tunnel();
+        t["state"] == "established"
+            && t["ike_spi_i"] != before["ike_spi_i"]
+            && t["children"].as_array().is_some_and(|c| !c.is_empty())
+            && l.peer_sas().contains("state=INSTALLED")
+    });
+    eprintln!(
+        "strongSwan restarted → tunnel back in {:.1} s",
+        restarted.elapsed().as_secs_f64()
+    );
+    // new flows work, through the new SA
+    let (in_before, _) = lab.peer_esp_packets();
+    lan_works(&lab, &cert);
+    assert!(lab.peer_esp_packets().0 > in_before, "{}", lab.peer_sas());
+}
+
+#[test]
+fn config_apply_adding_a_second_tunnel_drops_no_running_flow() {
+    let Some(lab) = lab("config_apply_adding_a_second_tunnel") else {
+        return;
+    };
+    let cert = lab.device_cert(COMPLIANT);
+    let corp = lab.hold(&cert, "app.corp.lab:80", 40);
+    let idp = lab.hold(&cert, "idp.lab:443", 40);
+    for h in [&corp, &idp] {
+        let v = h.next(Duration::from_secs(20)).expect("no stream");
+        assert_eq!(v["event"], "flowing", "{v}");
+    }
+    let bytes = |lab: &Lab| -> u64 {
+        lab.json(&["flows"])["flows"]
+            .as_array()
+            .map(|f| f.iter().filter_map(|f| f["bytes_to_device"].as_u64()).sum())
+            .unwrap_or(0)
+    };
+    let text = std::fs::read_to_string(&lab.config).unwrap();
+    let d = lab.dir.path().display();
+    let second = format!(
+        "{text}\n[egress.corp2]\ntype = \"tunnel\"\nlocal_address = \"203.0.113.10\"\n\
+         remote_address = \"203.0.113.21\"\nlocal_id = \"gw.attestgate.lab\"\n\
+         remote_id = \"vpn2.corp.lab\"\npsk_file = \"{d}/corp.psk\"\n\
+         local_ts = [\"198.18.101.0/24\"]\nremote_ts = [\"198.19.1.0/24\"]\n\
+         nat_pool = \"198.18.101.0/26\"\n"
+    );
+    let path = lab.path("attestgate-2.toml");
+    std::fs::write(&path, second).unwrap();
+    let before = bytes(&lab);
+    let out = lab.cli(&["config", "apply", path.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tunnels = lab.json(&["tunnels"]);
+    let names: Vec<&str> = tunnels["tunnels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"corp2") && names.contains(&"corp"),
+        "{tunnels}"
+    );
+    // both streams keep flowing through the apply and after it
+    std::thread::sleep(Duration::from_secs(3));
+    for (name, h) in [("corp", &corp), ("idp", &idp)] {
+        assert!(
+            h.next(Duration::from_millis(10)).is_none(),
+            "the {name} stream ended"
+        );
+    }
+    let flows = lab.json(&["flows"]);
+    assert_eq!(flows["flows"].as_array().map(Vec::len), Some(2), "{flows}");
+    assert!(bytes(&lab) > before, "the streams stalled: {flows}");
+    assert_eq!(lab.tunnel()["state"], "established");
+}
+
+#[test]
+fn attestgate_stopped_leaves_no_address_rule_or_route_of_its_own() {
+    let Some(mut lab) = lab("attestgate_stopped_leaves_nothing") else {
+        return;
+    };
+    // while it runs, the pool is routed into the tunnel by rules and routes of its own
+    let running = lab.leftovers();
+    assert!(
+        running
+            .iter()
+            .any(|l| l.starts_with("rule:") && l.contains("198.18.100.0/26")),
+        "no policy rule for the pool while running: {running:?}"
+    );
+    let status = lab.stop_daemon();
+    assert!(status.success(), "{status:?}\n{}", lab.daemon_log());
+    let left = lab.leftovers();
+    assert!(left.is_empty(), "left behind after SIGTERM: {left:?}");
+
+    // killed (nothing removed), then started again: the restart clears the leftovers first
+    lab.start_daemon();
+    lab.kill_daemon();
+    assert!(
+        !lab.leftovers().is_empty(),
+        "SIGKILL left nothing to clean up"
+    );
+    lab.start_daemon();
+    let status = lab.stop_daemon();
+    assert!(status.success());
+    let left = lab.leftovers();
+    assert!(
+        left.is_empty(),
+        "left behind after kill, restart, stop: {left:?}"
+    );
+}
