@@ -62,6 +62,8 @@ pub struct Shared {
     /// `sync_lock`, outside the device table's lock.
     mdm: tokio::sync::Mutex<crate::compliance::mdm::MdmSources>,
     gateway: Arc<crate::gateway::Gateway>,
+    /// The relay's way out; its per-egress data is swapped on apply, without a relay restart.
+    egress: Arc<crate::egress::ApplianceEgress>,
     relay: Mutex<Option<(String, relay::RelayHandle)>>,
     relay_state: Mutex<String>,
     events: Arc<EventLog>,
@@ -444,6 +446,9 @@ impl Shared {
             Err(poisoned) => *poisoned.into_inner() = new.clone(),
         }
         self.events.set_file(new.loaded.config.events.file.clone());
+        // pools and egress data first, so no decision of the new engine misses its egress
+        self.gateway.pools.configure(&new.loaded.config);
+        self.egress.configure(&new.loaded.config);
         self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_and_report(None, "apply", json!({})).await;
         self.reconcile_tunnels().await;
@@ -628,12 +633,14 @@ impl Shared {
         Response::ok(result)
     }
 
-    /// Starts the relay, or restarts it when its settings changed. A relay that cannot start
-    /// (an address not on this host, an unreadable file) leaves the daemon running without it.
+    /// Starts the relay, or restarts it when its `[relay]` settings changed. Egress changes
+    /// do not restart it (they are swapped into [`crate::egress::ApplianceEgress`]), so
+    /// adding a tunnel or an egress drops no flow. A relay that cannot start (an address not
+    /// on this host, an unreadable file) leaves the daemon running without it.
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
-        let egress = crate::gateway::relay_egress(&cfg);
-        let fingerprint = format!("{:?} {:?}", cfg.relay, egress);
+        let egress = self.egress.clone();
+        let fingerprint = format!("{:?}", cfg.relay);
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -644,8 +651,7 @@ impl Shared {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
         let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
-            relay::Relay::bind(rc, self.gateway.clone(), Arc::new(egress))
-                .map_err(|e| e.to_string())
+            relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
         });
         let state = match started {
             Ok(handle) => {
@@ -757,6 +763,7 @@ impl Shared {
                         "http": format!("{:?}", f.http),
                         "egress": f.egress,
                         "peer": f.peer.to_string(),
+                        "source": f.source.map(|s| s.ip().to_string()),
                         "age_secs": now.duration_since(f.started).unwrap_or_default().as_secs(),
                         "bytes_from_device": f.bytes_from_device,
                         "bytes_to_device": f.bytes_to_device,
@@ -1015,6 +1022,13 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     std::fs::create_dir_all(&cfg.appliance.state_dir)?;
     let (listener, owner) = bind(&cfg.appliance.control_socket).await?;
     let devices = Arc::new(RwLock::new(DeviceTable::open(&cfg.device_store(), &cfg)));
+    let events = Arc::new(EventLog::default());
+    events.set_file(cfg.events.file.clone());
+    let pools = Arc::new(crate::egress::pool::NatPools::open(
+        &cfg.appliance.state_dir,
+    ));
+    pools.set_events(events.clone());
+    pools.configure(&cfg);
     let shared = Arc::new(Shared {
         config_path: config_path.clone(),
         running: RwLock::new(Arc::new(Running {
@@ -1027,10 +1041,15 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         gateway: Arc::new(crate::gateway::Gateway::new(
             Arc::new(PolicyEngine::new(Arc::new(cfg.clone()))),
             devices,
+            pools.clone(),
+        )),
+        egress: Arc::new(crate::egress::ApplianceEgress::new(
+            &cfg,
+            Some(events.clone()),
         )),
         relay: Mutex::new(None),
         relay_state: Mutex::new("not started".into()),
-        events: Arc::new(EventLog::default()),
+        events,
         tunnels: Mutex::new(BTreeMap::new()),
         started: SystemTime::now(),
         apply_lock: tokio::sync::Mutex::new(()),
@@ -1045,6 +1064,25 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         self_ref: std::sync::OnceLock::new(),
     });
     let _ = shared.self_ref.set(Arc::downgrade(&shared));
+    {
+        // a NAT pool that is full reclaims only leases of devices without an open flow
+        let weak = Arc::downgrade(&shared);
+        shared.gateway.set_busy(Box::new(move |egress: &str| {
+            let Some(shared) = weak.upgrade() else {
+                return Default::default();
+            };
+            let Ok(slot) = shared.relay.lock() else {
+                return Default::default();
+            };
+            slot.as_ref()
+                .map(|(_, r)| r.flows())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| f.egress == egress)
+                .map(|f| f.device)
+                .collect()
+        }));
+    }
     let resyncer = {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Resync>();
         if let Ok(mut slot) = shared.resync_tx.lock() {
@@ -1069,9 +1107,14 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     // store failures at open (an unreadable file: every device unknown) are alerts too
     shared.changed(Vec::new());
     shared.sync_and_report(None, "start", json!({})).await;
-    // routes of ours (protocol 245) that a previous run left behind
-    if let Err(e) = crate::egress::routes::remove_leftovers().await {
-        tracing::warn!(error = %e, "cannot remove leftover tunnel routes");
+    // routes and rules of ours (protocol 245, every table) that a previous run left behind
+    match crate::egress::routes::remove_leftovers().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            removed = n,
+            "removed leftover routes and rules of an earlier run"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot remove leftover routes and rules"),
     }
     shared.reconcile_tunnels().await;
     shared.reconcile_relay();
@@ -1161,8 +1204,11 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
     if let Ok(mut t) = shared.tunnels.lock() {
         t.clear(); // aborts the tunnel tasks; their TUN devices go with them
     }
-    // the devices' routes go with them; remove ours explicitly all the same
-    let _ = crate::egress::routes::remove_leftovers().await;
+    // the devices' routes go with them; remove ours (rules, pool routes, tables) explicitly
+    if let Err(e) = crate::egress::routes::remove_leftovers().await {
+        tracing::warn!(error = %e, "cannot remove attestgate's routes and rules");
+    }
+    shared.gateway.pools.save();
     drop(listener);
     let _ = std::fs::remove_file(&cfg.appliance.control_socket);
     shared

@@ -3,15 +3,18 @@
 //! device state re-decides the open flows and revokes those whose egress no longer holds
 //! (DESIGN.md invariant 2).
 //!
-//! Not yet (issue 6): sources from a tunnel's NAT pool (the pool is not routed into the tunnel
-//! yet, so such decisions are refused rather than sent out untrusted), fail-over between the
-//! internet pair.
+//! Sources: a tunnel egress's decision carries the device's NAT pool address
+//! ([`crate::egress::pool`]; an exhausted pool refuses with `502` and `details="NAT pool
+//! exhausted"`), an internet egress's its first pair address (the egress fails over,
+//! [`crate::egress::direct`]), a public egress's its configured address or none.
+//! Re-deciding an open flow compares egresses only and never leases an address.
 
 use crate::compliance::DeviceTable;
+use crate::egress::pool::{NatPools, PoolError};
 use crate::policy::{DeviceState, PolicyEngine, Protocol, SourceSelection, Target, Verdict};
 use relay::{Authorizer, DenyStatus, EgressRoute, FlowInfo, RelayDecision, RelayRequest};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 /// What the authorizer reads: swapped by the daemon on apply, refreshed on every sync.
@@ -21,7 +24,25 @@ pub struct Gateway {
     pub devices: Arc<RwLock<DeviceTable>>,
     /// The certificate validity window each device last presented, to re-decide its flows.
     certificates: Mutex<HashMap<String, (SystemTime, SystemTime)>>,
+    /// The tunnel egresses' NAT pools.
+    pub pools: Arc<NatPools>,
+    /// The devices with an open flow through an egress (asked when a pool is exhausted).
+    busy: OnceLock<Busy>,
 }
+
+struct Busy(BusyDevices);
+
+impl std::fmt::Debug for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Busy")
+    }
+}
+
+/// Lists the serials of the devices with an open flow through an egress.
+pub type BusyDevices = Box<dyn Fn(&str) -> BTreeSet<String> + Send + Sync>;
+
+/// The `details` of a request refused because its tunnel's NAT pool is exhausted.
+pub const POOL_EXHAUSTED: &str = "NAT pool exhausted";
 
 fn target(host: &str, port: u16, protocol: relay::Protocol) -> Option<Target> {
     let host = Target::host(host).ok()?;
@@ -37,12 +58,23 @@ fn target(host: &str, port: u16, protocol: relay::Protocol) -> Option<Target> {
 }
 
 impl Gateway {
-    pub fn new(engine: Arc<PolicyEngine>, devices: Arc<RwLock<DeviceTable>>) -> Gateway {
+    pub fn new(
+        engine: Arc<PolicyEngine>,
+        devices: Arc<RwLock<DeviceTable>>,
+        pools: Arc<NatPools>,
+    ) -> Gateway {
         Gateway {
             engine: RwLock::new(engine),
             devices,
             certificates: Mutex::new(HashMap::new()),
+            pools,
+            busy: OnceLock::new(),
         }
+    }
+
+    /// How to learn which devices have open flows through an egress (set once, by the daemon).
+    pub fn set_busy(&self, busy: BusyDevices) {
+        let _ = self.busy.set(Busy(busy));
     }
 
     pub fn set_engine(&self, engine: Arc<PolicyEngine>) {
@@ -92,7 +124,27 @@ impl Gateway {
         }
     }
 
-    /// The decision for a device and target now, as the relay sees it.
+    /// The policy's verdict for a device and target now.
+    fn verdict(
+        &self,
+        serial: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+        target: &Target,
+        now: SystemTime,
+    ) -> Verdict {
+        let record = self.devices.read().ok().and_then(|d| d.get(serial));
+        let state = DeviceState {
+            serial: serial.to_string(),
+            record,
+            cert_not_before: not_before,
+            cert_not_after: not_after,
+        };
+        self.engine().decide(&state, target, now).verdict
+    }
+
+    /// The decision for a device and target now, as the relay sees it; a tunnel egress's
+    /// source is leased from its NAT pool here.
     pub fn decide(
         &self,
         serial: &str,
@@ -101,15 +153,22 @@ impl Gateway {
         target: &Target,
         now: SystemTime,
     ) -> (Verdict, RelayDecision) {
-        let record = self.devices.read().ok().and_then(|d| d.get(serial));
-        let state = DeviceState {
-            serial: serial.to_string(),
-            record,
-            cert_not_before: not_before,
-            cert_not_after: not_after,
+        let verdict = self.verdict(serial, not_before, not_after, target, now);
+        let relay = self.route(serial, &verdict);
+        (verdict, relay)
+    }
+
+    fn route(&self, serial: &str, verdict: &Verdict) -> RelayDecision {
+        let forward = |source| RelayDecision::Forward {
+            egress: EgressRoute {
+                name: match verdict {
+                    Verdict::Egress { egress, .. } => egress.clone(),
+                    _ => String::new(),
+                },
+                source,
+            },
         };
-        let decision = self.engine().decide(&state, target, now);
-        let relay = match &decision.verdict {
+        match verdict {
             Verdict::Deny { status } => RelayDecision::Deny {
                 status: if *status == 403 {
                     DenyStatus::Forbidden
@@ -119,34 +178,28 @@ impl Gateway {
             },
             Verdict::Direct => RelayDecision::Direct,
             Verdict::Egress { egress, source, .. } => match source {
-                SourceSelection::Fixed { address } => RelayDecision::Forward {
-                    egress: EgressRoute {
-                        name: egress.clone(),
-                        source: Some(*address),
-                    },
-                },
-                SourceSelection::Addresses { addresses } => RelayDecision::Forward {
-                    egress: EgressRoute {
-                        name: egress.clone(),
-                        source: addresses.first().copied(),
-                    },
-                },
-                SourceSelection::DefaultRoute => RelayDecision::Forward {
-                    egress: EgressRoute {
-                        name: egress.clone(),
-                        source: None,
-                    },
-                },
-                // Fail closed until the NAT pool is routed into the tunnel (issue 6).
-                SourceSelection::NatPool { .. } => RelayDecision::Deny {
-                    status: DenyStatus::BadGateway,
-                },
+                SourceSelection::Fixed { address } => forward(Some(*address)),
+                // the first of the pair; the egress fails over to the next
+                SourceSelection::Addresses { addresses } => forward(addresses.first().copied()),
+                SourceSelection::DefaultRoute => forward(None),
+                SourceSelection::NatPool { .. } => {
+                    let busy = || self.busy.get().map(|b| (b.0)(egress)).unwrap_or_default();
+                    match self.pools.address(egress, serial, busy) {
+                        Ok(address) => forward(Some(address)),
+                        Err(PoolError::Exhausted) => RelayDecision::Refuse {
+                            details: POOL_EXHAUSTED.to_string(),
+                        },
+                        // a tunnel the pools do not know (yet): fail closed
+                        Err(PoolError::Unknown) => RelayDecision::Deny {
+                            status: DenyStatus::BadGateway,
+                        },
+                    }
+                }
             },
-        };
-        (decision.verdict, relay)
+        }
     }
 
-    /// True when `flow` would still leave through the same egress.
+    /// True when `flow` would still leave through the same egress (no address is leased).
     pub fn still_allowed(
         &self,
         flow: &FlowInfo,
@@ -156,11 +209,8 @@ impl Gateway {
         let Some(t) = target(&flow.target.host, flow.target.port, flow.protocol) else {
             return false;
         };
-        match self
-            .decide(&flow.device, certificate.0, certificate.1, &t, now)
-            .1
-        {
-            RelayDecision::Forward { egress } => egress.name == flow.egress,
+        match self.verdict(&flow.device, certificate.0, certificate.1, &t, now) {
+            Verdict::Egress { egress, .. } => egress == flow.egress,
             _ => false,
         }
     }
@@ -233,18 +283,4 @@ pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
             Some(relay::HeaderSecret::new(&h.header, trimmed).map_err(|e| e.to_string())?);
     }
     Ok(rc)
-}
-
-/// The relay's way out: names resolved through each egress's `dns` servers and `hosts`
-/// (the host's resolver for an egress without `dns`).
-pub fn relay_egress(cfg: &config::Config) -> relay::DirectEgress {
-    cfg.egresses
-        .iter()
-        .filter(|e| !e.dns.is_empty() || !e.hosts.is_empty())
-        .fold(relay::DirectEgress::default(), |egress, e| {
-            egress.with_egress_dns(
-                e.name.value.clone(),
-                relay::EgressDns::new(&e.dns, e.hosts.clone()),
-            )
-        })
 }

@@ -387,6 +387,7 @@ pub fn flows(r: &Value) -> String {
                         s(&f["protocol"]),
                         s(&f["http"]),
                         s(&f["egress"]),
+                        s(&f["source"]),
                         s(&f["bytes_from_device"]),
                         s(&f["bytes_to_device"]),
                         crate::policy::human(std::time::Duration::from_secs(
@@ -407,6 +408,7 @@ pub fn flows(r: &Value) -> String {
             "PROTO",
             "HTTP",
             "EGRESS",
+            "SOURCE",
             "BYTES IN",
             "BYTES OUT",
             "AGE",

@@ -52,7 +52,6 @@
 //!
 //! # What is not built yet, or known limits
 //!
-//! - Sources from a tunnel's NAT pool (the appliance's side, issue 6).
 //! - h3 0.0.8 accepts some malformed HTTP/3 requests the relay cannot see as such: a
 //!   pseudo-header field after a regular one, a repeated pseudo-header field (the last one
 //!   wins); they are decided and served (or answered 501) like well-formed ones
@@ -273,6 +272,10 @@ pub enum RelayDecision {
     Deny { status: DenyStatus },
     /// Tell the device to go direct: `503` with `Proxy-Status: …; error=destination_unavailable`.
     Direct,
+    /// Refused for a reason of the appliance's own rather than policy (e.g. its NAT pool is
+    /// exhausted): `502` with `Proxy-Status: …; error=connection_refused; details=…` carrying
+    /// these details.
+    Refuse { details: String },
 }
 
 /// The question the relay asks for every CONNECT / connect-udp. Implemented by the appliance.

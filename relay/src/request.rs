@@ -257,6 +257,16 @@ pub(crate) async fn serve_request<Q: DeviceRequest, A: Authorizer, E: Egress>(
                 let answer = refuse(status, ProxyError::ConnectionRefused, "denied by policy");
                 return exchange.answer(answer).await;
             }
+            RelayDecision::Refuse { details } => {
+                count(&stats.denied);
+                info!(%device, %http, %target, %details, "relay: refused");
+                let answer = refuse(
+                    StatusCode::BAD_GATEWAY,
+                    ProxyError::ConnectionRefused,
+                    &details,
+                );
+                return exchange.answer(answer).await;
+            }
             RelayDecision::Direct => {
                 count(&stats.direct);
                 info!(%device, %http, %target, "relay: go direct");
