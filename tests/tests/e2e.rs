@@ -11,7 +11,7 @@
 
 use std::path::Path;
 use std::time::{Duration, Instant};
-use tests::lab::{in_pool, now_ms, Host, Lab, LabBins, COMPLIANT, NONCOMPLIANT, PAIR, PUBLIC};
+use tests::lab::{in_pool, Host, Lab, LabBins, COMPLIANT, NONCOMPLIANT, PAIR, PUBLIC};
 
 fn bins() -> LabBins {
     LabBins::in_dir(
@@ -96,21 +96,39 @@ fn a_webhook_flip_cuts_the_running_stream_and_flipping_back_trusts_again() {
     };
     let cert = lab.device_cert(COMPLIANT);
     let held = lab.hold(&cert, "idp.lab:443", 30);
-    let first = held.next(Duration::from_secs(20)).expect("no stream");
-    assert_eq!(first["event"], "flowing", "{first}");
+    let corp = lab.hold(&cert, "app.corp.lab:80", 30);
+    for h in [&held, &corp] {
+        let first = h.next(Duration::from_secs(20)).expect("no stream");
+        assert_eq!(first["event"], "flowing", "{first}");
+    }
     let flows = lab.json(&["flows"]);
-    assert_eq!(flows["flows"][0]["egress"], "idp-pair", "{flows}");
+    let egresses: Vec<&str> = flows["flows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["egress"].as_str())
+        .collect();
+    assert!(
+        egresses.contains(&"idp-pair") && egresses.contains(&"corp"),
+        "{flows}"
+    );
 
     let (sent, status) = lab.set_compliant(1, false);
     assert_eq!(status, 202);
-    let end = held
-        .next(Duration::from_secs(10))
-        .expect("the stream was not cut");
-    assert_eq!(end["reset"], 0x10c, "not reset: {end}");
-    let cut = end["reset_at_ms"].as_f64().unwrap() - sent;
-    eprintln!("webhook → stream reset: {cut:.1} ms");
-    assert!(cut < 1000.0, "cut {cut:.1} ms after the webhook");
+    for (name, h) in [("idp", &held), ("corp", &corp)] {
+        let end = h
+            .next(Duration::from_secs(10))
+            .expect("the stream was not cut");
+        assert_eq!(end["reset"], 0x10c, "{name} not reset: {end}");
+        let cut = end["reset_at_ms"].as_f64().unwrap() - sent;
+        eprintln!("webhook → {name} stream reset: {cut:.1} ms");
+        assert!(cut < 1000.0, "{name} cut {cut:.1} ms after the webhook");
+    }
     drop(held);
+    drop(corp);
+    // the LAN is refused now (corp-apps falls back to deny)
+    let r = lab.connect(&cert, "app.corp.lab:80", "x");
+    assert_eq!(r["status"], 502, "{r}");
     // the next CONNECT takes the public egress
     let src = source_seen(&lab, &cert, Host::Idp, "idp.lab:443");
     assert_eq!(src, PUBLIC);
@@ -123,7 +141,8 @@ fn a_webhook_flip_cuts_the_running_stream_and_flipping_back_trusts_again() {
     });
     let src = source_seen(&lab, &cert, Host::Idp, "idp.lab:443");
     assert!(PAIR.contains(&src.as_str()), "after the flip back: {src}");
-    let _ = now_ms();
+    let src = source_seen(&lab, &cert, Host::Lan, "app.corp.lab:80");
+    assert!(in_pool(&src), "after the flip back the LAN saw {src}");
 }
 
 #[test]

@@ -209,34 +209,53 @@ fn main() {
 
     r.step("compliance flips live: Jamf drops the Mac from the group and sends its webhook");
     let held = lab.hold(&good, "idp.lab:443", 60);
-    let flowing = held.next(Duration::from_secs(20));
-    let egress = lab.json(&["flows"])["flows"][0]["egress"].clone();
-    println!(
-        "    a running stream to idp.lab through {egress}: {}",
-        flowing.map_or("did not start".into(), |v| v.to_string())
-    );
+    let held_corp = lab.hold(&good, "app.corp.lab:80", 60);
+    for (name, h) in [("idp.lab:443", &held), ("app.corp.lab:80", &held_corp)] {
+        let flowing = h.next(Duration::from_secs(20));
+        println!(
+            "    a running stream to {name}: {}",
+            flowing.map_or("did not start".into(), |v| v.to_string())
+        );
+    }
+    for f in lab.json(&["flows"])["flows"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        println!(
+            "    attestgate flows: {} → {} via {} from {}",
+            txt(&f["device"]),
+            txt(&f["target"]),
+            txt(&f["egress"]),
+            f["source"].as_str().unwrap_or("-")
+        );
+    }
     let (sent, status) = lab.set_compliant(1, false);
-    let end = held.next(Duration::from_secs(10));
-    let cut = end
-        .as_ref()
-        .and_then(|e| e["reset_at_ms"].as_f64())
-        .map(|at| at - sent);
-    r.check(
-        "the running stream after the webhook (HTTP 202 from the admin listener)",
-        "reset (H3_REQUEST_CANCELLED) within 1 s of the webhook",
-        &match (&end, cut) {
-            (Some(e), Some(ms)) => {
-                format!(
+    for (name, h) in [
+        ("idp.lab (pair → public)", &held),
+        ("app.corp.lab (tunnel → deny)", &held_corp),
+    ] {
+        let end = h.next(Duration::from_secs(10));
+        let cut = end
+            .as_ref()
+            .and_then(|e| e["reset_at_ms"].as_f64())
+            .map(|at| at - sent);
+        r.check(
+            &format!("the running stream to {name} after the webhook (HTTP {status} from the admin listener)"),
+            "reset (H3_REQUEST_CANCELLED) within 1 s of the webhook",
+            &match (&end, cut) {
+                (Some(e), Some(ms)) => format!(
                     "webhook {status}, reset 0x{:x} {ms:.0} ms after it",
                     e["reset"].as_u64().unwrap_or(0)
-                )
-            }
-            (Some(e), None) => format!("webhook {status}, ended without reset: {e}"),
-            _ => format!("webhook {status}, still running"),
-        },
-        status == 202 && cut.is_some_and(|ms| ms < 1000.0),
-    );
+                ),
+                (Some(e), None) => format!("webhook {status}, ended without reset: {e}"),
+                _ => format!("webhook {status}, still running"),
+            },
+            status == 202 && cut.is_some_and(|ms| ms < 1000.0),
+        );
+    }
     drop(held);
+    drop(held_corp);
     let seen = through(&lab, &good, Host::Idp, "idp.lab:443");
     r.check(
         "the next CONNECT to the IdP",
