@@ -174,7 +174,6 @@ pub type Edit = fn(String) -> String;
 /// The running lab.
 pub struct Lab {
     pub bins: LabBins,
-    pub dir: tempfile::TempDir,
     pub config: PathBuf,
     pub pki: LabPki,
     daemon: Option<Proc>,
@@ -188,6 +187,8 @@ pub struct Lab {
     pub lan: Netns,
     pub idp: Netns,
     pub wan: Netns,
+    /// Last: removed once everything that writes into it is gone.
+    pub dir: tempfile::TempDir,
 }
 
 impl std::fmt::Debug for Lab {
@@ -768,4 +769,19 @@ fn lab_toml(d: &Path, pki: &LabPki, hello: &Value) -> String {
             secret = hello["client_secret_file"].as_str().unwrap(),
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_addresses_and_sa_counters() {
+        assert!(in_pool("198.18.100.0") && in_pool("198.18.100.63"));
+        assert!(!in_pool("198.18.100.64") && !in_pool("198.18.1.5") && !in_pool("198.18.100.x"));
+        let sas = "lab { packets-in=12 packets-out=3 } lab2 { packets-in=5 packets-out=0 }";
+        assert_eq!(counter(sas, "packets-in="), 17);
+        assert_eq!(counter(sas, "packets-out="), 3);
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+    }
 }
