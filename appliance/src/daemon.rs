@@ -2,9 +2,9 @@
 //! gracefully on SIGTERM/SIGINT, re-reads its configuration on SIGHUP, and answers the CLI on
 //! the control socket.
 //!
-//! What runs today: configuration (load, apply, reload), the `file` compliance source with
-//! periodic refresh, the policy engine behind `whatif`, events. The relay listeners, the IPsec
-//! tunnels and the MDM sources are later issues and are not started.
+//! What runs: configuration (load, apply, reload), the compliance sources and store, the policy
+//! engine, the relay with the appliance's egresses (NAT pools, internet failover), the IPsec
+//! tunnels with their policy routing, the admin listener, events.
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
@@ -640,7 +640,7 @@ impl Shared {
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
         let egress = self.egress.clone();
-        let fingerprint = format!("{:?}", cfg.relay);
+        let fingerprint = without_spans(&format!("{:?}", cfg.relay));
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -828,7 +828,7 @@ impl Shared {
             .filter_map(|e| match &e.kind {
                 config::EgressKind::Tunnel(t) => Some((
                     e.name.value.clone(),
-                    format!("{t:?} table {:?}", tables.get(&e.name.value)),
+                    without_spans(&format!("{t:?} table {:?}", tables.get(&e.name.value))),
                 )),
                 _ => None,
             })
@@ -896,6 +896,24 @@ impl Shared {
             } => self.device_override(&serial, action, level, reason, until),
         }
     }
+}
+
+/// A configuration value's `Debug` text without the source spans (`span: 12..34`) of its
+/// `Spanned` fields: settings fingerprints must not change when only their place in the file
+/// did (a comment added above them).
+fn without_spans(debug: &str) -> String {
+    let mut out = String::with_capacity(debug.len());
+    let mut rest = debug;
+    while let Some(at) = rest.find("span: ") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "span: ".len()..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -1128,9 +1146,6 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
             "socket": cfg.appliance.control_socket.display().to_string(),
         }),
     );
-    tracing::warn!(
-        "relay listeners and tunnels are not implemented yet: no device traffic is relayed"
-    );
 
     let refresher = {
         let shared = shared.clone();
@@ -1215,4 +1230,17 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         .events
         .emit("daemon.stopped", json!({"signal": reason}));
     Ok(())
+}
+
+#[cfg(test)]
+mod span_tests {
+    #[test]
+    fn fingerprints_ignore_spans_only() {
+        let a = r#"Spanned { value: "/etc/a.crt", span: 120..134 }, x: 5"#;
+        let b = r#"Spanned { value: "/etc/a.crt", span: 7..21 }, x: 5"#;
+        let c = r#"Spanned { value: "/etc/b.crt", span: 7..21 }, x: 5"#;
+        assert_eq!(super::without_spans(a), super::without_spans(b));
+        assert_ne!(super::without_spans(b), super::without_spans(c));
+        assert_eq!(super::without_spans("no spans"), "no spans");
+    }
 }

@@ -284,3 +284,99 @@ pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
     }
     Ok(rc)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::policy::NatModeName;
+    use std::collections::BTreeMap;
+
+    fn gateway(dir: &std::path::Path, pool: &str) -> Gateway {
+        let text = include_str!("../../config/examples/lab.toml")
+            .replace("/run/attestgate-lab", &dir.display().to_string());
+        let cfg = config::load_str(
+            &text,
+            std::path::Path::new("t.toml"),
+            std::path::Path::new("/"),
+            config::FileChecks::Skip,
+        )
+        .unwrap()
+        .config;
+        let pools = Arc::new(NatPools::in_memory());
+        pools.set_pools(BTreeMap::from([(
+            "corp".to_string(),
+            (pool.parse().unwrap(), config::NatMode::PerDevice),
+        )]));
+        let devices = Arc::new(RwLock::new(DeviceTable::open(&cfg.device_store(), &cfg)));
+        Gateway::new(Arc::new(PolicyEngine::new(Arc::new(cfg))), devices, pools)
+    }
+
+    fn corp() -> Verdict {
+        Verdict::Egress {
+            egress: "corp".into(),
+            egress_type: "tunnel",
+            trusted: true,
+            source: SourceSelection::NatPool {
+                pool: "198.18.100.0/30".parse().unwrap(),
+                mode: NatModeName::PerDevice,
+            },
+        }
+    }
+
+    fn source(d: &RelayDecision) -> Option<std::net::IpAddr> {
+        match d {
+            RelayDecision::Forward { egress } => egress.source,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tunnel_decisions_carry_the_device_pool_address_or_refuse_when_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = gateway(dir.path(), "198.18.100.0/30");
+        let a = g.route("A", &corp());
+        let b = g.route("B", &corp());
+        let (sa, sb) = (source(&a).unwrap(), source(&b).unwrap());
+        assert_ne!(sa, sb);
+        assert!(matches!(&a, RelayDecision::Forward { egress } if egress.name == "corp"));
+        assert_eq!(source(&g.route("A", &corp())), Some(sa), "sticky");
+        // both devices have open flows: the third is refused with the documented details
+        g.set_busy(Box::new(|_| {
+            BTreeSet::from(["A".to_string(), "B".to_string()])
+        }));
+        assert_eq!(
+            g.route("C", &corp()),
+            RelayDecision::Refuse {
+                details: "NAT pool exhausted".into()
+            }
+        );
+        // a tunnel the pools do not know fails closed
+        let mut other = corp();
+        if let Verdict::Egress { egress, .. } = &mut other {
+            *egress = "branch".into();
+        }
+        assert_eq!(
+            g.route("A", &other),
+            RelayDecision::Deny {
+                status: DenyStatus::BadGateway
+            }
+        );
+        // the internet pair: its first address (the egress fails over)
+        let pair = Verdict::Egress {
+            egress: "idp-pair".into(),
+            egress_type: "internet",
+            trusted: true,
+            source: SourceSelection::Addresses {
+                addresses: vec![
+                    "203.0.113.30".parse().unwrap(),
+                    "203.0.113.31".parse().unwrap(),
+                ],
+            },
+        };
+        assert_eq!(
+            source(&g.route("A", &pair)),
+            Some("203.0.113.30".parse().unwrap())
+        );
+    }
+}

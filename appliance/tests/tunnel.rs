@@ -76,9 +76,14 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     // traffic through the daemon's tunnel
     let tun = up["tun"].as_str().unwrap();
     a.ip(&["link", "set", tun, "mtu", "1400", "up"]);
-    // the daemon routed the peer's selector into the device, with its routing protocol
+    // the daemon routed the peer's selector into the device, in the tunnel's table, with its
+    // routing protocol and the tunnel MTU; the ping leaves from a NAT pool address
     let routes = |a: &Netns| {
-        String::from_utf8_lossy(&a.ip(&["route", "show", "proto", "245"]).stdout).to_string()
+        String::from_utf8_lossy(
+            &a.ip(&["route", "show", "table", "all", "proto", "245"])
+                .stdout,
+        )
+        .to_string()
     };
     let ours = routes(&a);
     assert!(
@@ -86,6 +91,10 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
         "no route of ours: {ours}"
     );
     assert!(!ours.contains("192.0.2.0/24"), "leftover kept: {ours}");
+    assert!(ours.contains("mtu 1400 advmss 1360"), "{ours}");
+    let main =
+        String::from_utf8_lossy(&a.ip(&["route", "show", "table", "main"]).stdout).to_string();
+    assert!(!main.contains("198.19.0.0/24"), "selector in main: {main}");
     let ping = a.run(&[
         "ping",
         "-c",
@@ -142,8 +151,13 @@ fn daemon_tunnel_to_strongswan_with_rekey_down_and_up() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(tunnels(&config)["state"], "down");
-    // with the child SA gone, so is its route
-    assert_eq!(routes(&a).trim(), "", "routes left after down");
+    // with the child SA gone, so is its route; the pool stays routed to `unreachable`
+    let left = routes(&a);
+    assert!(
+        !left.contains(&format!("dev {tun}")),
+        "routes left after down: {left}"
+    );
+    assert!(left.contains("unreachable default"), "{left}");
 
     // up again
     assert!(cli(&config, &["tunnel", "up", "corp"]).status.success());
@@ -212,8 +226,11 @@ fn daemon_tunnel_to_strongswan_with_certificates() {
     );
     // the daemon routes the peer's selector into the device itself (routing protocol 245)
     let tun = up["tun"].as_str().unwrap();
-    let routes =
-        String::from_utf8_lossy(&a.ip(&["route", "show", "proto", "245"]).stdout).to_string();
+    let routes = String::from_utf8_lossy(
+        &a.ip(&["route", "show", "table", "all", "proto", "245"])
+            .stdout,
+    )
+    .to_string();
     assert!(
         routes.contains(&format!("198.19.0.0/24 dev {tun}")),
         "{routes}"
