@@ -1,7 +1,8 @@
 //! The benchmark of issue 6, printed and never asserted (ignored: run it on purpose, as root,
 //! after `cargo build -p attestgate`):
 //!
-//!   cargo test -p tests --release --test lab_bench -- --ignored --nocapture
+//!   cargo build --release -p attestgate -p tests --bins
+//!   ATTESTGATE_LAB_BINS=$PWD/target/release cargo test -p tests --test lab_bench -- --ignored --nocapture
 //!
 //! In one lab run (`tests::lab`): single TCP stream throughput over plain veth (appliance →
 //! IdP over the wan bridge), over the IPsec tunnel without the relay (iperf3 from the
