@@ -12,7 +12,7 @@
 //!
 //! attestgate runs in `appliance` on `config/examples/lab.toml` with its files in the lab's own
 //! folder; its compliance source is the Jamf Pro stand-in (`mdm-standin jamf`, computers
-//! `C02STAND0001` in the compliant smart group 1 and `C02STAND0002` not), flipped live through
+//! `C02STAND0001` and `C02STAND0003` in the compliant smart group 1, `C02STAND0002` not), flipped live through
 //! its webhook on the admin listener. Device certificates come from a lab CA made at start-up.
 //! Every namespace, process and file goes away when the [`Lab`] is dropped, also on panic.
 
@@ -41,6 +41,8 @@ pub const POOL_PREFIX: &str = "198.18.100.";
 pub const COMPLIANT: &str = "C02STAND0001";
 /// Jamf computer 2: managed, in no compliant group.
 pub const NONCOMPLIANT: &str = "C02STAND0002";
+/// Jamf computer 3: in smart group 1 too (a second compliant device).
+pub const COMPLIANT_TOO: &str = "C02STAND0003";
 const ADMIN: &str = "198.51.100.1:8443";
 const WEBHOOK_HEADER: &str = "X-Attestgate-Token";
 
@@ -357,7 +359,7 @@ impl Lab {
                 "--dir",
                 &jamf_dir.display().to_string(),
                 "--computers",
-                "2",
+                "3",
                 "--mobiles",
                 "0",
             ],

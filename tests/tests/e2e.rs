@@ -163,6 +163,11 @@ fn compliant_device_reaches_the_lan_from_a_pool_address_through_the_tunnel() {
     // the same device gets the same address again (per-device pool)
     let again = source_seen(&lab, &cert, Host::Lan, "app.corp.lab:443");
     assert_eq!(again, src, "per-device address changed");
+    // another device gets another address of the pool (the firewall log names the device)
+    let other = lab.device_cert(tests::lab::COMPLIANT_TOO);
+    let theirs = source_seen(&lab, &other, Host::Lan, "app.corp.lab:80");
+    assert!(in_pool(&theirs) && theirs != src, "{theirs} vs {src}");
+    eprintln!("per-device pool addresses: {COMPLIANT} {src}, C02STAND0003 {theirs}");
     // a name only the enterprise resolver knows: asked through the tunnel from the pool
     let src = source_seen(&lab, &cert, Host::Lan, "wiki.corp.lab:80");
     assert!(in_pool(&src));
