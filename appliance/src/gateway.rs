@@ -184,7 +184,9 @@ impl Gateway {
                 SourceSelection::DefaultRoute => forward(None),
                 SourceSelection::NatPool { .. } => {
                     let busy = || self.busy.get().map(|b| (b.0)(egress)).unwrap_or_default();
-                    match self.pools.address(egress, serial, busy) {
+                    let leased = self.pools.address(egress, serial, busy);
+                    self.pools.save_if_changed();
+                    match leased {
                         Ok(address) => forward(Some(address)),
                         Err(PoolError::Exhausted) => RelayDecision::Refuse {
                             details: POOL_EXHAUSTED.to_string(),

@@ -1,6 +1,7 @@
 //! The appliance's egresses in namespaces, through the daemon: the `corp` tunnel of the lab
 //! configuration against strongSwan, its NAT pool routed by policy (rule, table, `unreachable`
-//! default, AnyIP pool), a device's CONNECT leaving from its pool address through ESP, the
+//! default, AnyIP pool), a device's CONNECT leaving from its pool address through ESP (its name
+//! resolved by the enterprise resolver, queried through the tunnel from that address), the
 //! internet pair failing over when its first address leaves the host, an apply adding a tunnel
 //! without dropping the open flows, and nothing of ours left once the daemon stops.
 
@@ -40,17 +41,40 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
+/// A DNS server on ADDRESS:53 answering every A question with 198.19.0.1 (RFC 1035 §4.1); it
+/// prints the source address of each query.
+const DNS: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    i = 12
+    while q[i] != 0:
+        i += q[i] + 1
+    question = q[12:i + 5]
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    print(peer[0], flush=True)
+    answer = b""
+    if qtype == 1:
+        answer = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton("198.19.0.1")
+    header = q[:2] + struct.pack(">HHHHH", 0x8180, 1, 1 if answer else 0, 0, 0)
+    s.sendto(header + question + answer, peer)
+"#;
+
 fn text(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 /// An echo server in `ns`; its lines (the peers' addresses).
 fn echo(ns: &Netns, address: &str, port: u16) -> (Kill, Receiver<String>) {
-    let mut child = ns.spawn(
-        &["python3", "-c", ECHO, address, &port.to_string()],
-        Stdio::piped(),
-        Stdio::inherit(),
-    );
+    server(ns, &["python3", "-c", ECHO, address, &port.to_string()])
+}
+
+/// A Python server in `ns` that prints `ready`, then a line per peer.
+fn server(ns: &Netns, args: &[&str]) -> (Kill, Receiver<String>) {
+    let mut child = ns.spawn(args, Stdio::piped(), Stdio::inherit());
     let out = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -165,6 +189,38 @@ fn nat_pool_routing_failover_and_cleanup() {
     let sw = Charon::start(&b, &corp_peer(psk));
     let (_lan, lan_peers) = echo(&b, "198.19.0.1", 8080);
     let (_idp, idp_peers) = echo(&b, "203.0.113.20", 443);
+    // the enterprise resolver of the `corp` egress, behind the tunnel
+    b.addr("lo", "198.19.0.53/32");
+    let (_dns, dns_peers) = server(&b, &["python3", "-c", DNS, "198.19.0.53"]);
+
+    // what a crashed daemon left (protocol 245, any table), and the operator's own
+    a.ip(&[
+        "rule",
+        "add",
+        "from",
+        "192.0.2.0/25",
+        "lookup",
+        "1234",
+        "proto",
+        "245",
+    ]);
+    a.ip(&[
+        "route",
+        "add",
+        "unreachable",
+        "default",
+        "table",
+        "1234",
+        "proto",
+        "245",
+    ]);
+    a.ip(&["rule", "add", "from", "192.0.2.128/25", "lookup", "4321"]);
+    a.ip(&["route", "add", "unreachable", "default", "table", "4321"]);
+    let operators = |a: &Netns| {
+        let (rules, _) = ours(a);
+        let table = text(a.ip(&["route", "show", "table", "4321"]));
+        rules.contains("from 192.0.2.128/25 lookup 4321") && table.contains("unreachable default")
+    };
 
     let daemon = Daemon::start(BIN, &a, &config);
     let cli = Cli {
@@ -176,8 +232,15 @@ fn nat_pool_routing_failover_and_cleanup() {
     });
     let tun = up["tun"].as_str().unwrap().to_string();
 
-    // the rule, the tunnel's table and the AnyIP pool route, all with protocol 245
+    // the leftovers went at start-up; the operator's rule and table did not
     let (rules, routes) = ours(&a);
+    assert!(
+        !rules.contains("192.0.2.0/25") && !routes.contains("table 1234"),
+        "{rules}{routes}"
+    );
+    assert!(operators(&a), "the operator's routing was touched");
+
+    // the rule, the tunnel's table and the AnyIP pool route, all with protocol 245
     let rule = rules
         .lines()
         .find(|l| l.contains("from 198.18.100.0/26"))
@@ -271,6 +334,19 @@ fn nat_pool_routing_failover_and_cleanup() {
         pool_address,
         "the LAN server saw another source"
     );
+    // a name resolved by the enterprise resolver, queried through the tunnel from the pool
+    let (_d4, d4) = device(&a, dir.path(), "svc.corp.lab:8080");
+    flowing(&d4, "corp by name");
+    assert_eq!(
+        dns_peers.recv_timeout(Duration::from_secs(5)).unwrap(),
+        pool_address,
+        "the DNS query left from another source"
+    );
+    assert_eq!(
+        lan_peers.recv_timeout(Duration::from_secs(5)).unwrap(),
+        pool_address
+    );
+    drop(_d4);
     // the relay's socket took the tunnel MTU and MSS from the route (the MSS clamp)
     let ss = text(a.run(&["ss", "-tin", "src", &pool_address]));
     // (advmss as the kernel reports it: the route's 1360 less TCP options such as timestamps)
@@ -332,7 +408,8 @@ fn nat_pool_routing_failover_and_cleanup() {
     // an apply adding a second tunnel: the open flows keep going, the new tunnel gets its own
     // rule and table, the relay is not restarted
     let relay_started = events.matches("relay.started").count();
-    let mut more = std::fs::read_to_string(&config).unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut more = original.clone();
     more = more.replacen(
         "# The identity provider",
         "[egress.branch]\ntype = \"tunnel\"\nlocal_address = \"203.0.113.11\"\nremote_address = \"203.0.113.21\"\n\
@@ -375,6 +452,34 @@ fn nat_pool_routing_failover_and_cleanup() {
     assert_eq!(tables.len(), 2, "{two_rules}");
     assert_ne!(tables[0], tables[1], "{two_rules}");
 
+    // and an apply removing it again: its rule, table and pool route go, corp's flow stays
+    let less = dir.path().join("less.toml");
+    std::fs::write(&less, &original).unwrap();
+    let out = cli.run(&["config", "apply", less.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(out));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours(&a).0.contains("from 198.18.101.0/28") {
+        assert!(
+            Instant::now() < deadline,
+            "the removed tunnel's rule stayed: {}",
+            ours(&a).0
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let all = text(a.ip(&["route", "show", "table", "all"]));
+    assert!(!all.contains("198.18.101.0/28"), "{all}");
+    assert!(
+        ours(&a).0.contains("from 198.18.100.0/26"),
+        "{}",
+        ours(&a).0
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        d1.try_recv().is_err(),
+        "the corp flow ended when branch went"
+    );
+    flow_to(&config, "198.19.0.1:8080", |s| s == pool_address);
+
     // the daemon stops (SIGTERM): no rule, route or pool address of ours is left
     let pid = cli_json(&config, &["status"])["pid"]
         .as_u64()
@@ -401,6 +506,10 @@ fn nat_pool_routing_failover_and_cleanup() {
     assert!(
         !all.contains("198.18.100.0/26") && !all.contains("198.18.101.0/28"),
         "{all}"
+    );
+    assert!(
+        operators(&a),
+        "the operator's routing was touched at shutdown"
     );
     eprintln!("egress test took {:?}", started.elapsed());
 }

@@ -27,7 +27,8 @@
 //!   on HTTP/3, or in DATAGRAM capsules on the stream on either listener, through the relay's
 //!   own Capsule Protocol codec ([`capsule`], RFC 9297 §3.2; unknown capsule types skipped).
 //! - Flows and revocation (`flows`): every flow is registered with its device, target,
-//!   egress, listener, start time and bytes each way ([`RelayHandle::flows`]);
+//!   egress, listener, start time, bytes each way and, once dialled, the local address its
+//!   target socket left from ([`FlowInfo::source`], [`RelayHandle::flows`]);
 //!   [`RelayHandle::revoke`] resets a device's flows that a predicate does not keep
 //!   (H3_REQUEST_CANCELLED / RST_STREAM CANCEL, target TCP reset) within milliseconds;
 //!   [`RelayHandle::revoke_certificate`] closes all the device's connections. A per-device

@@ -198,6 +198,13 @@ async fn refusals_carry_proxy_status() {
         .as_str()
         .unwrap()
         .starts_with("attestgate; error=destination_unavailable"));
+    // Refused by the appliance for a reason of its own: 502 with its details.
+    let out = run("good", connect("exhausted.test:443".into())).await;
+    assert_eq!(out["status"], 502, "{out}");
+    assert_eq!(
+        out["proxy_status"],
+        r#"attestgate; error=connection_refused; details="NAT pool exhausted""#
+    );
     // Malformed and unsupported requests the HTTP/2 layer lets through.
     let out = run("good", connect("no-port.test".into())).await;
     assert_eq!(out["status"], 400, "{out}");
@@ -210,7 +217,7 @@ async fn refusals_carry_proxy_status() {
     assert_eq!(run("good", get).await["status"], 501);
 
     let stats = lab.relay.stats().snapshot();
-    assert_eq!((stats.denied, stats.direct), (2, 1), "{stats:?}");
+    assert_eq!((stats.denied, stats.direct), (3, 1), "{stats:?}");
     assert_eq!(
         (stats.malformed_requests, stats.unsupported_requests),
         (1, 1)

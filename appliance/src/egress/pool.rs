@@ -8,7 +8,8 @@
 //!   next free one after it (linear probing, wrapping), so a device tends to get the same
 //!   address even on another appliance with the same pool. A lease is sticky: the device keeps
 //!   it across reconnects and across restarts, since leases are written (atomically: a
-//!   temporary file, synced, renamed) to `STATE_DIR/nat-leases.json` on every new lease; the
+//!   temporary file, synced, renamed, off the relay's request path) to
+//!   `STATE_DIR/nat-leases.json` after every new lease; the
 //!   time each lease was last used is kept in memory and written with the next change and at
 //!   shutdown. Each assignment is an event, `nat.assigned {egress, serial, address, reason}`
 //!   with reason `new`, `restored` (first use of a lease read from the file) or `reclaimed`,
@@ -34,6 +35,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -218,6 +220,8 @@ pub struct NatPools {
     inner: Mutex<Inner>,
     /// The generation last written (serializes writers; an older snapshot is not written).
     written: Mutex<u64>,
+    /// Leases changed since the last write.
+    dirty: AtomicBool,
     events: OnceLock<Arc<EventLog>>,
 }
 
@@ -249,6 +253,7 @@ impl NatPools {
                 ..Inner::default()
             }),
             written: Mutex::new(0),
+            dirty: AtomicBool::new(false),
             events: OnceLock::new(),
         }
     }
@@ -453,14 +458,28 @@ impl NatPools {
                 }
             }
         };
-        let write = events.iter().any(|(k, _)| *k != "nat.exhausted");
+        if events.iter().any(|(k, _)| *k != "nat.exhausted") {
+            self.dirty.store(true, Ordering::SeqCst);
+        }
         for (kind, fields) in events {
             self.emit(kind, fields);
         }
-        if write {
-            self.save();
-        }
         result
+    }
+
+    /// Writes the leases if [`NatPools::address`] changed them: on tokio's blocking pool when
+    /// called inside a runtime (the relay's decisions must not wait for the disk), else here.
+    pub fn save_if_changed(self: &Arc<Self>) {
+        if !self.dirty.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let pools = self.clone();
+                runtime.spawn_blocking(move || pools.save());
+            }
+            Err(_) => self.save(),
+        }
     }
 
     /// The address `serial` holds in `egress`'s pool (per-device), without leasing one.

@@ -12,6 +12,11 @@
 //!   while a child SA is up the peer's traffic selectors `dev <tun> proto 245 mtu <mtu> advmss
 //!   <mtu − 40 (IPv4) / 60 (IPv6)>` ([`TunnelRoutes`]).
 //!
+//! Not yet: IPv6 pools. Their rule, table and `local` route are made the same way, but Linux
+//! lets a socket bind an IPv6 address only when it is assigned to an interface (or with
+//! IPV6_FREEBIND / `net.ipv6.ip_nonlocal_bind`), unlike IPv4 where the `local` route suffices;
+//! so decisions for an IPv6 pool fail closed (`502`, the source cannot be bound).
+//!
 //! The MTU and ADVMSS metrics are the "TCP MSS clamp": every TCP connection that leaves through
 //! a tunnel is the relay's own, locally originated socket (the relay terminates the device's
 //! CONNECT and dials the target itself; nothing is forwarded through the appliance), so the
@@ -250,28 +255,15 @@ async fn link_index(handle: &Handle, device: &str) -> Result<u32, String> {
 }
 
 /// Puts a tunnel egress's NAT pool on the appliance and routes it into `table` (see the module
-/// documentation): the AnyIP `local` route, the `unreachable default` of the table and the
-/// rule, each replacing one of ours left for the same pool or table.
+/// documentation): the `unreachable default` of the table, the rule, then the AnyIP `local`
+/// route, each replacing one of ours left for the same pool or table. Should a step fail, the
+/// pool's addresses are not made bindable, so no socket can leave from them outside the table.
 pub async fn install_pool(pool: IpNet, table: u32) -> Result<(), String> {
     let handle = connect()?;
     // a rule for this table left by an earlier run (perhaps for another pool) goes first
     for rule in our_rules(&handle, Some(table)).await? {
         let _ = handle.rule().del(rule).execute().await;
     }
-    let lo = link_index(&handle, "lo").await?;
-    let local = RouteMessageBuilder::<IpAddr>::new()
-        .destination_prefix(pool.network(), pool.prefix_len())
-        .map_err(|e| e.to_string())?
-        .output_interface(lo)
-        .kind(RouteType::Local)
-        .scope(RouteScope::Host);
-    handle
-        .route()
-        .add(ours_route(local, LOCAL_TABLE))
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| format!("cannot add local route for {pool}: {e}"))?;
     let any = match pool {
         IpNet::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpNet::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -310,7 +302,24 @@ pub async fn install_pool(pool: IpNet, table: u32) -> Result<(), String> {
                 .await
         }
     };
-    added.map_err(|e| format!("cannot add rule from {pool} lookup {table}: {e}"))
+    added.map_err(|e| format!("cannot add rule from {pool} lookup {table}: {e}"))?;
+    // last: only once the rule keeps pool-sourced traffic off the main table may a socket
+    // bind a pool address (fail closed)
+    let lo = link_index(&handle, "lo").await?;
+    let local = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(pool.network(), pool.prefix_len())
+        .map_err(|e| e.to_string())?
+        .output_interface(lo)
+        .kind(RouteType::Local)
+        .scope(RouteScope::Host);
+    handle
+        .route()
+        .add(ours_route(local, LOCAL_TABLE))
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| format!("cannot add local route for {pool}: {e}"))?;
+    Ok(())
 }
 
 /// Removes what [`install_pool`] and [`TunnelRoutes`] made for this pool and table: the rules
@@ -518,6 +527,101 @@ mod tests {
         let t = table_numbers([second.as_str(), first.as_str()]);
         assert_eq!(t[&first], TABLE_BASE + slot(&first));
         assert_eq!(t[&second], TABLE_BASE + (slot(&first) + 1) % TABLE_SLOTS);
+    }
+
+    /// install_pool / remove_pool / remove_leftovers for an IPv4 and an IPv6 pool, in a
+    /// network namespace of its own: this test runs the next one under `unshare --net` (root
+    /// only; the host's routing is not touched).
+    #[test]
+    fn pool_routing_in_a_private_namespace() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("unshare")
+            .arg("--net")
+            .arg(exe)
+            .args([
+                "egress::routes::tests::pool_routing_inside",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("ATTESTGATE_TEST_NETNS", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if text.contains("Operation not permitted") {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    }
+
+    #[test]
+    #[ignore = "run inside a private network namespace by pool_routing_in_a_private_namespace"]
+    fn pool_routing_inside() {
+        // only under `unshare --net` (it changes the namespace's routing)
+        if std::env::var("ATTESTGATE_TEST_NETNS").as_deref() != Ok("1") {
+            eprintln!("skipped: run by pool_routing_in_a_private_namespace");
+            return;
+        }
+        {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let handle = connect().unwrap();
+                let lo = link_index(&handle, "lo").await.unwrap();
+                handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(lo).up().build())
+                    .execute()
+                    .await
+                    .unwrap();
+                let v4: IpNet = "198.18.100.0/26".parse().unwrap();
+                let v6: IpNet = "2001:db8:100::/120".parse().unwrap();
+                install_pool(v4, TABLE_BASE + 1).await.unwrap();
+                install_pool(v6, TABLE_BASE + 2).await.unwrap();
+                // again: idempotent (replaced, not doubled)
+                install_pool(v4, TABLE_BASE + 1).await.unwrap();
+                let rules = our_rules(&handle, None).await.unwrap();
+                assert_eq!(rules.len(), 2, "{rules:?}");
+                for (rule, table) in rules.iter().zip([TABLE_BASE + 1, TABLE_BASE + 2]) {
+                    assert_eq!(rule_table(rule), table);
+                    assert!(rule
+                        .attributes
+                        .contains(&RuleAttribute::Priority(RULE_PRIORITY)));
+                }
+                let routes = ours(&handle, None).await.unwrap();
+                let kinds: Vec<(u32, RouteType)> = routes
+                    .iter()
+                    .map(|r| (route_table(r), r.header.kind))
+                    .collect();
+                for want in [
+                    (TABLE_BASE + 1, RouteType::Unreachable),
+                    (TABLE_BASE + 2, RouteType::Unreachable),
+                    (LOCAL_TABLE, RouteType::Local),
+                ] {
+                    assert!(kinds.contains(&want), "{want:?} not in {kinds:?}");
+                }
+                assert_eq!(kinds.len(), 4, "{kinds:?}");
+                // an IPv4 pool address is bindable; an address outside it is not (IPv6 binds
+                // only assigned addresses whatever the routes say: see the module documentation)
+                assert!(std::net::UdpSocket::bind("198.18.100.9:0").is_ok());
+                assert!(std::net::UdpSocket::bind("198.18.100.99:0").is_err());
+                // traffic from the pool is refused at once outside the table's routes
+                let s = std::net::UdpSocket::bind("198.18.100.9:0").unwrap();
+                let e = s.connect("203.0.113.20:53").unwrap_err();
+                assert_eq!(e.kind(), std::io::ErrorKind::HostUnreachable, "{e}");
+
+                remove_pool(v4, TABLE_BASE + 1).await.unwrap();
+                assert_eq!(our_rules(&handle, None).await.unwrap().len(), 1);
+                assert!(std::net::UdpSocket::bind("198.18.100.9:0").is_err());
+                assert!(remove_leftovers().await.unwrap() >= 3);
+                assert!(our_rules(&handle, None).await.unwrap().is_empty());
+                assert!(ours(&handle, None).await.unwrap().is_empty());
+            });
+        }
     }
 
     #[test]

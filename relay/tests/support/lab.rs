@@ -145,6 +145,10 @@ impl Authorizer for TestPolicy {
             }
         } else if request.host == "direct.test" {
             RelayDecision::Direct
+        } else if request.host == "exhausted.test" {
+            RelayDecision::Refuse {
+                details: "NAT pool exhausted".into(),
+            }
         } else {
             RelayDecision::Forward {
                 egress: EgressRoute {

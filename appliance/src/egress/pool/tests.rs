@@ -59,23 +59,42 @@ fn leases_survive_a_restart_and_a_corrupt_file_starts_empty() {
         ("198.18.100.0/26".parse().unwrap(), NatMode::PerDevice),
     )]);
     let (a, b) = {
-        let p = NatPools::open(dir.path());
+        let p = Arc::new(NatPools::open(dir.path()));
         p.set_pools(wanted.clone());
         // many devices: some probe past their preferred slot
         for i in 0..40 {
             p.address("corp", &format!("D{i}"), none).unwrap();
         }
-        (
+        let ab = (
             p.address("corp", "D3", none).unwrap(),
             p.address("corp", "D37", none).unwrap(),
-        )
+        );
+        // written once the gateway asks (here, outside a runtime: at once)
+        assert!(!std::fs::read_to_string(dir.path().join(LEASE_FILE))
+            .unwrap_or_default()
+            .contains("\"D37\""));
+        p.save_if_changed();
+        ab
     };
     let text = std::fs::read_to_string(dir.path().join(LEASE_FILE)).unwrap();
     assert!(text.contains("\"D37\""), "{text}");
     let p = NatPools::open(dir.path());
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(EventLog::default());
+    log.set_file(Some(log_dir.path().join("events.jsonl")));
+    p.set_events(log);
     p.set_pools(wanted.clone());
     assert_eq!(p.lease_of("corp", "D3"), Some(a));
     assert_eq!(p.address("corp", "D37", none).unwrap(), b);
+    p.address("corp", "D37", none).unwrap();
+    // the first use after the restart is reported once, as restored
+    let events = std::fs::read_to_string(log_dir.path().join("events.jsonl")).unwrap();
+    assert_eq!(events.lines().count(), 1, "{events}");
+    assert!(
+        events.contains("\"reason\":\"restored\"")
+            && events.contains(&format!("\"address\":\"{b}\"")),
+        "{events}"
+    );
     assert_eq!(p.leases("corp").len(), 40);
     // no temporary file is left next to it
     let names: Vec<String> = std::fs::read_dir(dir.path())
@@ -125,6 +144,10 @@ fn a_changed_pool_keeps_only_the_leases_inside_it() {
 fn exhaustion_reclaims_an_idle_lease_else_refuses() {
     // a /30: two usable addresses
     let p = pools("198.18.100.0/30", NatMode::PerDevice);
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(EventLog::default());
+    log.set_file(Some(dir.path().join("events.jsonl")));
+    p.set_events(log);
     let a = p.address("corp", "A", none).unwrap();
     std::thread::sleep(Duration::from_millis(1100)); // A is the older lease
     let b = p.address("corp", "B", none).unwrap();
@@ -140,6 +163,21 @@ fn exhaustion_reclaims_an_idle_lease_else_refuses() {
     let only_b = || BTreeSet::from(["B".to_string()]);
     assert_eq!(p.address("corp", "D", only_b).unwrap(), a);
     assert_eq!(p.lease_of("corp", "C"), None);
+    // every assignment named the device; exhaustion was reported once, not per request
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap();
+    assert_eq!(events.matches("\"nat.exhausted\"").count(), 1, "{events}");
+    assert_eq!(events.matches("\"nat.reclaimed\"").count(), 2, "{events}");
+    let assigned: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("nat.assigned"))
+        .collect();
+    assert_eq!(assigned.len(), 4, "{events}");
+    assert!(assigned[0].contains("\"serial\":\"A\"") && assigned[0].contains("\"reason\":\"new\""));
+    assert!(
+        assigned[2].contains("\"serial\":\"C\"")
+            && assigned[2].contains("\"reason\":\"reclaimed\"")
+    );
+    assert!(assigned[2].contains(&format!("\"address\":\"{a}\"")));
 }
 
 #[test]
