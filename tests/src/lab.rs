@@ -498,10 +498,11 @@ impl Lab {
         while !ok(self) {
             if Instant::now() > deadline {
                 panic!(
-                    "{what}: not within {within:?}\nstatus: {}\ntunnel: {}\ndaemon log:\n{}",
+                    "{what}: not within {within:?}\nstatus: {}\ntunnel: {}\ndaemon log:\n{}\nstrongSwan log:\n{}",
                     self.json(&["status"]),
                     self.tunnel(),
-                    tail(&self.daemon_log(), 40)
+                    tail(&self.daemon_log(), 40),
+                    tail(&self.charon.as_ref().map(|c| c.log()).unwrap_or_default(), 20)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
