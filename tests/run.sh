@@ -46,8 +46,9 @@ cargo test --workspace
 if [ "$(id -u)" = 0 ]; then
   echo "== lab demo (the README's main-job command)"
   bash tests/demo.sh >/tmp/attestgate-demo.log 2>&1 || { cat /tmp/attestgate-demo.log; echo "lab demo FAILED"; exit 1; }
-  grep -q "decision: idp-pair (internet, TRUSTED)" /tmp/attestgate-demo.log
-  grep -q "control socket removed" /tmp/attestgate-demo.log
+  grep -q "seen:     source 203.0.113.3[01]" /tmp/attestgate-demo.log
+  grep -q "reset 0x10c [0-9]* ms after it" /tmp/attestgate-demo.log
+  grep -q "every expectation held" /tmp/attestgate-demo.log
   echo "lab demo ok"
 else
   echo "== lab demo skipped (needs root)"

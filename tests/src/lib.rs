@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod ike_lab;
 pub mod ike_peer;
 pub mod interop;
+pub mod lab;
 pub mod netns;
 pub mod pki;
 pub mod standins;

@@ -111,10 +111,25 @@ impl LabPki {
         self.issue_for(id, &key, &pem)
     }
 
+    /// A device's client certificate: `serial` as the subject CN (what the relay's
+    /// `subject-cn` identity reads) and in subjectAltName, extended key usage clientAuth.
+    pub fn issue_client(&self, serial: &str) -> LabCert {
+        let key = KeyPair::generate_for(self.alg).unwrap();
+        let pem = key.serialize_pem();
+        self.issue_with(serial, &key, &pem, true)
+    }
+
     fn issue_for(&self, id: &str, key: &KeyPair, key_pem: &str) -> LabCert {
+        self.issue_with(id, key, key_pem, false)
+    }
+
+    fn issue_with(&self, id: &str, key: &KeyPair, key_pem: &str, client: bool) -> LabCert {
         let mut params = CertificateParams::new(vec![id.to_string()]).unwrap();
         params.distinguished_name = name(id);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if client {
+            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
         params.not_before = rcgen::date_time_ymd(2024, 1, 1);
         params.not_after = rcgen::date_time_ymd(2060, 1, 1);
         let cert = params.signed_by(key, &self.issuer).unwrap();
