@@ -423,7 +423,7 @@ impl Lab {
             .spawn()
             .unwrap();
         self.daemon = Some(Proc(child));
-        self.wait_for("the daemon ready", Duration::from_secs(40), |lab| {
+        self.wait_for("the daemon ready", Duration::from_secs(90), |lab| {
             let s = lab.json(&["status"]);
             let relay = s["relay"]["state"].as_str().unwrap_or("");
             let admin = s["compliance"]["admin"].as_str().unwrap_or("");
