@@ -157,6 +157,28 @@ fn main() {
         &seen,
         in_pool(source(&seen)),
     );
+    // the firewall behind the peer logs only the address: the event ties it to the device
+    let assigned = std::fs::read_to_string(lab.path("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|e| e["event"] == "nat.assigned" && e["serial"] == COMPLIANT);
+    let named = assigned
+        .as_ref()
+        .map_or("no nat.assigned event".to_string(), |e| {
+            format!(
+                "nat.assigned {} → {} ({})",
+                txt(&e["serial"]),
+                txt(&e["address"]),
+                txt(&e["reason"])
+            )
+        });
+    r.check(
+        "the event that names the device behind that address",
+        &format!("nat.assigned {COMPLIANT} → the address the LAN saw"),
+        &named,
+        assigned.is_some_and(|e| e["address"] == source(&seen)),
+    );
     r.check(
         "ESP packets strongSwan received on the child SA during the request",
         "more than 0 (the flow crossed the IPsec tunnel)",
