@@ -292,13 +292,36 @@ pub async fn supervise(
             let mut reader = tun.reader();
             loop {
                 tokio::select! {
-                    // a packet to send: initiate (it is dropped; the sender retransmits)
-                    _ = reader.read() => break,
+                    // a packet the tunnel's selectors cover (RFC 4301 §5.1: only traffic the SPD
+                    // protects triggers SA setup; the kernel's own IPv6 neighbour discovery or
+                    // MLD on the device does not): initiate (the packet is dropped, its sender
+                    // retransmits). A read error initiates too, rather than wait on a broken device.
+                    r = reader.read() => match r {
+                        Ok(n) => {
+                            let wanted = (0..n).map(|i| reader.packet(i)).find(|p| {
+                                protected(&plan.config.local_ts, &plan.config.remote_ts, p)
+                            });
+                            if let Some(p) = wanted.and_then(|p| crate::esp::InnerPacket::parse(p).ok()) {
+                                tracing::info!(src = %p.src, dst = %p.dst, protocol = p.protocol, "traffic for the cleared tunnel: initiating");
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "TUN read failed while cleared: initiating");
+                            break;
+                        }
+                    },
                     // the operator's `tunnel up` (or down and up)
-                    r = plan.enabled.changed() => if r.is_err() { return } else { break },
+                    r = plan.enabled.changed() => if r.is_err() { return } else {
+                        tracing::info!("brought up while cleared: initiating");
+                        break
+                    },
                     c = commands.recv() => match c {
                         None => return,
-                        Some(Command::RekeyChildren | Command::RekeyIke) => break,
+                        Some(Command::RekeyChildren | Command::RekeyIke) => {
+                            tracing::info!("rekey asked while cleared: initiating");
+                            break
+                        }
                         Some(_) => {}
                     },
                 }
@@ -316,6 +339,17 @@ pub async fn supervise(
             c = commands.recv() => if c.is_none() { return },
         }
     }
+}
+
+/// True when `packet` (read from the TUN device) is traffic the tunnel protects: from one of
+/// our traffic selectors to one of the peer's.
+fn protected(
+    local_ts: &[crate::wire::TrafficSelector],
+    remote_ts: &[crate::wire::TrafficSelector],
+    packet: &[u8],
+) -> bool {
+    crate::esp::InnerPacket::parse(packet)
+        .is_ok_and(|p| crate::esp::within(local_ts, remote_ts, &p))
 }
 
 /// How [`supervise_responder`] answers its peer.
@@ -513,5 +547,57 @@ pub async fn supervise_responder(
         }
         // the old SA closed while a new one was half-way: carry on with that one
         next = new.or_else(|| r.candidate.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::protected;
+    use crate::wire::{AddressRange, TrafficSelector};
+
+    fn ts(prefix: &str, len: u8) -> Vec<TrafficSelector> {
+        vec![TrafficSelector::new(
+            AddressRange::from_prefix(prefix.parse().unwrap(), len).unwrap(),
+        )]
+    }
+
+    fn ipv4(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+        // ICMP echo request, 8 octets
+        let mut p = vec![0x45, 0, 0, 28, 0, 1, 0, 0, 64, 1, 0, 0];
+        p.extend_from_slice(&src);
+        p.extend_from_slice(&dst);
+        p.extend_from_slice(&[8, 0, 0, 0, 0, 1, 0, 1]);
+        p
+    }
+
+    #[test]
+    fn only_traffic_the_selectors_cover_brings_a_cleared_tunnel_up() {
+        let (local, remote) = (ts("198.18.100.0", 24), ts("198.19.0.0", 24));
+        assert!(protected(
+            &local,
+            &remote,
+            &ipv4([198, 18, 100, 7], [198, 19, 0, 10])
+        ));
+        // the wrong way round, or outside the selectors
+        assert!(!protected(
+            &local,
+            &remote,
+            &ipv4([198, 19, 0, 10], [198, 18, 100, 7])
+        ));
+        assert!(!protected(
+            &local,
+            &remote,
+            &ipv4([203, 0, 113, 10], [198, 19, 0, 10])
+        ));
+        // an IPv6 router solicitation the kernel sends on the device (fe80::1 → ff02::2)
+        let mut rs = vec![0x60, 0, 0, 0, 0, 8, 58, 255];
+        rs.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        rs.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
+        rs.extend_from_slice(&[133, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(!protected(&local, &remote, &rs));
+        // not an IP packet at all
+        assert!(!protected(&local, &remote, &[]));
+        assert!(!protected(&local, &remote, &[0x45, 0, 0]));
     }
 }
