@@ -35,6 +35,8 @@ type = "internet"
 source_addresses = ["127.0.0.1"]
 [egress.public]
 type = "public"
+# not the pair's address: untrusted traffic never leaves from a trusted one
+source_address = "127.0.0.2"
 [apps.echo]
 cidrs = ["127.0.0.0/8"]
 [compliance]

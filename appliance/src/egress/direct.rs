@@ -10,7 +10,10 @@
 //!   address is passed over for [`UNHEALTHY_FOR`] (tried last meanwhile), and each switch is
 //!   an event `egress.failover {egress, from, to, error}`. The same for UDP (connect-udp).
 //! - **public**: the configured `source_address`, or none (the kernel picks the default
-//!   route's address).
+//!   route's address). Fail closed: a public egress's socket whose source turns out to be a
+//!   trusted address (one of an internet pair, or in a NAT pool — e.g. the default route's
+//!   preferred source is a pair address on the same interface) is closed and the request
+//!   refused (502), with an alert: untrusted traffic never leaves from a trusted address.
 //!
 //! Its per-egress data (DNS resolvers and hosts, the pairs) is swapped whole by
 //! [`ApplianceEgress::configure`] on `config apply`: a new or changed egress never restarts
@@ -39,6 +42,10 @@ struct Table {
     direct: DirectEgress,
     /// Internet egresses' source addresses, in order of preference.
     pairs: HashMap<String, Vec<IpAddr>>,
+    /// Names of the untrusted (public) egresses.
+    untrusted: std::collections::HashSet<String>,
+    /// Every trusted source: the pairs' addresses and the NAT pools.
+    trusted: Vec<ipnet::IpNet>,
 }
 
 /// See the module documentation.
@@ -71,7 +78,63 @@ fn table(cfg: &config::Config) -> Table {
             _ => None,
         })
         .collect();
-    Table { direct, pairs }
+    let untrusted = cfg
+        .egresses
+        .iter()
+        .filter(|e| !e.is_trusted())
+        .map(|e| e.name.value.clone())
+        .collect();
+    let trusted = cfg
+        .egresses
+        .iter()
+        .flat_map(|e| match &e.kind {
+            config::EgressKind::Internet(i) => i
+                .source_addresses
+                .iter()
+                .map(|a| ipnet::IpNet::from(a.value))
+                .collect(),
+            config::EgressKind::Tunnel(t) => vec![t.nat_pool.value],
+            config::EgressKind::Public(_) => Vec::new(),
+        })
+        .collect();
+    Table {
+        direct,
+        pairs,
+        untrusted,
+        trusted,
+    }
+}
+
+/// Refuses a socket of an untrusted egress that the kernel gave a trusted source address.
+fn untrusted_source_check(
+    table: &Table,
+    route: &EgressRoute,
+    local: io::Result<std::net::SocketAddr>,
+) -> Result<(), EgressError> {
+    if !table.untrusted.contains(&route.name) {
+        return Ok(());
+    }
+    let ip = match local {
+        Ok(a) => a.ip(),
+        Err(error) => {
+            return Err(EgressError::Bind {
+                source_address: route.source.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                error,
+            })
+        }
+    };
+    if table.trusted.iter().any(|n| n.contains(&ip)) {
+        tracing::error!(egress = %route.name, source = %ip, alert = true,
+            "refused: the kernel chose a trusted address as the source of an untrusted egress; set the public egress's source_address");
+        return Err(EgressError::Bind {
+            source_address: ip,
+            error: io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "a trusted address as the source of an untrusted egress",
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Whether `error` says the source address is unusable (rather than the target unreachable
@@ -190,6 +253,7 @@ impl relay::Egress for ApplianceEgress {
         for (i, candidate) in candidates.iter().enumerate() {
             match relay::Egress::connect_tcp(&table.direct, candidate, host, port).await {
                 Ok(stream) => {
+                    untrusted_source_check(&table, route, stream.local_addr())?;
                     self.worked(candidate);
                     return Ok(stream);
                 }
@@ -215,6 +279,7 @@ impl relay::Egress for ApplianceEgress {
         for (i, candidate) in candidates.iter().enumerate() {
             match relay::Egress::bind_udp(&table.direct, candidate, host, port).await {
                 Ok(socket) => {
+                    untrusted_source_check(&table, route, socket.local_addr())?;
                     self.worked(candidate);
                     return Ok(socket);
                 }
@@ -275,6 +340,39 @@ mod tests {
             name: "pair".into(),
             source: Some(source.parse().unwrap()),
         }
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_egress_never_leaves_from_a_trusted_address() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let public = EgressRoute {
+            name: "public".into(),
+            source: None,
+        };
+        // 127.0.0.1 is not trusted: the kernel's choice stands
+        let egress = pair(&["203.0.113.30"]);
+        assert!(egress.connect_tcp(&public, "127.0.0.1", port).await.is_ok());
+        // the kernel picks 127.0.0.1, a pair address: refused, for TCP and UDP
+        let egress = pair(&["127.0.0.1"]);
+        let e = egress
+            .connect_tcp(&public, "127.0.0.1", port)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("trusted address"), "{e}");
+        assert_eq!(e.status().0, 502);
+        let e = egress
+            .bind_udp(&public, "127.0.0.1", port)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("trusted address"), "{e}");
+        // the trusted egress itself may use it
+        let mut on_pair = route("127.0.0.1");
+        on_pair.name = "pair".into();
+        assert!(egress
+            .connect_tcp(&on_pair, "127.0.0.1", port)
+            .await
+            .is_ok());
     }
 
     #[tokio::test]
