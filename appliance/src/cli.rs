@@ -80,6 +80,10 @@ pub enum Command {
         /// The tunnel egress's name.
         name: String,
     },
+    /// Update the appliance image: write a signed bundle into the other slot, or show the
+    /// slots and boot entries (on the appliance; A/B with boot counting and fallback).
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// Print the version.
     Version,
     /// Print shell completions.
@@ -111,6 +115,25 @@ pub enum ConfigCommand {
     /// Validate a file and make it the running configuration atomically (installing it as the
     /// daemon's configuration file when FILE is given). An invalid file changes nothing.
     Apply { file: Option<PathBuf> },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Verify BUNDLE (attestgate-update.tar from `image build`, a file or a block device
+    /// holding it) against the appliance's update keys, write it into the slot that is not
+    /// running and make it the next boot with a boot counter. If the new version does not get
+    /// healthy within TRIES boots, the appliance falls back to the running version by itself.
+    Apply {
+        bundle: PathBuf,
+        /// Boot attempts the new version gets (1-9).
+        #[arg(long, default_value_t = 3)]
+        tries: u32,
+        /// Reboot into the new version when written.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// The running slot and version, and the boot entries with their state and tries.
+    Status,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod gateway;
 mod output;
 mod policy;
 mod timefmt;
+mod update;
 
 use clap::{CommandFactory, Parser};
 use cli::{exit, Cli, Command, ConfigCommand};
@@ -79,6 +80,7 @@ fn dispatch(cli: Cli) -> u8 {
             exit::OK
         }
         Command::Man { out_dir } => man(out_dir.as_deref()),
+        Command::Update(u) => update::run(u, cli.json),
         Command::Config(ConfigCommand::Check { files, strict }) => {
             let files = if files.is_empty() {
                 vec![cli.config.clone()]

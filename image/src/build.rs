@@ -3,6 +3,7 @@
 use crate::cmd::{self, io, mib, Result, Stages};
 use crate::disk::{self, Identities, Outputs};
 use crate::rootfs;
+use crate::update::bundle;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -19,6 +20,44 @@ pub struct Options {
     pub binary: Option<PathBuf>,
     /// An `attestgate-firstboot` binary; built with cargo when absent.
     pub firstboot: Option<PathBuf>,
+    /// The update signing key (Ed25519 PKCS#8); made there when absent.
+    pub signing_key: PathBuf,
+    /// The image's version (default: the workspace version, the git commit and the time).
+    pub version: Option<String>,
+    /// Only the update bundle (no disk images): for a new version of a deployed appliance.
+    pub update_only: bool,
+}
+
+/// The default signing key: one per build machine, shared by every output directory so that
+/// images and bundles built here accept each other. Keep a release key elsewhere.
+pub fn default_signing_key() -> PathBuf {
+    target_dir().join("image-keys/update-signing.pk8")
+}
+
+/// `0.1.0+g5c7b376.20261127T1327Z`: the workspace version, the commit (when built from git)
+/// and the UTC build time.
+pub fn default_version() -> String {
+    let mut v = env!("CARGO_PKG_VERSION").to_string();
+    let commit = Command::new("git")
+        .arg("-C")
+        .arg(workspace_root())
+        .args(["rev-parse", "--short=7", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    v.push('+');
+    if let Some(c) = commit.filter(|c| !c.is_empty()) {
+        v.push_str(&format!("g{c}."));
+    }
+    let stamp = Command::new("date")
+        .args(["-u", "+%Y%m%dT%H%MZ"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    v.push_str(&stamp);
+    v
 }
 
 #[derive(Debug)]
@@ -28,6 +67,9 @@ pub struct Report {
     pub raw: PathBuf,
     pub qcow2: PathBuf,
     pub compression: &'static str,
+    pub version: String,
+    pub bundle: PathBuf,
+    pub update_only: bool,
 }
 
 /// The workspace this crate belongs to (for `cargo build --release`).
@@ -63,12 +105,32 @@ pub fn build(opts: &Options) -> Result<Report> {
 
     // 2. rootfs
     let t = st.start("rootfs");
+    let version = opts.version.clone().unwrap_or_else(default_version);
+    let (key, key_made) = bundle::signing_key(&opts.signing_key)
+        .map_err(|e| cmd::Error::Other(format!("update signing key: {e}")))?;
+    if key_made {
+        eprintln!(
+            "image: made a new update signing key {} (images built with another key refuse \
+             this build's updates)",
+            opts.signing_key.display()
+        );
+    }
     let (tarball, cached) = rootfs::debian_tarball(&cache)?;
     let root = work.join("rootfs");
     let var = work.join("var");
     let boot_dir = work.join("boot");
     rootfs::unpack(&tarball, &root)?;
-    let boot = rootfs::customize(&root, &var, &boot_dir, &attestgate, &firstboot)?;
+    let boot = rootfs::customize(
+        &root,
+        &var,
+        &boot_dir,
+        &rootfs::Payload {
+            attestgate: &attestgate,
+            firstboot: &firstboot,
+            version: &version,
+            update_key: &bundle::public_key_hex(&key),
+        },
+    )?;
     st.finish(
         "rootfs",
         t,
@@ -85,24 +147,60 @@ pub fn build(opts: &Options) -> Result<Report> {
     let t = st.start("boot");
     let ids = Identities::random()?;
     let uki_a = work.join("attestgate-a.efi");
-    disk::uki(&boot, &disk::cmdline(&ids.root_a), &work, &uki_a)?;
+    let osrel = work.join("osrel");
+    std::fs::write(&osrel, disk::osrel(&version, &boot.os_release)?).map_err(io(&osrel))?;
+    disk::uki(&boot, &osrel, &disk::cmdline(&ids.root_a), &work, &uki_a)?;
     let esp = work.join("esp.img");
-    disk::esp(&boot, &uki_a, &esp)?;
+    if !opts.update_only {
+        disk::esp(&boot, &uki_a, &esp)?;
+    }
     st.finish(
         "boot",
         t,
         Some(cmd::size(&uki_a)),
-        &format!(
-            "systemd-boot + UKI EFI/Linux/attestgate-a+{}.efi",
-            disk::BOOT_TRIES
-        ),
+        &format!("systemd-boot + UKI EFI/Linux/{}", disk::FIRST_ENTRY),
     );
 
-    // 4. file systems + GPT
-    let t = st.start("disk");
+    // 4. the root file system, sized to its contents (the slot has room to grow)
+    let t = st.start("root");
     let root_img = work.join("root-a.ext4");
+    let root_mib = disk::root_size_mib(cmd::allocated(&root))?;
+    disk::ext4(&root, "root-a", &ids.root_a_fs, root_mib, &root_img)?;
+    st.finish(
+        "root",
+        t,
+        Some(cmd::size(&root_img)),
+        &format!("ext4 of {root_mib} MiB in a {} MiB slot", disk::ROOT_MIB),
+    );
+
+    // 5. the signed update bundle
+    let t = st.start("update");
+    let bundle_path = out.bundle();
+    let manifest = bundle::write(&bundle_path, &version, &uki_a, &root_img, &key, &work)
+        .map_err(|e| cmd::Error::Other(format!("update bundle: {e}")))?;
+    st.finish(
+        "update",
+        t,
+        Some(cmd::size(&bundle_path)),
+        &format!("{}, version {}", bundle_path.display(), manifest.version),
+    );
+    if opts.update_only {
+        let _ = std::fs::remove_file(&root_img);
+        return Ok(Report {
+            stages: st,
+            rootfs_cached: cached,
+            raw: out.raw(),
+            qcow2: out.qcow2(),
+            compression: "",
+            version,
+            bundle: bundle_path,
+            update_only: true,
+        });
+    }
+
+    // 6. file systems + GPT
+    let t = st.start("disk");
     let data_img = work.join("data.ext4");
-    disk::ext4(&root, "root-a", &ids.root_a_fs, disk::ROOT_MIB, &root_img)?;
     disk::ext4(&var, "data", &ids.data_fs, disk::DATA_MIB, &data_img)?;
     disk::assemble(&ids, &esp, &root_img, &data_img, &out.raw())?;
     for tmp in [&root_img, &data_img, &esp] {
@@ -118,7 +216,7 @@ pub fn build(opts: &Options) -> Result<Report> {
         ),
     );
 
-    // 5. qcow2
+    // 7. qcow2
     let t = st.start("qcow2");
     let compression = disk::qcow2(&out.raw(), &out.qcow2())?;
     st.finish(
@@ -128,10 +226,10 @@ pub fn build(opts: &Options) -> Result<Report> {
         &format!("{compression} compression"),
     );
 
-    // 6. manifest
+    // 8. manifest
     let t = st.start("manifest");
     let mut manifest = String::new();
-    for f in [out.raw(), out.qcow2()] {
+    for f in [out.raw(), out.qcow2(), out.bundle()] {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
         manifest.push_str(&format!(
             "{}  {}\n",
@@ -148,6 +246,9 @@ pub fn build(opts: &Options) -> Result<Report> {
         raw: out.raw(),
         qcow2: out.qcow2(),
         compression,
+        version,
+        bundle: out.bundle(),
+        update_only: false,
     })
 }
 
@@ -200,7 +301,7 @@ fn cargo_release(package: &str, bin: &str) -> Result<()> {
 
 /// The summary after a build: every stage, the outputs, and the targets beside the figures.
 pub fn print_report(r: &Report) {
-    println!("image build:");
+    println!("image build: version {}", r.version);
     for (name, took, size, note) in &r.stages.done {
         let size = size.map(mib).unwrap_or_default();
         println!(
@@ -236,6 +337,14 @@ pub fn print_report(r: &Report) {
             ", MISSED"
         }
     );
+    println!(
+        "  update    {} ({})",
+        r.bundle.display(),
+        mib(cmd::size(&r.bundle))
+    );
+    if r.update_only {
+        return;
+    }
     println!(
         "  raw       {} ({} apparent, {} allocated)",
         r.raw.display(),

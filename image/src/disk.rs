@@ -23,6 +23,8 @@ pub const DATA_MIB: u64 = 512;
 /// Boot attempts a new entry gets before systemd-boot counts it bad (Boot Loader Spec, "Boot
 /// counting").
 pub const BOOT_TRIES: u32 = 3;
+/// Slot A's entry on a new disk: generation 1 (updates count up; see update::slots::Entry).
+pub const FIRST_ENTRY: &str = "attestgate-1-a+3.efi";
 
 const TYPE_ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const TYPE_ROOT_X86_64: &str = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709";
@@ -69,7 +71,7 @@ struct Section<'a> {
 
 /// A unified kernel image: systemd's EFI stub with .osrel, .cmdline, .linux and .initrd
 /// sections, placed after the stub's own sections (ukify is not in bookworm; objcopy is).
-pub fn uki(boot: &BootFiles, cmdline: &str, work: &Path, out: &Path) -> Result<()> {
+pub fn uki(boot: &BootFiles, osrel: &Path, cmdline: &str, work: &Path, out: &Path) -> Result<()> {
     let cmdline_file = work.join("cmdline.txt");
     std::fs::write(&cmdline_file, format!("{cmdline}\0")).map_err(io(&cmdline_file))?;
     let dump = cmd::run(Command::new("objdump").arg("-h").arg(&boot.stub))?;
@@ -77,7 +79,7 @@ pub fn uki(boot: &BootFiles, cmdline: &str, work: &Path, out: &Path) -> Result<(
     let sections = [
         Section {
             name: ".osrel",
-            file: &boot.os_release,
+            file: osrel,
         },
         Section {
             name: ".cmdline",
@@ -128,6 +130,44 @@ fn stub_end(objdump: &str) -> Result<u64> {
     Ok(end)
 }
 
+/// The UKI's `.osrel`. systemd-boot sorts type #2 entries by IMAGE_ID, then by version, then
+/// by file name, newest first (systemd 252 `config_entry_compare`); the entry carries no
+/// version keys so that the file name's install generation alone decides — an update to an
+/// older version (a rollback) must still boot first. The version is in ATTESTGATE_VERSION,
+/// which systemd ignores and `attestgate update status` shows.
+pub fn osrel(version: &str, debian: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(debian).map_err(io(debian))?;
+    let debian_name = text
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Debian".into());
+    if !version
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+-._~".contains(&b))
+    {
+        return Err(cmd::Error::Other(format!(
+            "version {version:?}: use letters, digits and + - . _ ~ only"
+        )));
+    }
+    Ok(format!(
+        "NAME=\"attestgate\"\nID=attestgate\nID_LIKE=debian\nIMAGE_ID=attestgate\n\
+         PRETTY_NAME=\"attestgate {version} ({debian_name})\"\nATTESTGATE_VERSION={version}\n"
+    ))
+}
+
+/// The root file system's size: what the tree allocates, a fifth more for ext4's own
+/// structures, rounded up to 16 MiB; it must fit the slot.
+pub fn root_size_mib(allocated: u64) -> Result<u64> {
+    let mib = (allocated + allocated / 5 + 64 * MIB).div_ceil(16 * MIB) * 16;
+    if mib > ROOT_MIB {
+        return Err(cmd::Error::Other(format!(
+            "the root file system needs {mib} MiB, a slot holds {ROOT_MIB} MiB"
+        )));
+    }
+    Ok(mib)
+}
+
 fn align(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
 }
@@ -159,7 +199,7 @@ pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
         "timeout 0\ndefault attestgate-*\neditor no\nconsole-mode keep\n",
     )
     .map_err(io(&loader_conf))?;
-    let uki_name = format!("::EFI/Linux/attestgate-a+{BOOT_TRIES}.efi");
+    let uki_name = format!("::EFI/Linux/{FIRST_ENTRY}");
     for (src, dst) in [
         (boot.systemd_boot.as_path(), "::EFI/BOOT/BOOTX64.EFI"),
         (
@@ -341,6 +381,10 @@ impl Outputs {
     pub fn qcow2(&self) -> PathBuf {
         self.dir.join("attestgate.qcow2")
     }
+    /// The signed update bundle (`attestgate update apply`).
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.join("attestgate-update.tar")
+    }
     pub fn manifest(&self) -> PathBuf {
         self.dir.join("SHA256SUMS")
     }
@@ -360,6 +404,46 @@ mod tests {
             1 .data         00001000  0000000000010000  0000000000010000  00010000  2**4\n";
         assert_eq!(stub_end(dump).unwrap(), 0x11000);
         assert!(stub_end("nothing").is_err());
+    }
+
+    #[test]
+    fn first_entry_is_generation_one_of_slot_a_with_the_counter() {
+        let e = crate::update::slots::Entry::parse(FIRST_ENTRY).unwrap();
+        assert_eq!(e.generation, 1);
+        assert_eq!(e.slot, crate::update::slots::Slot::A);
+        assert_eq!(e.tries_left, Some(BOOT_TRIES));
+    }
+
+    #[test]
+    fn osrel_has_no_version_keys_systemd_boot_would_sort_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = dir.path().join("os-release");
+        std::fs::write(
+            &deb,
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nVERSION_ID=\"12\"\nID=debian\n",
+        )
+        .unwrap();
+        let o = osrel("0.1.0+g1234567.20261127T1300Z", &deb).unwrap();
+        assert!(o.contains("IMAGE_ID=attestgate\n"));
+        assert!(o.contains("ATTESTGATE_VERSION=0.1.0+g1234567.20261127T1300Z\n"));
+        assert!(o.contains("(Debian GNU/Linux 12 (bookworm))"));
+        for key in ["VERSION=", "VERSION_ID=", "IMAGE_VERSION=", "BUILD_ID="] {
+            assert!(!o.lines().any(|l| l.starts_with(key)), "{key}");
+        }
+        assert!(osrel("1.0\nID=evil", &deb).is_err());
+        assert_eq!(
+            crate::update::entry_version(&crate::update::pe::tests::synthetic(&[(
+                ".osrel",
+                o.as_bytes()
+            )])),
+            Some("0.1.0+g1234567.20261127T1300Z".into())
+        );
+    }
+
+    #[test]
+    fn root_is_sized_to_its_contents() {
+        assert_eq!(root_size_mib(300 * MIB).unwrap(), 432);
+        assert!(root_size_mib(900 * MIB).is_err());
     }
 
     #[test]

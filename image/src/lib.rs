@@ -12,3 +12,4 @@ pub mod disk;
 pub mod firstboot;
 pub mod rootfs;
 pub mod smoke;
+pub mod update;

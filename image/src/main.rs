@@ -28,6 +28,16 @@ enum Cmd {
         /// An attestgate-firstboot binary (default: built with cargo).
         #[arg(long)]
         firstboot: Option<PathBuf>,
+        /// The Ed25519 key (PKCS#8) update bundles are signed with and images trust; made
+        /// when absent (default: one per build machine, under target/image-keys).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// The image's version (default: workspace version + git commit + UTC time).
+        #[arg(long)]
+        version: Option<String>,
+        /// Build only the update bundle (attestgate-update.tar), no disk images.
+        #[arg(long)]
+        update_only: bool,
     },
     /// Boot an image under qemu (TCG, OVMF) with a NoCloud seed and wait for the daemon's
     /// health line on the serial console.
@@ -67,10 +77,16 @@ fn main() -> ExitCode {
             out,
             binary,
             firstboot,
+            signing_key,
+            version,
+            update_only,
         } => match build::build(&build::Options {
             out,
             binary,
             firstboot,
+            signing_key: signing_key.unwrap_or_else(build::default_signing_key),
+            version,
+            update_only,
         }) {
             Ok(report) => {
                 build::print_report(&report);

@@ -22,6 +22,8 @@ pub const PACKAGES: &[&str] = &[
     "udev",
     "iproute2",
     "nftables",
+    // operators' shell: keys only (image/guest/sshd-attestgate.conf)
+    "openssh-server",
     "e2fsprogs",
     "mount",
     // logind (which needs D-Bus) turns the hypervisor's ACPI power button into a clean
@@ -121,10 +123,27 @@ mod guest {
     pub const FIRSTBOOT_UNIT: &str = include_str!("../guest/attestgate-firstboot.service");
     pub const HEALTH_UNIT: &str = include_str!("../guest/attestgate-health.service");
     pub const HEALTH: &str = include_str!("../guest/attestgate-health");
+    pub const BOOT_CHECK_UNIT: &str = include_str!("../guest/attestgate-boot-check.service");
+    pub const BOOT_CHECK: &str = include_str!("../guest/attestgate-boot-check");
+    pub const NFTABLES: &str = include_str!("../guest/nftables.conf");
+    pub const SSHD: &str = include_str!("../guest/sshd-attestgate.conf");
+    pub const SSH_KEYGEN_UNIT: &str = include_str!("../guest/attestgate-ssh-keygen.service");
+    pub const SSH_DROPIN: &str = include_str!("../guest/ssh-attestgate.conf");
     pub const SYSCTL: &str = include_str!("../guest/90-attestgate.conf");
     pub const NETWORK: &str = include_str!("../guest/80-dhcp.network");
     pub const FSTAB: &str = include_str!("../guest/fstab");
     pub const REPART_DATA: &str = include_str!("../guest/50-data.conf");
+}
+
+/// What `customize` puts on the tree besides the fixed guest files.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    pub attestgate: &'a Path,
+    pub firstboot: &'a Path,
+    /// The image's version (`/usr/lib/attestgate/image-version`).
+    pub version: &'a str,
+    /// The Ed25519 public key (hex) updates must be signed with.
+    pub update_key: &'a str,
 }
 
 /// Puts attestgate on the tree and moves `/var` out to `var_dir` (the data partition's
@@ -133,9 +152,9 @@ pub fn customize(
     root: &Path,
     var_dir: &Path,
     boot_dir: &Path,
-    attestgate: &Path,
-    firstboot: &Path,
+    payload: &Payload<'_>,
 ) -> Result<BootFiles> {
+    let (attestgate, firstboot) = (payload.attestgate, payload.firstboot);
     let w = |rel: &str, contents: &str, mode: u32| write(root, rel, contents.as_bytes(), mode);
     // Debug info stays on the build host (the release profile keeps line tables).
     install_stripped(attestgate, &root.join("usr/bin/attestgate"))?;
@@ -144,6 +163,50 @@ pub fn customize(
         &root.join("usr/lib/attestgate/attestgate-firstboot"),
     )?;
     w("usr/lib/attestgate/attestgate-health", guest::HEALTH, 0o755)?;
+    w(
+        "usr/lib/attestgate/attestgate-boot-check",
+        guest::BOOT_CHECK,
+        0o755,
+    )?;
+    w(
+        "usr/lib/attestgate/image-version",
+        &format!("{}\n", payload.version),
+        0o644,
+    )?;
+    w(
+        &format!(
+            "usr/lib/attestgate/update-keys/{}.pub",
+            &payload.update_key[..16.min(payload.update_key.len())]
+        ),
+        &format!("{}\n", payload.update_key),
+        0o644,
+    )?;
+    w(
+        "etc/systemd/system/attestgate-boot-check.service",
+        guest::BOOT_CHECK_UNIT,
+        0o644,
+    )?;
+    w("etc/nftables.conf", guest::NFTABLES, 0o755)?;
+    w("etc/ssh/sshd_config.d/attestgate.conf", guest::SSHD, 0o644)?;
+    w(
+        "etc/systemd/system/attestgate-ssh-keygen.service",
+        guest::SSH_KEYGEN_UNIT,
+        0o644,
+    )?;
+    w(
+        "etc/systemd/system/ssh.service.d/attestgate.conf",
+        guest::SSH_DROPIN,
+        0o644,
+    )?;
+    // host keys made by mmdebstrap's postinst would be the same on every appliance
+    let ssh_dir = root.join("etc/ssh");
+    if let Ok(entries) = std::fs::read_dir(&ssh_dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path()).map_err(io(&ssh_dir))?;
+            }
+        }
+    }
     w("etc/systemd/system/attestgate.service", guest::UNIT, 0o644)?;
     w(
         "etc/systemd/system/attestgate-firstboot.service",
@@ -182,6 +245,26 @@ pub fn customize(
             "multi-user.target.wants",
             "attestgate-health.service",
             "/etc/systemd/system/attestgate-health.service",
+        ),
+        (
+            "multi-user.target.wants",
+            "attestgate-boot-check.service",
+            "/etc/systemd/system/attestgate-boot-check.service",
+        ),
+        (
+            "boot-complete.target.requires",
+            "attestgate-boot-check.service",
+            "/etc/systemd/system/attestgate-boot-check.service",
+        ),
+        (
+            "multi-user.target.wants",
+            "ssh.service",
+            "/lib/systemd/system/ssh.service",
+        ),
+        (
+            "sysinit.target.wants",
+            "nftables.service",
+            "/lib/systemd/system/nftables.service",
         ),
         (
             "multi-user.target.wants",
