@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use image::firstboot::install::instance_id;
-use image::firstboot::nocloud::{read_seed, UserData};
+use image::firstboot::nocloud::read_seed;
+use image::firstboot::seed::UserData;
 use std::fmt::Write;
 use std::path::Path;
 

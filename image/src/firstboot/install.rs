@@ -2,8 +2,14 @@
 //! `attestgate config check --strict` accepts it. A seed is applied once per instance id, so a
 //! configuration changed later on the appliance (`attestgate config apply`) survives reboots
 //! with the same seed attached.
+//!
+//! The seed's SSH keys go to [`Layout::authorized_keys`] whatever becomes of the configuration
+//! (an operator can then log in to fix a refused one), also once per instance id: on a new one
+//! the file is replaced by exactly the seed's keys (removed when it has none), so a disk cloned
+//! to a new instance keeps no earlier owner's keys.
 
-use super::nocloud::{Seed, UserData, CONFIG_NAME};
+use super::seed::{Seed, UserData, CONFIG_NAME};
+use super::ssh_keys;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -15,6 +21,11 @@ pub struct Layout {
     pub etc_dir: PathBuf,
     /// Records the instance id of the last seed applied.
     pub applied_file: PathBuf,
+    /// `/etc/attestgate/ssh/authorized_keys` (mode 0600 in a 0700 directory); sshd is pointed
+    /// at it by the image.
+    pub authorized_keys: PathBuf,
+    /// Records the instance id whose keys are in `authorized_keys`.
+    pub keys_applied_file: PathBuf,
 }
 
 impl Layout {
@@ -22,6 +33,8 @@ impl Layout {
         Layout {
             etc_dir: PathBuf::from("/etc/attestgate"),
             applied_file: PathBuf::from("/var/lib/attestgate-firstboot/applied-instance-id"),
+            authorized_keys: PathBuf::from("/etc/attestgate/ssh/authorized_keys"),
+            keys_applied_file: PathBuf::from("/var/lib/attestgate-firstboot/keys-instance-id"),
         }
     }
     pub fn config(&self) -> PathBuf {
@@ -41,6 +54,18 @@ pub enum Outcome {
     },
     /// The seed carries no configuration.
     NoConfig,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeysOutcome {
+    /// A new instance id: `authorized_keys` now holds exactly these keys (none: removed).
+    Replaced {
+        installed: usize,
+        /// Why each refused line was refused.
+        refused: Vec<String>,
+    },
+    /// This instance id's keys were installed on an earlier boot; the file was left as it is.
+    Unchanged,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +90,12 @@ pub fn instance_id(seed: &Seed) -> String {
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     if let UserData::Config(text) = &seed.user_data {
         ctx.update(text.as_bytes());
+    }
+    // Keys count only when present, so digests of seeds without keys stay what they were.
+    for key in &seed.meta.public_keys {
+        ctx.update(b"key");
+        ctx.update(&(key.len() as u64).to_be_bytes());
+        ctx.update(key.as_bytes());
     }
     for f in &seed.files {
         ctx.update(&(f.name.len() as u64).to_be_bytes());
@@ -119,6 +150,46 @@ pub fn install(seed: &Seed, layout: &Layout, check: Check<'_>) -> Result<Outcome
     })
 }
 
+/// Installs the seed's SSH keys once per instance id (see the module doc).
+pub fn install_keys(seed: &Seed, layout: &Layout) -> Result<KeysOutcome, InstallError> {
+    let id = instance_id(seed);
+    if let Ok(done) = std::fs::read_to_string(&layout.keys_applied_file) {
+        if done.trim_end() == id {
+            return Ok(KeysOutcome::Unchanged);
+        }
+    }
+    let checked = ssh_keys::check_keys(&seed.meta.public_keys);
+    let target = &layout.authorized_keys;
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| InstallError::Io { path, source }
+    };
+    if checked.accepted.is_empty() {
+        match std::fs::remove_file(target) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(target)(e)),
+            _ => {}
+        }
+    } else {
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(dir))?;
+        }
+        let mut text = checked.accepted.join("\n");
+        text.push('\n');
+        write_atomic(target, text.as_bytes())?;
+    }
+    if let Some(parent) = layout.keys_applied_file.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    write_atomic(&layout.keys_applied_file, format!("{id}\n").as_bytes())?;
+    Ok(KeysOutcome::Replaced {
+        installed: checked.accepted.len(),
+        refused: checked.refused,
+    })
+}
+
 /// Mode 0600: configurations and the files beside them hold keys.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
     let err = |source| InstallError::Io {
@@ -150,8 +221,10 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), InstallError> {
 /// Printed on the console when no configuration is installed.
 pub const NOT_CONFIGURED: &str = "\
 attestgate: NOT CONFIGURED - the gateway is closed (no relay, no egress).
-attestgate: to configure it, attach a NoCloud seed: a FAT or ISO 9660 volume labelled CIDATA
-attestgate: holding `meta-data` (instance-id: ...) and `user-data` = the attestgate TOML
+attestgate: to configure it, give the instance the attestgate TOML configuration as its user
+attestgate: data (AWS user data, GCP metadata `attestgate-config` or `user-data`, Azure custom
+attestgate: data) and a new instance; or attach a NoCloud seed: a FAT or ISO 9660 volume
+attestgate: labelled CIDATA holding `meta-data` (instance-id: ...) and `user-data` = the
 attestgate: configuration (files it names may go in an `attestgate/` directory), then reboot;
 attestgate: or log in, write /etc/attestgate/attestgate.toml, check it with
 attestgate: `attestgate config check --strict` and run `systemctl start attestgate`.";
@@ -160,19 +233,20 @@ attestgate: `attestgate config check --strict` and run `systemctl start attestga
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::firstboot::nocloud::{MetaData, SeedFile};
+    use crate::firstboot::seed::{MetaData, SeedFile};
 
     fn seed(config: &str, id: Option<&str>) -> Seed {
         Seed {
             meta: MetaData {
                 instance_id: id.map(String::from),
-                local_hostname: None,
+                ..MetaData::default()
             },
             user_data: UserData::Config(config.into()),
             files: vec![SeedFile {
                 name: "relay.key".into(),
                 contents: b"k".to_vec(),
             }],
+            notes: Vec::new(),
         }
     }
 
@@ -180,6 +254,8 @@ mod tests {
         Layout {
             etc_dir: dir.join("etc"),
             applied_file: dir.join("state/applied"),
+            authorized_keys: dir.join("etc/ssh/authorized_keys"),
+            keys_applied_file: dir.join("state/keys"),
         }
     }
 
@@ -223,6 +299,53 @@ mod tests {
         assert_eq!(std::fs::read_to_string(l.config()).unwrap(), "old = 1\n");
         assert!(!l.etc_dir.join("attestgate.toml.new").exists());
         assert!(!l.applied_file.exists());
+    }
+
+    #[test]
+    fn keys_replaced_once_per_instance() {
+        use base64::Engine as _;
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let l = layout(dir.path());
+        let mut raw = 11u32.to_be_bytes().to_vec();
+        raw.extend_from_slice(b"ssh-ed25519\0\0\0\x20");
+        raw.extend_from_slice(&[1; 32]);
+        let good = format!(
+            "ssh-ed25519 {} a@b",
+            base64::engine::general_purpose::STANDARD.encode(&raw)
+        );
+        let mut s = seed("a = 1\n", Some("i-1"));
+        s.meta.public_keys = vec![good.clone(), "from=\"x\" ssh-ed25519 AAAA".into()];
+        let out = install_keys(&s, &l).unwrap();
+        let KeysOutcome::Replaced { installed, refused } = out else {
+            panic!("{out:?}")
+        };
+        assert_eq!(installed, 1);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&l.authorized_keys).unwrap(),
+            format!("{good}\n")
+        );
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&l.authorized_keys), 0o600);
+        assert_eq!(mode(l.authorized_keys.parent().unwrap()), 0o700);
+        // Same instance: a key added by hand stays.
+        std::fs::write(&l.authorized_keys, "by hand\n").unwrap();
+        assert_eq!(install_keys(&s, &l).unwrap(), KeysOutcome::Unchanged);
+        assert_eq!(
+            std::fs::read_to_string(&l.authorized_keys).unwrap(),
+            "by hand\n"
+        );
+        // A new instance without keys: replaced by nothing.
+        let s2 = seed("a = 1\n", Some("i-2"));
+        assert_eq!(
+            install_keys(&s2, &l).unwrap(),
+            KeysOutcome::Replaced {
+                installed: 0,
+                refused: vec![]
+            }
+        );
+        assert!(!l.authorized_keys.exists());
     }
 
     #[test]

@@ -7,80 +7,22 @@
 //! Files the configuration refers to (relay certificate and key, PSKs, device CAs) may ride in
 //! an `attestgate/` directory on the seed; they are installed next to the configuration.
 //!
+//! `meta-data` may list SSH keys (`public-keys`, as cloud-init's NoCloud accepts them: one
+//! string, a YAML block list of strings, or in JSON a string, list or name → key object).
+//!
 //! This module only parses; [`super::install`] validates and installs.
 
+use super::seed::{
+    check_hostname, parse_user_data, text, MetaData, Seed, SeedError, SeedFile, UserData,
+    CONFIG_NAME, FILES_DIR, MAX_USER_DATA,
+};
 use std::path::Path;
 
-/// Largest user-data accepted (cloud platforms cap theirs at 16–64 KiB; a seed volume has no
-/// cap, so keep one that no configuration comes near).
-pub const MAX_USER_DATA: usize = 1 << 20;
 /// Largest `meta-data`.
 pub const MAX_META_DATA: usize = 64 << 10;
 /// Largest extra file, and how many may ride along.
 pub const MAX_FILE: usize = 1 << 20;
 pub const MAX_FILES: usize = 64;
-/// The extra files' directory on the seed.
-pub const FILES_DIR: &str = "attestgate";
-/// The configuration's file name; an extra file may not take it.
-pub const CONFIG_NAME: &str = "attestgate.toml";
-
-/// What a seed says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Seed {
-    pub meta: MetaData,
-    pub user_data: UserData,
-    /// `attestgate/NAME` files, sorted by name.
-    pub files: Vec<SeedFile>,
-}
-
-/// The keys of `meta-data` attestgate uses; others are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MetaData {
-    /// Identifies this deployment: a seed is applied once per instance id.
-    pub instance_id: Option<String>,
-    pub local_hostname: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserData {
-    /// No user-data file, or an empty one: the appliance boots unconfigured (closed).
-    Absent,
-    /// An attestgate TOML configuration, line endings normalised to `\n`.
-    Config(String),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SeedFile {
-    pub name: String,
-    pub contents: Vec<u8>,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SeedError {
-    #[error("the seed has no meta-data file (NoCloud requires one, even empty)")]
-    NoMetaData,
-    #[error("{file}: {size} bytes is more than the {max} accepted")]
-    TooLarge {
-        file: String,
-        size: usize,
-        max: usize,
-    },
-    #[error("{file}: not UTF-8 text (byte {offset})")]
-    NotUtf8 { file: String, offset: usize },
-    #[error("{file}: contains a NUL byte (binary data?)")]
-    Nul { file: String },
-    #[error(
-        "user-data is {kind}, which attestgate does not run: user-data must be the attestgate \
-         TOML configuration itself (see `attestgate config check`)"
-    )]
-    Unsupported { kind: &'static str },
-    #[error("meta-data line {line}: {reason}")]
-    MetaData { line: usize, reason: String },
-    #[error("{FILES_DIR}/{name}: {reason}")]
-    File { name: String, reason: String },
-    #[error("{path}: {reason}")]
-    Io { path: String, reason: String },
-}
 
 /// Reads a seed mounted (or copied) at `dir`.
 pub fn read_seed(dir: &Path) -> Result<Seed, SeedError> {
@@ -97,43 +39,8 @@ pub fn read_seed(dir: &Path) -> Result<Seed, SeedError> {
         meta,
         user_data,
         files,
+        notes: Vec::new(),
     })
-}
-
-/// Parses `user-data`.
-pub fn parse_user_data(bytes: &[u8]) -> Result<UserData, SeedError> {
-    // gzip magic (RFC 1952 §2.3.1): cloud-init inflates these; we do not.
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err(SeedError::Unsupported {
-            kind: "gzip-compressed",
-        });
-    }
-    let text = text("user-data", bytes, MAX_USER_DATA)?;
-    if text.trim().is_empty() {
-        return Ok(UserData::Absent);
-    }
-    let first = text.lines().next().unwrap_or("").trim_end();
-    let kind = if first.starts_with("#cloud-config") {
-        Some("cloud-config")
-    } else if first.starts_with("#!") {
-        Some("a script")
-    } else if first.starts_with("#include") {
-        Some("an #include list")
-    } else if first.starts_with("#cloud-boothook") {
-        Some("a cloud-boothook")
-    } else if first.starts_with("## template:") {
-        Some("a Jinja template")
-    } else if first.to_ascii_lowercase().starts_with("content-type:")
-        || first.to_ascii_lowercase().starts_with("mime-version:")
-    {
-        Some("MIME multipart")
-    } else {
-        None
-    };
-    match kind {
-        Some(kind) => Err(SeedError::Unsupported { kind }),
-        None => Ok(UserData::Config(text)),
-    }
 }
 
 /// Parses `meta-data`: the flat `key: value` YAML that NoCloud seeds use, or a JSON object.
@@ -146,15 +53,35 @@ pub fn parse_meta_data(bytes: &[u8]) -> Result<MetaData, SeedError> {
     }
     let mut meta = MetaData::default();
     let mut host_line = 0;
+    // Inside `public-keys:` with its items on the indented lines below.
+    let mut in_keys = false;
     for (n, raw) in text.lines().enumerate() {
         let line = n + 1;
-        if raw.trim().is_empty()
-            || raw.trim_start().starts_with('#')
-            || raw.starts_with([' ', '\t'])
-            || raw == "---"
-        {
+        if raw.trim().is_empty() || raw.trim_start().starts_with('#') || raw == "---" {
             continue;
         }
+        if raw.starts_with([' ', '\t']) {
+            if in_keys {
+                // `- KEY` (a block sequence) or `name: KEY` (a block mapping), YAML 1.2 §8.2.
+                let item = raw.trim_start();
+                let value = match item.strip_prefix('-') {
+                    Some(v) => v,
+                    None => match item.split_once(':') {
+                        Some((_, v)) => v,
+                        None => {
+                            return Err(SeedError::MetaData {
+                                line,
+                                reason: format!("public-keys: expected `- KEY`, found {item:?}"),
+                            })
+                        }
+                    },
+                };
+                let key = scalar(value).map_err(|reason| SeedError::MetaData { line, reason })?;
+                meta.public_keys.push(key);
+            }
+            continue;
+        }
+        in_keys = false;
         let Some((key, value)) = raw.split_once(':') else {
             return Err(SeedError::MetaData {
                 line,
@@ -166,6 +93,17 @@ pub fn parse_meta_data(bytes: &[u8]) -> Result<MetaData, SeedError> {
             "local-hostname" | "local_hostname" | "hostname" => {
                 host_line = line;
                 &mut meta.local_hostname
+            }
+            "public-keys" | "public_keys" => {
+                let v = value.trim();
+                if v.is_empty() || v.starts_with('#') {
+                    in_keys = true;
+                } else {
+                    let key =
+                        scalar(value).map_err(|reason| SeedError::MetaData { line, reason })?;
+                    meta.public_keys.push(key);
+                }
+                continue;
             }
             _ => continue,
         };
@@ -207,9 +145,30 @@ fn parse_meta_json(text: &str) -> Result<MetaData, SeedError> {
         }
         Ok(None)
     };
+    let mut public_keys = Vec::new();
+    for key in ["public-keys", "public_keys"] {
+        let bad = |what: &serde_json::Value| SeedError::MetaData {
+            line: 1,
+            reason: format!("{key}: expected a string, a list or an object of strings, not {what}"),
+        };
+        let mut push = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => {
+                public_keys.push(s.clone());
+                Ok(())
+            }
+            other => Err(bad(other)),
+        };
+        match object.get(key) {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::Array(items)) => items.iter().try_for_each(&mut push)?,
+            Some(serde_json::Value::Object(items)) => items.values().try_for_each(&mut push)?,
+            Some(other) => push(other)?,
+        }
+    }
     let meta = MetaData {
         instance_id: get(&["instance-id", "instance_id"])?,
         local_hostname: get(&["local-hostname", "local_hostname", "hostname"])?,
+        public_keys,
     };
     if let Some(host) = &meta.local_hostname {
         check_hostname(host).map_err(|reason| SeedError::MetaData { line: 1, reason })?;
@@ -260,46 +219,6 @@ fn check_after_quote(after: &str) -> Result<(), String> {
     } else {
         Err(format!("unexpected {after:?} after the quoted value"))
     }
-}
-
-/// RFC 1123 §2.1 host names: labels of letters, digits and hyphens, at most 63 each, 253 in all.
-fn check_hostname(host: &str) -> Result<(), String> {
-    let ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("local-hostname {host:?} is not a valid host name"))
-    }
-}
-
-/// UTF-8 text without a byte-order mark, `\r\n` (and lone `\r`) turned into `\n`.
-fn text(file: &str, bytes: &[u8], max: usize) -> Result<String, SeedError> {
-    if bytes.len() > max {
-        return Err(SeedError::TooLarge {
-            file: file.into(),
-            size: bytes.len(),
-            max,
-        });
-    }
-    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
-    let s = std::str::from_utf8(bytes).map_err(|e| SeedError::NotUtf8 {
-        file: file.into(),
-        offset: e.valid_up_to(),
-    })?;
-    if s.contains('\0') {
-        return Err(SeedError::Nul { file: file.into() });
-    }
-    Ok(s.replace("\r\n", "\n").replace('\r', "\n"))
 }
 
 fn read_limited(path: &Path, file: &str, max: usize) -> Result<Option<Vec<u8>>, SeedError> {
@@ -409,38 +328,26 @@ mod tests {
     }
 
     #[test]
-    fn user_data_kinds() {
-        assert_eq!(parse_user_data(b"").unwrap(), UserData::Absent);
-        assert_eq!(parse_user_data(b" \r\n\n").unwrap(), UserData::Absent);
-        assert_eq!(
-            parse_user_data(b"\xef\xbb\xbf[a]\r\nb = 1\r\n").unwrap(),
-            UserData::Config("[a]\nb = 1\n".into())
-        );
-        for refused in [
-            &b"#cloud-config\nusers: []\n"[..],
-            b"#!/bin/sh\nrm -rf /\n",
-            b"Content-Type: multipart/mixed\n",
-            b"\x1f\x8b\x08\x00",
-            b"#include\nhttp://x\n",
-        ] {
-            assert!(matches!(
-                parse_user_data(refused),
-                Err(SeedError::Unsupported { .. })
-            ));
-        }
-        assert!(matches!(
-            parse_user_data(b"a = \xff\n"),
-            Err(SeedError::NotUtf8 { offset: 4, .. })
-        ));
-        assert!(matches!(
-            parse_user_data(b"a\0"),
-            Err(SeedError::Nul { .. })
-        ));
-        let big = vec![b'#'; MAX_USER_DATA + 1];
-        assert!(matches!(
-            parse_user_data(&big),
-            Err(SeedError::TooLarge { .. })
-        ));
+    fn meta_data_public_keys() {
+        let m = parse_meta_data(
+            b"instance-id: i\npublic-keys:\n  - ssh-ed25519 AAAA a@b\n  # c\n  - 'ssh-rsa BBBB'\nlocal-hostname: h\n",
+        )
+        .unwrap();
+        assert_eq!(m.public_keys, ["ssh-ed25519 AAAA a@b", "ssh-rsa BBBB"]);
+        assert_eq!(m.local_hostname.as_deref(), Some("h"));
+        let m = parse_meta_data(b"public-keys: ssh-ed25519 AAAA\n").unwrap();
+        assert_eq!(m.public_keys, ["ssh-ed25519 AAAA"]);
+        let m = parse_meta_data(b"public-keys:\n  mykey: ssh-ed25519 CCCC\n").unwrap();
+        assert_eq!(m.public_keys, ["ssh-ed25519 CCCC"]);
+        // Indented lines under another key are not keys.
+        let m = parse_meta_data(b"other:\n  - ssh-ed25519 AAAA\n").unwrap();
+        assert!(m.public_keys.is_empty());
+        assert!(parse_meta_data(b"public-keys:\n  ssh-rsa-without-dash\n").is_err());
+        let m = parse_meta_data(br#"{"public-keys": ["ssh-ed25519 A", "ssh-rsa B"]}"#).unwrap();
+        assert_eq!(m.public_keys, ["ssh-ed25519 A", "ssh-rsa B"]);
+        let m = parse_meta_data(br#"{"public-keys": {"k": "ssh-ed25519 A"}}"#).unwrap();
+        assert_eq!(m.public_keys, ["ssh-ed25519 A"]);
+        assert!(parse_meta_data(br#"{"public-keys": [1]}"#).is_err());
     }
 
     #[test]
