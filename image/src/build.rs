@@ -90,7 +90,8 @@ pub fn build(opts: &Options) -> Result<Report> {
         dir: opts.out.clone(),
     };
     let work = opts.out.join("work");
-    let cache = opts.out.join("cache");
+    // one cache for every output directory (updates are built beside the image)
+    let cache = target_dir().join("image-cache");
     std::fs::create_dir_all(&work).map_err(io(&work))?;
 
     // 1. binaries

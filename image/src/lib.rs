@@ -13,3 +13,4 @@ pub mod firstboot;
 pub mod rootfs;
 pub mod smoke;
 pub mod update;
+pub mod updatetest;

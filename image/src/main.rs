@@ -1,7 +1,7 @@
 //! `image`: builds attestgate's bootable VM image and boots it under qemu (issue 7).
 
 use clap::{Parser, Subcommand};
-use image::{build, smoke};
+use image::{build, smoke, updatetest};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -64,6 +64,26 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         smp: u32,
     },
+    /// Boot an image under qemu and update it over SSH with `attestgate update apply`: to a
+    /// good bundle (healthy on the other slot), then to a broken one with one try (the
+    /// appliance falls back to the good version by itself).
+    UpdateTest {
+        /// The image (qcow2); default: the last build's.
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// A good update bundle (another version than the image's).
+        #[arg(long)]
+        good: PathBuf,
+        /// A broken update bundle (its attestgate does not run), same signing key.
+        #[arg(long)]
+        broken: PathBuf,
+        /// Work directory (overlay, seed, SSH key, serial log).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Give up on a boot after this many seconds.
+        #[arg(long, default_value_t = 300)]
+        boot_timeout: u64,
+    },
 }
 
 fn default_out() -> PathBuf {
@@ -97,6 +117,33 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::UpdateTest {
+            image,
+            good,
+            broken,
+            work,
+            boot_timeout,
+        } => {
+            let out = default_out();
+            let opts = updatetest::Options {
+                image: image.unwrap_or_else(|| out.join("attestgate.qcow2")),
+                good,
+                broken,
+                work: work.unwrap_or_else(|| out.join("update-test")),
+                boot_timeout: Duration::from_secs(boot_timeout),
+            };
+            let started = Instant::now();
+            match updatetest::run(&opts) {
+                Ok(r) => {
+                    updatetest::print_report(&r, started.elapsed());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("image update-test: FAIL: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Smoke {
             image,
             work,

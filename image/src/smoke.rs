@@ -83,7 +83,7 @@ impl Outcome {
     }
 }
 
-fn ovmf() -> Result<(PathBuf, PathBuf)> {
+pub(crate) fn ovmf() -> Result<(PathBuf, PathBuf)> {
     for (code, vars) in [
         (
             "/usr/share/OVMF/OVMF_CODE_4M.fd",
@@ -103,8 +103,9 @@ fn ovmf() -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
-/// A FAT seed labelled CIDATA: meta-data, user-data and `attestgate/` (certificate, key, CA).
-fn seed(work: &Path, user_data: &str) -> Result<PathBuf> {
+/// A FAT seed labelled CIDATA: meta-data (with `ssh_key` as its `public-keys`), user-data and
+/// `attestgate/` (certificate, key, CA).
+pub(crate) fn seed(work: &Path, user_data: &str, ssh_key: Option<&str>) -> Result<PathBuf> {
     let files = work.join("seed");
     crate::rootfs::remove_tree(&files)?;
     std::fs::create_dir_all(files.join("attestgate")).map_err(io(&files))?;
@@ -142,7 +143,12 @@ fn seed(work: &Path, user_data: &str) -> Result<PathBuf> {
     );
     std::fs::write(
         files.join("meta-data"),
-        format!("instance-id: {instance}\nlocal-hostname: attestgate-smoke\n"),
+        format!(
+            "instance-id: {instance}\nlocal-hostname: attestgate-smoke\n{}",
+            ssh_key
+                .map(|k| format!("public-keys:\n  - {}\n", k.trim()))
+                .unwrap_or_default()
+        ),
     )
     .map_err(io(&files))?;
     std::fs::write(files.join("user-data"), user_data).map_err(io(&files))?;
@@ -222,7 +228,7 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     .arg(format!("unix:{},server=on,wait=off", qmp.display()));
     if !opts.no_seed {
         let user_data = opts.user_data.as_deref().unwrap_or(SMOKE_CONFIG);
-        let seed = seed(work, user_data)?;
+        let seed = seed(work, user_data, None)?;
         c.arg("-drive").arg(format!(
             "file={},if=virtio,format=raw,readonly=on",
             seed.display()
@@ -308,14 +314,14 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     Ok(out)
 }
 
-fn find<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
+pub(crate) fn find<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
     text.find(marker).map(|i| &text[i + marker.len()..])
 }
 
 /// ACPI power-off over QMP: the guest shuts down cleanly. logind ignores the power button for
 /// 30 s after it starts (`HoldoffTimeoutSec`), so the button is pressed again every 10 s for up
 /// to a minute; then qemu is told to quit, and killed if even that fails.
-fn power_off(qmp: &Path, child: &mut std::process::Child) {
+pub(crate) fn power_off(qmp: &Path, child: &mut std::process::Child) {
     let started = Instant::now();
     for _ in 0..6 {
         qmp_command(qmp, "system_powerdown");

@@ -166,9 +166,11 @@ pub fn apply(
     std::fs::rename(&tmp, dir.join(&entry)).map_err(io_err(&dir))?;
     sync_dir(&dir)?;
     say(&format!(
-        "boot entry EFI/Linux/{entry}: the next boot runs slot {target} ({} tries; the running \
+        "boot entry EFI/Linux/{entry}: the next boot runs slot {target} ({} {}; the running \
          slot {} stays as the fallback)",
-        opts.tries, disk.current
+        opts.tries,
+        if opts.tries == 1 { "try" } else { "tries" },
+        disk.current
     ));
     Ok(Applied {
         slot: target,
