@@ -165,14 +165,18 @@ pub enum Health {
 }
 
 impl Health {
-    /// NotReady with the first line of `error`.
+    /// NotReady with the first line of `error` (and the line after it when the first ends
+    /// with `:`, as "…invalid, not installed:" does before the checker's first error).
     pub fn failed(error: &str) -> Health {
-        let first = error
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("failed");
-        let mut description: String = first.trim().chars().take(MAX_DESCRIPTION).collect();
-        if description.len() < first.trim().len() {
+        let mut lines = error.lines().map(str::trim).filter(|l| !l.is_empty());
+        let mut first = lines.next().unwrap_or("failed").to_string();
+        if first.ends_with(':') {
+            if let Some(next) = lines.next() {
+                first = format!("{first} {next}");
+            }
+        }
+        let mut description: String = first.chars().take(MAX_DESCRIPTION).collect();
+        if description.len() < first.len() {
             description.push('…');
         }
         Health::NotReady { description }
@@ -273,6 +277,12 @@ mod tests {
             Health::failed("\nfirst <line> & more\nsecond"),
             Health::NotReady {
                 description: "first <line> & more".into()
+            }
+        );
+        assert_eq!(
+            Health::failed("invalid, not installed:\n  f:1:1: error: x\nmore"),
+            Health::NotReady {
+                description: "invalid, not installed: f:1:1: error: x".into()
             }
         );
         let gs = GoalState {
