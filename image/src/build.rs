@@ -1,6 +1,7 @@
 //! `image build`: the stages, in order, each reported with its time and size.
 
 use crate::cmd::{self, io, mib, Result, Stages};
+use crate::convert;
 use crate::disk::{self, Identities, Outputs};
 use crate::rootfs;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,9 @@ pub struct Report {
     pub raw: PathBuf,
     pub qcow2: PathBuf,
     pub compression: &'static str,
+    pub vhd: PathBuf,
+    pub ova: PathBuf,
+    pub gcp: PathBuf,
 }
 
 /// The workspace this crate belongs to (for `cargo build --release`).
@@ -128,10 +132,54 @@ pub fn build(opts: &Options) -> Result<Report> {
         &format!("{compression} compression"),
     );
 
-    // 6. manifest
+    // 6.–8. the cloud formats
+    let (vhd, ova, gcp) = convert::outputs(&out.dir);
+    let t = st.start("vhd");
+    let made = convert::vhd(&out.raw(), &vhd)?;
+    st.finish(
+        "vhd",
+        t,
+        Some(cmd::allocated(&vhd)),
+        &format!(
+            "Azure fixed VHD, {} virtual, footer checked",
+            mib(made.virtual_size)
+        ),
+    );
+    let t = st.start("ova");
+    let made = convert::ova(
+        &out.raw(),
+        &work.join("ova"),
+        &ova,
+        env!("CARGO_PKG_VERSION"),
+    )?;
+    st.finish(
+        "ova",
+        t,
+        Some(cmd::size(&ova)),
+        &format!(
+            "VMware OVF + streamOptimized VMDK of {}",
+            mib(made.vmdk_size)
+        ),
+    );
+    let t = st.start("gcp");
+    let made = convert::gcp(&out.raw(), &work.join("gcp"), &gcp)?;
+    st.finish(
+        "gcp",
+        t,
+        Some(cmd::size(&gcp)),
+        &format!("GCP disk.raw of {} in tar.gz", mib(made.disk_size)),
+    );
+
+    // 9. manifest
     let t = st.start("manifest");
     let mut manifest = String::new();
-    for f in [out.raw(), out.qcow2()] {
+    for f in [
+        out.raw(),
+        out.qcow2(),
+        vhd.clone(),
+        ova.clone(),
+        gcp.clone(),
+    ] {
         let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
         manifest.push_str(&format!(
             "{}  {}\n",
@@ -148,6 +196,9 @@ pub fn build(opts: &Options) -> Result<Report> {
         raw: out.raw(),
         qcow2: out.qcow2(),
         compression,
+        vhd,
+        ova,
+        gcp,
     })
 }
 
@@ -252,5 +303,21 @@ pub fn print_report(r: &Report) {
         } else {
             "MISSED"
         }
+    );
+    println!(
+        "  vhd       {} ({} apparent, {} allocated; Azure)",
+        r.vhd.display(),
+        mib(cmd::size(&r.vhd)),
+        mib(cmd::allocated(&r.vhd))
+    );
+    println!(
+        "  ova       {} ({:.1} MB; VMware)",
+        r.ova.display(),
+        cmd::size(&r.ova) as f64 / 1e6
+    );
+    println!(
+        "  gcp       {} ({:.1} MB; GCP image import)",
+        r.gcp.display(),
+        cmd::size(&r.gcp) as f64 / 1e6
     );
 }
