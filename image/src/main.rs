@@ -16,8 +16,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Build the image: rootfs (mmdebstrap, cached), UKI + systemd-boot, GPT disk, raw + qcow2
-    /// and a SHA-256 manifest.
+    /// Build the image: rootfs (mmdebstrap, cached), UKI + systemd-boot, GPT disk, raw, qcow2,
+    /// VHD (Azure), OVA (VMware), GCP tar.gz and a SHA-256 manifest.
     Build {
         /// Output directory (the cache and work tree go under it).
         #[arg(long, default_value_os_t = default_out())]
@@ -42,7 +42,7 @@ enum Cmd {
     /// Boot an image under qemu (TCG, OVMF) with a NoCloud seed and wait for the daemon's
     /// health line on the serial console.
     Smoke {
-        /// The image (qcow2 or .raw); default: the last build's qcow2.
+        /// The image (qcow2, .raw, .vhd or .vmdk); default: the last build's qcow2.
         image: Option<PathBuf>,
         /// Work directory (overlay, seed, serial log).
         #[arg(long)]

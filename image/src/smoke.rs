@@ -174,6 +174,17 @@ pub(crate) fn seed(work: &Path, user_data: &str, ssh_key: Option<&str>) -> Resul
     Ok(img)
 }
 
+/// The qemu format of a base image, by its extension: the build's raw, fixed VHD (qemu's `vpc`;
+/// a fixed VHD has no header, so probing would take it for raw) or VMDK; qcow2 otherwise.
+fn backing_format(image: &Path) -> &'static str {
+    match image.extension().and_then(|e| e.to_str()) {
+        Some("raw") => "raw",
+        Some("vhd") => "vpc",
+        Some("vmdk") => "vmdk",
+        _ => "qcow2",
+    }
+}
+
 pub fn smoke(opts: &Options) -> Result<Outcome> {
     let work = &opts.work;
     crate::rootfs::remove_tree(work)?;
@@ -184,11 +195,7 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     // Boot a copy-on-write overlay (4 GiB: the data partition grows into the rest), so the
     // built image stays as built.
     let image = std::fs::canonicalize(&opts.image).map_err(io(&opts.image))?;
-    let fmt = if image.extension().is_some_and(|e| e == "raw") {
-        "raw"
-    } else {
-        "qcow2"
-    };
+    let fmt = backing_format(&image);
     let overlay = work.join("overlay.qcow2");
     cmd::run(
         Command::new("qemu-img")
@@ -411,4 +418,21 @@ pub fn print_report(o: &Outcome, expect: Expect, total: Duration) {
         "  result           {} (expected: {expect:?})",
         if o.passed(expect) { "PASS" } else { "FAIL" }
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_backing_format_follows_the_extension() {
+        for (name, fmt) in [
+            ("target/image/attestgate.raw", "raw"),
+            ("attestgate.vhd", "vpc"),
+            ("x/attestgate-disk1.vmdk", "vmdk"),
+            ("attestgate.qcow2", "qcow2"),
+        ] {
+            assert_eq!(backing_format(Path::new(name)), fmt, "{name}");
+        }
+    }
 }
