@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every crate's tests (units, proptests,
 # the daemon through its CLI, the config examples and invalid configs), then the lab demo as a
-# smoke test of the README's main-job command.
+# smoke test of the README's main-job command, then the appliance image booted and updated
+# under qemu (image/test.sh).
 #
 #   sudo tests/run.sh
 set -euo pipefail
@@ -50,6 +51,8 @@ if [ "$(id -u)" = 0 ]; then
   grep -q "reset 0x10c [0-9]* ms after it" /tmp/attestgate-demo.log
   grep -q "every expectation held" /tmp/attestgate-demo.log
   echo "lab demo ok"
+  echo "== appliance image: build, boot under qemu, update, fall back (image/test.sh)"
+  bash image/test.sh
 else
-  echo "== lab demo skipped (needs root)"
+  echo "== lab demo and image test skipped (need root)"
 fi

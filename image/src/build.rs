@@ -248,12 +248,7 @@ pub fn build(opts: &Options) -> Result<Report> {
         ),
     );
     let t = st.start("ova");
-    let made = convert::ova(
-        &out.raw(),
-        &work.join("ova"),
-        &ova,
-        &version,
-    )?;
+    let made = convert::ova(&out.raw(), &work.join("ova"), &ova, &version)?;
     st.finish(
         "ova",
         t,
