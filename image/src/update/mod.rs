@@ -118,3 +118,58 @@ pub fn render(s: &Status) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn the_status_table_lines_up_and_marks_the_next_boot() {
+        let part = |d: &str| slots::Partition {
+            device: PathBuf::from(d),
+            partuuid: String::new(),
+            size: 0,
+        };
+        let s = Status {
+            running_slot: slots::Slot::B,
+            running_version: "2".into(),
+            disk: slots::Disk {
+                disk: PathBuf::from("/dev/vda"),
+                a: part("/dev/vda2"),
+                b: part("/dev/vda3"),
+                esp: part("/dev/vda1"),
+                current: slots::Slot::B,
+            },
+            entries: ["attestgate-2-b.efi", "attestgate-3-a+0-1.efi"]
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let entry = slots::Entry::parse(f).unwrap();
+                    EntryStatus {
+                        state: entry.state(),
+                        version: Some(format!("v{i}")),
+                        default: i == 0,
+                        entry,
+                    }
+                })
+                .collect(),
+        };
+        let t = render(&s);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "running   slot b (/dev/vda3), version 2");
+        let col = |l: &str, w: &str| l.find(w).unwrap();
+        // every column starts where its heading does
+        for (heading, values) in [
+            ("SLOT", ["b ", "a "]),
+            ("STATE", ["good", "bad "]),
+            ("TRIES", ["- ", "0 left/1"]),
+        ] {
+            let at = col(lines[1], heading);
+            assert_eq!(&lines[2][at..at + values[0].len()], values[0], "{t}");
+            assert_eq!(&lines[3][at..at + values[1].len()], values[1], "{t}");
+        }
+        assert!(lines[2].ends_with("<- next boot"));
+        assert!(!lines[3].contains("next boot"));
+    }
+}

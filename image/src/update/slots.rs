@@ -45,7 +45,11 @@ impl Slot {
 
 impl std::fmt::Display for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.name())
+        // pad: tables give the slot a column width
+        f.pad(match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        })
     }
 }
 
