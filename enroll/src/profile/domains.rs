@@ -55,7 +55,7 @@ fn base(p: &HostPattern) -> &str {
 }
 
 pub fn relay_domains(cfg: &Config, public_name: &str, acme_directory: &str) -> RelayDomains {
-    let mut relayed: BTreeSet<String> = BTreeSet::new();
+    let mut relayed: Vec<&HostPattern> = Vec::new();
     let mut direct: Vec<&HostPattern> = Vec::new();
     let mut notes = Vec::new();
     for app in &cfg.apps {
@@ -79,10 +79,10 @@ pub fn relay_domains(cfg: &Config, public_name: &str, acme_directory: &str) -> R
                  devices relay its traffic only when they connect by a relayed name"
             ));
         }
-        relayed.extend(app.hosts.iter().map(|p| base(p).to_string()));
+        relayed.extend(app.hosts.iter());
     }
     // shortest first, so a parent is kept before any name below it
-    let mut by_depth: Vec<String> = relayed.into_iter().collect();
+    let mut by_depth: Vec<String> = relayed.iter().map(|p| base(p).to_string()).collect();
     by_depth.sort_by_key(|d| (d.matches('.').count(), d.clone()));
     let mut match_domains: Vec<String> = Vec::new();
     for d in by_depth {
@@ -98,14 +98,16 @@ pub fn relay_domains(cfg: &Config, public_name: &str, acme_directory: &str) -> R
         if !match_domains.iter().any(|m| below(m, name)) {
             return;
         }
-        // an exclusion matching a relayed name would switch that app off
-        let shadowed: Vec<&String> = match_domains
-            .iter()
-            .filter(|m| if exact { *m == name } else { covers(name, m) })
-            .collect();
-        if let Some(m) = shadowed.first() {
+        // an exclusion wins over a match: it must not take a relayed name (or any name below
+        // a relayed suffix) away from its app
+        let shadowed = relayed.iter().find(|r| match (exact, r) {
+            (true, HostPattern::Exact(n)) => n == name,
+            (true, HostPattern::Suffix(_)) => false,
+            (false, r) => covers(name, base(r)),
+        });
+        if let Some(r) = shadowed {
             notes.push(format!(
-                "{name} ({why}) is not excluded: that would also exclude the relayed domain {m}"
+                "{name} ({why}) is not excluded: that would also exclude the relayed {r}"
             ));
             return;
         }

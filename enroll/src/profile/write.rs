@@ -66,6 +66,12 @@ pub fn write_dir_atomically(
         path: path.to_path_buf(),
         source,
     };
+    if let Some((name, _)) = files.iter().find(|(n, _)| dir.join(n).is_dir()) {
+        return Err(werr(
+            &dir.join(name),
+            std::io::Error::other("is a directory"),
+        ));
+    }
     let created = if dir.is_dir() {
         false
     } else {
