@@ -627,7 +627,7 @@ fn an_unwritable_output_fails_and_leaves_nothing_behind() {
     std::fs::create_dir(decl.join(&blocker)).unwrap();
     let files = vec![("a.json", b"{}".to_vec()), ("b.json", b"{}".to_vec())];
     assert!(write_dir_atomically(&decl, &files, false).is_err());
-    assert_eq!(listing(&decl), [blocker.clone()]);
+    assert_eq!(listing(&decl), [blocker.as_str()]);
     // a directory made for the output is removed again
     let fresh = dir.path().join("fresh");
     assert!(write_dir_atomically(&dir.path().join("plain/x"), &files, false).is_err());
