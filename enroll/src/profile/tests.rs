@@ -635,3 +635,42 @@ fn an_unwritable_output_fails_and_leaves_nothing_behind() {
     write_dir_atomically(&fresh, &files, false).unwrap();
     assert_eq!(listing(&fresh), ["a.json", "b.json"]);
 }
+
+#[test]
+fn a_header_secret_is_sent_and_its_file_kept_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("relay.secret"), "s3cr3t-token\n").unwrap();
+    let text = config_text(ENROLL, APPS).replace(
+        "device_ca = [\"device-ca.crt\"]",
+        "device_ca = [\"device-ca.crt\"]\nheader_secret_file = \"relay.secret\"\nheader_name = \"X-Relay-Key\"",
+    );
+    let s = ProfileSpec::from_config(&load_in(dir.path(), &text), &Options::default()).unwrap();
+    assert_eq!(
+        s.relay.headers,
+        [("x-relay-key".to_string(), "s3cr3t-token".to_string())]
+    );
+    assert!(s.notes.iter().any(|n| n.contains("header secret")));
+    let top = parse(&mobileconfig_xml(&s).unwrap());
+    let (_, relay) = payloads(&top);
+    let r = relay.get("Relays").and_then(Value::as_array).unwrap()[0]
+        .as_dictionary()
+        .unwrap()
+        .clone();
+    let headers = r
+        .get("AdditionalHTTPHeaderFields")
+        .and_then(Value::as_dictionary)
+        .unwrap();
+    assert_eq!(string(headers, "x-relay-key"), "s3cr3t-token");
+    let out = dir.path().join("p.mobileconfig");
+    write_file_atomically(&out, b"x", true).unwrap();
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // a secret that cannot be a header value is refused, naming the key
+    std::fs::write(dir.path().join("relay.secret"), "two words\n").unwrap();
+    let err = ProfileSpec::from_config(&load_in(dir.path(), &text), &Options::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("header_secret_file"), "{err}");
+}
