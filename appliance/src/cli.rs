@@ -84,6 +84,11 @@ pub enum Command {
     /// slots and boot entries (on the appliance; A/B with boot counting and fallback).
     #[command(subcommand)]
     Update(UpdateCommand),
+    /// Write the configuration profile an admin uploads to the MDM (Jamf Pro, Intune): an ACME
+    /// payload that gets each device an attested certificate from this appliance, and a relay
+    /// payload that sends the policed apps' domains through the relay with it. Offline: reads
+    /// the configuration file only (`[enroll] public_name` is required).
+    Profile(ProfileArgs),
     /// Print the version.
     Version,
     /// Print shell completions.
@@ -134,6 +139,65 @@ pub enum UpdateCommand {
     },
     /// The running slot and version, and the boot entries with their state and tries.
     Status,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    /// `mobileconfig`: one XML property list; `declarative`: declarative device management
+    /// declarations (relay configuration, ACME credential asset and the asset's data), one JSON
+    /// file each, written into the directory `--out`.
+    #[arg(long, value_enum, default_value = "mobileconfig")]
+    pub format: ProfileFormat,
+    /// Output file (mobileconfig; default: standard output) or directory (declarative,
+    /// required). Written atomically: on failure nothing is left behind.
+    #[arg(long, value_name = "PATH")]
+    pub out: Option<PathBuf>,
+    /// The MDM, which decides the serial-number variable in ClientIdentifier and Subject:
+    /// jamf → `$SERIALNUMBER`, intune → `{{serialnumber}}`.
+    #[arg(long, value_enum, default_value = "jamf")]
+    pub mdm: MdmArg,
+    /// The device key's curve: P-256 or P-384 (hardware-bound keys support only these).
+    #[arg(long, value_enum, default_value = "256")]
+    pub key_size: KeySizeArg,
+    /// PayloadOrganization and the O of the requested subject (default: `[appliance] name`).
+    #[arg(long, value_name = "NAME")]
+    pub organization: Option<String>,
+    /// Pin the relay's public key (RawPublicKeys: the SPKI of `[relay] certificate`), so devices
+    /// accept no other key for the relay. mobileconfig only.
+    #[arg(long)]
+    pub pin: bool,
+    /// Sign the profile (CMS SignedData, DER) with this certificate (PEM; further certificates
+    /// in the file are included as the chain). Needs `openssl`. mobileconfig only.
+    #[arg(long, value_name = "PEM", requires = "sign_key")]
+    pub sign_cert: Option<PathBuf>,
+    /// The signing certificate's private key (PEM). A passphrase is read from
+    /// ATTESTGATE_SIGN_KEY_PASSWORD.
+    #[arg(long, value_name = "PEM", requires = "sign_cert")]
+    pub sign_key: Option<PathBuf>,
+    /// (declarative) The https URL the ACME credential document (acme-credential.json) is
+    /// served at, normally by the MDM so it fills in the serial number per device.
+    #[arg(long, value_name = "URL")]
+    pub asset_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProfileFormat {
+    Mobileconfig,
+    Declarative,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum MdmArg {
+    Jamf,
+    Intune,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum KeySizeArg {
+    #[value(name = "256")]
+    P256,
+    #[value(name = "384")]
+    P384,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod events;
 mod gateway;
 mod output;
 mod policy;
+mod profile;
 mod timefmt;
 mod update;
 
@@ -94,6 +95,7 @@ fn dispatch(cli: Cli) -> u8 {
             log_format,
         } => run(&cli.config, log_level.clone(), *log_format),
         Command::Whatif(args) if args.is_offline() => whatif_offline(&cli, args),
+        Command::Profile(args) => profile::run(&cli.config, args),
         _ => client(&cli),
     }
 }

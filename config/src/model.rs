@@ -37,6 +37,7 @@ pub struct Config {
     pub defaults: Defaults,
     pub events: Events,
     pub logging: Logging,
+    pub enroll: Enroll,
 }
 
 impl Config {
@@ -432,4 +433,34 @@ pub struct Logging {
     /// A tracing filter directive, e.g. `info` or `info,attestgate::policy=debug`.
     pub level: String,
     pub format: LogFormat,
+}
+
+/// `[enroll]`: how devices reach the appliance's enrollment services (issue 8).
+#[derive(Debug, Clone, Default)]
+pub struct Enroll {
+    /// The DNS name devices reach the appliance at (relay and ACME), normalized like app hosts;
+    /// it must be a name in the relay certificate. `None`: `attestgate profile` refuses to run,
+    /// since it cannot write the relay and ACME URLs.
+    pub public_name: Option<Spanned<String>>,
+    /// The ACME directory URL written into profiles; `None`: `https://{public_name}/acme/directory`
+    /// (see [`Config::acme_directory`]).
+    pub acme_directory: Option<Spanned<String>>,
+}
+
+/// The ACME directory's path on the appliance when `[enroll] acme_directory` is unset.
+pub const DEFAULT_ACME_DIRECTORY_PATH: &str = "/acme/directory";
+
+impl Config {
+    /// The ACME directory URL devices are given: `[enroll] acme_directory`, else
+    /// `https://{public_name}/acme/directory`; `None` when neither is configured.
+    pub fn acme_directory(&self) -> Option<String> {
+        if let Some(url) = &self.enroll.acme_directory {
+            return Some(url.value.clone());
+        }
+        let name = self.enroll.public_name.as_ref()?;
+        Some(format!(
+            "https://{}{DEFAULT_ACME_DIRECTORY_PATH}",
+            name.value
+        ))
+    }
 }

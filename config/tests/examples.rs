@@ -38,6 +38,10 @@ fn lab_example_loads_with_every_section() {
         Outcome::Egress("public".into())
     );
     assert_eq!(c.compliance.compliant_groups.len(), 2);
+    assert_eq!(
+        c.acme_directory().as_deref(),
+        Some("https://gw.attestgate.lab/acme/directory")
+    );
     // the lab files are made at start-up: on a bare checkout they are only warnings
     assert!(
         l.warnings

@@ -1497,3 +1497,41 @@ fn cookie_threshold_out_of_range() {
         .expected("an integer from 0 to 100000")],
     );
 }
+
+// ---- enroll --------------------------------------------------------------------------------
+
+#[test]
+fn enroll_public_name_without_scheme_and_acme_directory_defaults_to_it() {
+    let t = base() + "\n[enroll]\npublic_name = \"https://gw.example.com\"\n";
+    check(
+        &refused(&t),
+        &[error(
+            at(&t, "public_name = \"https:", "\"https:"),
+            "enroll.public_name",
+            "write the host name only, without a scheme",
+        )
+        .expected("the DNS name devices reach the appliance at")],
+    );
+    let t = base() + "\n[enroll]\npublic_name = \"GW.Example.com\"\n";
+    let l = accepted_with(&t, Path::new("/"), FileChecks::Skip);
+    let name = l
+        .config
+        .enroll
+        .public_name
+        .as_ref()
+        .map(|n| n.value.as_str());
+    assert_eq!(name, Some("gw.example.com"));
+    assert_eq!(
+        l.config.acme_directory().as_deref(),
+        Some("https://gw.example.com/acme/directory")
+    );
+    let t = base() + "\n[enroll]\nacme_directory = \"http://ca.example.com/dir\"\n";
+    check(
+        &refused(&t),
+        &[error(
+            at(&t, "acme_directory = \"http:", "\"http:"),
+            "enroll.acme_directory",
+            "must use the https scheme",
+        )],
+    );
+}
