@@ -142,8 +142,7 @@ impl Verifier {
             Some(_) => {}
         }
         let mut leaf_sha256 = [0u8; 32];
-        leaf_sha256
-            .copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf_der).as_ref());
+        leaf_sha256.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, leaf_der).as_ref());
         let not_after = system_time(leaf.validity().not_after.timestamp()).ok_or_else(|| {
             AttestError::Certificate("the leaf's notAfter is out of range".into())
         })?;

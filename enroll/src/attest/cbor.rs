@@ -360,7 +360,10 @@ pub(super) fn apple_x5c(att_obj: &[u8]) -> Result<Vec<Vec<u8>>, AttestError> {
         .enumerate()
         .map(|(i, item)| match item {
             Item::Bytes(der) => Ok(der.clone()),
-            other => Err(err(format!("x5c[{i}] is {}, not a byte string", other.kind()))),
+            other => Err(err(format!(
+                "x5c[{i}] is {}, not a byte string",
+                other.kind()
+            ))),
         })
         .collect()
 }

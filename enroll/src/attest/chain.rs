@@ -8,9 +8,10 @@ use std::collections::HashSet;
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::oid_registry::{
-    Oid, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384, OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER,
-    OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_CERTIFICATE_POLICIES, OID_X509_EXT_EXTENDED_KEY_USAGE,
-    OID_X509_EXT_KEY_USAGE, OID_X509_EXT_SUBJECT_ALT_NAME, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
+    Oid, OID_SIG_ECDSA_WITH_SHA256, OID_SIG_ECDSA_WITH_SHA384,
+    OID_X509_EXT_AUTHORITY_KEY_IDENTIFIER, OID_X509_EXT_BASIC_CONSTRAINTS,
+    OID_X509_EXT_CERTIFICATE_POLICIES, OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE,
+    OID_X509_EXT_SUBJECT_ALT_NAME, OID_X509_EXT_SUBJECT_KEY_IDENTIFIER,
 };
 use x509_parser::prelude::FromDer;
 
@@ -51,12 +52,16 @@ pub(super) fn parse<'a>(label: &str, der: &'a [u8]) -> Result<X509Certificate<'a
         )));
     }
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
-        Ok(_) => Err(chain(format!("{label}: trailing bytes after the certificate"))),
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err(chain(format!(
+            "{label}: trailing bytes after the certificate"
+        ))),
         Err(x509_parser::nom::Err::Incomplete(_)) => Err(chain(format!(
             "{label}: truncated DER inside the certificate"
         ))),
-        Err(e) => Err(chain(format!("{label} is not a valid X.509 certificate: {e}"))),
+        Err(e) => Err(chain(format!(
+            "{label} is not a valid X.509 certificate: {e}"
+        ))),
     }
 }
 
@@ -72,7 +77,9 @@ fn outer_len(der: &[u8]) -> Result<usize, String> {
                 let bytes = rest
                     .get(..count)
                     .ok_or("truncated DER (certificate header)")?;
-                let len = bytes.iter().fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+                let len = bytes
+                    .iter()
+                    .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
                 Ok(2 + count + len)
             }
             _ => Err("certificate length does not fit".into()),
@@ -174,6 +181,34 @@ fn check_issuer(
     Ok(())
 }
 
+/// AlgorithmIdentifier DER of ecdsa-with-SHA256 and ecdsa-with-SHA384: parameters absent
+/// (RFC 5758 §3.2).
+const ECDSA_WITH_SHA256: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02,
+];
+const ECDSA_WITH_SHA384: &[u8] = &[
+    0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03,
+];
+
+/// The DER after tbsCertificate: signatureAlgorithm and signatureValue. The parser reads these
+/// unsigned fields leniently (tags, unused bits), so they are checked byte for byte: one of the
+/// two ECDSA AlgorithmIdentifiers, then a BIT STRING with no unused bits holding the signature
+/// to the end of the certificate (X.690 §8.6, §10.1). Returns the AlgorithmIdentifier.
+fn outer_algorithm<'c>(cert: &'c X509Certificate<'_>) -> Option<&'c [u8]> {
+    let raw = cert.as_raw();
+    let tbs: &[u8] = cert.tbs_certificate.as_ref();
+    let offset = (tbs.as_ptr() as usize).checked_sub(raw.as_ptr() as usize)?;
+    let rest = raw.get(offset.checked_add(tbs.len())?..)?;
+    let (algorithm, rest) = rest.split_at_checked(ECDSA_WITH_SHA256.len())?;
+    let signature: &[u8] = &cert.signature_value.data;
+    let bit_string = match rest {
+        [0x03, n @ 0..=0x7f, 0x00, body @ ..] if usize::from(*n) == body.len() + 1 => body,
+        [0x03, 0x81, n @ 0x80..=0xff, 0x00, body @ ..] if usize::from(*n) == body.len() + 1 => body,
+        _ => return None,
+    };
+    (bit_string == signature).then_some(algorithm)
+}
+
 /// RFC 5280 §4.1.1.2: the outer signatureAlgorithm equals the one inside tbsCertificate; only
 /// ECDSA with SHA-256 or SHA-384 is accepted (Apple's chain is ECDSA P-384; RSA and SHA-1 never
 /// sign an attestation chain we accept).
@@ -184,14 +219,20 @@ fn check_signature(
     issuer: &X509Certificate<'_>,
 ) -> Result<(), AttestError> {
     let algorithm = &cert.signature_algorithm.algorithm;
-    if *algorithm != cert.tbs_certificate.signature.algorithm {
-        return Err(chain(format!(
-            "{label}: the signature algorithm differs from the one in tbsCertificate"
-        )));
-    }
     if *algorithm != OID_SIG_ECDSA_WITH_SHA256 && *algorithm != OID_SIG_ECDSA_WITH_SHA384 {
         return Err(chain(format!(
             "{label} is signed with {algorithm}; only ECDSA with SHA-256 or SHA-384 is accepted"
+        )));
+    }
+    let inner = &cert.tbs_certificate.signature;
+    let outer = outer_algorithm(cert);
+    if inner.algorithm != *algorithm
+        || inner.parameters.is_some()
+        || (outer != Some(ECDSA_WITH_SHA256) && outer != Some(ECDSA_WITH_SHA384))
+    {
+        return Err(chain(format!(
+            "{label}: the signature algorithm or value is not DER ecdsa-with-SHA256/384, or \
+             differs from the algorithm in tbsCertificate"
         )));
     }
     cert.verify_signature(Some(issuer.public_key()))

@@ -53,6 +53,8 @@ pub(crate) struct LeafSpec {
     pub freshness: Option<Vec<u8>>,
     /// Further extensions: (OID arcs, extnValue octets).
     pub extra: Vec<(Vec<u64>, Vec<u8>)>,
+    /// Marks the `extra` extensions critical.
+    pub extra_critical: bool,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
     /// Marks the leaf a CA (it must be refused).
@@ -70,6 +72,7 @@ impl LeafSpec {
             os_version: Some("17.4".into()),
             freshness: Some(sha256(token.as_bytes())),
             extra: Vec::new(),
+            extra_critical: false,
             not_before: now() - HOUR,
             not_after: now() + 7 * DAY,
             ca: false,
@@ -193,7 +196,10 @@ impl TestCa {
 
     /// A leaf issued directly by the root.
     pub(crate) fn leaf_from_root(&self, spec: &LeafSpec) -> Leaf {
-        leaf(spec, &Issuer::from_params(&self.root_params, &self.root_key))
+        leaf(
+            spec,
+            &Issuer::from_params(&self.root_params, &self.root_key),
+        )
     }
 
     /// `{fmt: "apple", attStmt: {x5c: [leaf, intermediate]}}` for `spec`, and the leaf.
@@ -243,9 +249,9 @@ fn leaf(spec: &LeafSpec, issuer: &Issuer<'_, &KeyPair>) -> Leaf {
             ));
     }
     for (oid, value) in &spec.extra {
-        params
-            .custom_extensions
-            .push(CustomExtension::from_oid_content(oid, value.clone()));
+        let mut ext = CustomExtension::from_oid_content(oid, value.clone());
+        ext.set_criticality(spec.extra_critical);
+        params.custom_extensions.push(ext);
     }
     let signed = |cert: Result<rcgen::Certificate, rcgen::Error>| {
         cert.map(|c| c.der().to_vec())
