@@ -5,3 +5,5 @@
 //!
 //! Each module owns one part; the appliance wires them to its admin listener and CLI.
 pub mod attest;
+pub mod acme;
+pub mod ca;
