@@ -311,7 +311,7 @@ pub fn serial_hex(raw: &[u8]) -> String {
 
 fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim().trim_start_matches("0x").replace(':', "");
-    if text.is_empty() || text.len() % 2 != 0 || text.len() > 40 {
+    if text.is_empty() || !text.len().is_multiple_of(2) || text.len() > 40 {
         return None;
     }
     (0..text.len())

@@ -267,7 +267,8 @@ mod tests {
         );
         let with_d = serde_json::json!({"kty":"EC","crv":"P-256","x":b64u(&[1;32]),"y":b64u(&[1;32]),"d":"AQ"});
         assert!(EcJwk::from_json(&with_d).is_err());
-        let short = serde_json::json!({"kty":"EC","crv":"P-256","x":b64u(&[1;31]),"y":b64u(&[1;32])});
+        let short =
+            serde_json::json!({"kty":"EC","crv":"P-256","x":b64u(&[1;31]),"y":b64u(&[1;32])});
         assert!(EcJwk::from_json(&short).is_err());
     }
 }

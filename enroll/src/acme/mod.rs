@@ -364,7 +364,9 @@ impl AcmeServer {
             .strip_prefix("https://")
             .or_else(|| base.strip_prefix("http://"))
             .ok_or_else(|| AcmeError::BaseUrl(base.clone()))?;
-        let slash = rest.find('/').ok_or_else(|| AcmeError::BaseUrl(base.clone()))?;
+        let slash = rest
+            .find('/')
+            .ok_or_else(|| AcmeError::BaseUrl(base.clone()))?;
         let (host, prefix) = rest.split_at(slash);
         if host.is_empty()
             || prefix.len() < 2
@@ -436,10 +438,8 @@ impl AcmeServer {
         let (reply, problem) = match result {
             Ok(reply) => (reply, None),
             Err(refusal) => {
-                let mut reply = Reply::json(
-                    refusal.problem.kind.status(),
-                    &refusal.problem.to_json(),
-                );
+                let mut reply =
+                    Reply::json(refusal.problem.kind.status(), &refusal.problem.to_json());
                 reply.content_type = "application/problem+json";
                 reply.link_up = refusal.link_up;
                 (reply, Some(refusal.problem))
@@ -585,7 +585,9 @@ impl AcmeServer {
                     None
                 }
                 KeyRef::Kid(_) => {
-                    return Err(Problem::malformed("newAccount is signed with a jwk, not a kid").into())
+                    return Err(
+                        Problem::malformed("newAccount is signed with a jwk, not a kid").into(),
+                    )
                 }
             }
         } else {
@@ -608,11 +610,9 @@ impl AcmeServer {
             let key = account_key(account)?;
             jws.verify(&key)?;
             if account.status != "valid" {
-                return Err(Problem::unauthorized(format!(
-                    "account {kid} is {}",
-                    account.status
-                ))
-                .into());
+                return Err(
+                    Problem::unauthorized(format!("account {kid} is {}", account.status)).into(),
+                );
             }
             Some(id.to_string())
         };
@@ -926,7 +926,9 @@ impl AcmeServer {
             .get_mut(id)
             .ok_or_else(|| Problem::not_found(format!("no order {id}")))?;
         if order.account != acct {
-            return Err(Problem::unauthorized("the order belongs to another account"));
+            return Err(Problem::unauthorized(
+                "the order belongs to another account",
+            ));
         }
         ctx.identifier = Some(order.identifier.clone());
         if matches!(order.status.as_str(), "pending" | "ready") && order.expires <= unix(now) {
@@ -1023,9 +1025,6 @@ impl AcmeServer {
         let order = self.owned_order(inner, ctx, acct, id, now)?;
         if jws.is_post_as_get() || order.challenge_status != "pending" {
             // reading it, or a repeated response to a finished challenge: its state as is
-            if !jws.is_post_as_get() && order.status == "invalid" && order.challenge_status == "pending" {
-                return Err(Problem::malformed("the order has expired").into());
-            }
             return Ok(Reply::json(StatusCode::OK, &self.challenge_json(id, &order)).up(authz_url));
         }
         if order.status != "pending" {
@@ -1038,14 +1037,12 @@ impl AcmeServer {
         // draft-ietf-acme-device-attest §5: {"attObj": base64url(CBOR attestation object)}
         let att_obj = match payload.get("attObj").and_then(Value::as_str) {
             Some(text) => text,
-            None => {
-                return Err(Refusal {
-                    problem: Problem::malformed(
-                        "a device-attest-01 response carries attObj (draft-ietf-acme-device-attest §5)",
-                    ),
-                    link_up: Some(authz_url),
-                })
-            }
+            None => return Err(Refusal {
+                problem: Problem::malformed(
+                    "a device-attest-01 response carries attObj (draft-ietf-acme-device-attest §5)",
+                ),
+                link_up: Some(authz_url),
+            }),
         };
         match self.validate(inner, ctx, id, &order, att_obj, now) {
             Ok(order) => {
@@ -1112,7 +1109,10 @@ impl AcmeServer {
             }
         }
         // devices are keyed by serial (DESIGN.md: the attested UDID of a Mac is not the MDM's)
-        let device = att.serial.clone().unwrap_or_else(|| order.identifier.clone());
+        let device = att
+            .serial
+            .clone()
+            .unwrap_or_else(|| order.identifier.clone());
         if self.options.require_enrolled && !self.directory.is_enrolled(&device) {
             return Err(Problem::unauthorized(format!(
                 "device {device} is not enrolled in the MDM"
@@ -1274,9 +1274,8 @@ fn hex(bytes: &[u8]) -> String {
 /// Checks a finalize CSR (RFC 2986): it parses whole, its self-signature holds, its key is EC
 /// P-256 or P-384 and is the attested key. Returns the key's SubjectPublicKeyInfo.
 fn check_csr(der: &[u8], attested_spki: &[u8]) -> Result<Vec<u8>, Problem> {
-    let (rest, csr) =
-        x509_parser::certification_request::X509CertificationRequest::from_der(der)
-            .map_err(|e| Problem::bad_csr(format!("the CSR does not parse: {e}")))?;
+    let (rest, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(der)
+        .map_err(|e| Problem::bad_csr(format!("the CSR does not parse: {e}")))?;
     if !rest.is_empty() {
         return Err(Problem::bad_csr("trailing bytes after the CSR"));
     }

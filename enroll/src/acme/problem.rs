@@ -39,7 +39,9 @@ impl ProblemType {
             ProblemType::BadSignatureAlgorithm => {
                 "urn:ietf:params:acme:error:badSignatureAlgorithm"
             }
-            ProblemType::Malformed | ProblemType::NotFound => "urn:ietf:params:acme:error:malformed",
+            ProblemType::Malformed | ProblemType::NotFound => {
+                "urn:ietf:params:acme:error:malformed"
+            }
             ProblemType::OrderNotReady => "urn:ietf:params:acme:error:orderNotReady",
             ProblemType::RateLimited => "urn:ietf:params:acme:error:rateLimited",
             ProblemType::RejectedIdentifier => "urn:ietf:params:acme:error:rejectedIdentifier",
