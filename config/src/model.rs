@@ -37,6 +37,8 @@ pub struct Config {
     pub defaults: Defaults,
     pub events: Events,
     pub logging: Logging,
+    /// `[acme]`, when written.
+    pub acme: Option<Acme>,
 }
 
 impl Config {
@@ -432,4 +434,32 @@ pub struct Logging {
     /// A tracing filter directive, e.g. `info` or `info,attestgate::policy=debug`.
     pub level: String,
     pub format: LogFormat,
+}
+
+/// Default lifetime of the device certificates the built-in CA issues.
+pub const ACME_DEFAULT_VALIDITY: Duration = Duration::from_secs(14 * 86_400);
+
+/// `[acme]`: the built-in ACME server (device-attest-01) on the admin listener, and its
+/// device CA.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    pub enabled: bool,
+    /// The https URL devices reach the server at (`DirectoryURL` = this + `/directory`).
+    pub base_url: Spanned<String>,
+    pub certificate_validity: Duration,
+    pub order_lifetime: Duration,
+    /// Refuse devices the compliance sources do not know as enrolled.
+    pub require_enrolled: bool,
+    /// Extra attestation roots besides Apple's Enterprise Attestation Root CA (tests, labs).
+    pub attestation_roots: Vec<Spanned<PathBuf>>,
+    /// `None`: a CA generated in `appliance.state_dir` on first start.
+    pub ca_import: Option<AcmeCaImport>,
+}
+
+/// An imported device CA.
+#[derive(Debug, Clone)]
+pub struct AcmeCaImport {
+    /// PEM, the issuing CA first.
+    pub certificate: Spanned<PathBuf>,
+    pub private_key: Spanned<PathBuf>,
 }

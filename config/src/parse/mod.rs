@@ -2,6 +2,7 @@
 //!
 //! This file holds the typed value readers; each section has its own file.
 
+mod acme;
 mod compliance;
 mod egress;
 mod policy;
@@ -33,6 +34,7 @@ const TOP: &[&str] = &[
     "defaults",
     "events",
     "logging",
+    "acme",
 ];
 
 /// A table's entries in file order; an absent section reads as empty.
@@ -71,6 +73,10 @@ impl Reader<'_, '_> {
         let defaults = self.defaults(section("defaults"));
         let events = self.events(section("events"));
         let logging = self.logging(section("logging"));
+        let acme = match top.get("acme") {
+            Some(e) => Some(self.acme(&e.node)?),
+            None => None,
+        };
         Some(Config {
             origin: origin.to_path_buf(),
             appliance: appliance?,
@@ -82,6 +88,7 @@ impl Reader<'_, '_> {
             defaults: defaults?,
             events: events?,
             logging: logging?,
+            acme,
         })
     }
 
