@@ -38,6 +38,8 @@ pub struct Config {
     pub events: Events,
     pub logging: Logging,
     pub enroll: Enroll,
+    /// `[acme]`, when written.
+    pub acme: Option<Acme>,
 }
 
 impl Config {
@@ -451,11 +453,18 @@ pub struct Enroll {
 pub const DEFAULT_ACME_DIRECTORY_PATH: &str = "/acme/directory";
 
 impl Config {
-    /// The ACME directory URL devices are given: `[enroll] acme_directory`, else
-    /// `https://{public_name}/acme/directory`; `None` when neither is configured.
+    /// The ACME directory URL devices are given: `[enroll] acme_directory`, else the built-in
+    /// server's (`[acme] base_url` + `/directory`) when it is enabled, else
+    /// `https://{public_name}/acme/directory`; `None` when none is configured.
     pub fn acme_directory(&self) -> Option<String> {
         if let Some(url) = &self.enroll.acme_directory {
             return Some(url.value.clone());
+        }
+        if let Some(acme) = self.acme.as_ref().filter(|a| a.enabled) {
+            return Some(format!(
+                "{}/directory",
+                acme.base_url.value.trim_end_matches('/')
+            ));
         }
         let name = self.enroll.public_name.as_ref()?;
         Some(format!(
@@ -463,4 +472,32 @@ impl Config {
             name.value
         ))
     }
+}
+
+/// Default lifetime of the device certificates the built-in CA issues.
+pub const ACME_DEFAULT_VALIDITY: Duration = Duration::from_secs(14 * 86_400);
+
+/// `[acme]`: the built-in ACME server (device-attest-01) on the admin listener, and its
+/// device CA.
+#[derive(Debug, Clone)]
+pub struct Acme {
+    pub enabled: bool,
+    /// The https URL devices reach the server at (`DirectoryURL` = this + `/directory`).
+    pub base_url: Spanned<String>,
+    pub certificate_validity: Duration,
+    pub order_lifetime: Duration,
+    /// Refuse devices the compliance sources do not know as enrolled.
+    pub require_enrolled: bool,
+    /// Extra attestation roots besides Apple's Enterprise Attestation Root CA (tests, labs).
+    pub attestation_roots: Vec<Spanned<PathBuf>>,
+    /// `None`: a CA generated in `appliance.state_dir` on first start.
+    pub ca_import: Option<AcmeCaImport>,
+}
+
+/// An imported device CA.
+#[derive(Debug, Clone)]
+pub struct AcmeCaImport {
+    /// PEM, the issuing CA first.
+    pub certificate: Spanned<PathBuf>,
+    pub private_key: Spanned<PathBuf>,
 }

@@ -28,6 +28,7 @@ pub(crate) fn check(cfg: &mut Config, sink: &mut Sink<'_>, files: FileChecks, ro
     policies(cfg, sink, root);
     tunnels(cfg, sink);
     listeners(cfg, sink, root);
+    acme(cfg, sink, root);
     if files != FileChecks::Skip {
         check_files(cfg, sink, files);
     }
@@ -367,6 +368,42 @@ fn listeners(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
     }
 }
 
+/// `[acme]` is served on the admin listener, and without it the relay needs a device CA.
+fn acme(cfg: &Config, sink: &mut Sink<'_>, root: &Node) {
+    let enabled = cfg.acme.as_ref().filter(|a| a.enabled);
+    if let Some(a) = enabled {
+        if cfg.compliance.webhook.is_none() {
+            let span = node_at(root, &["acme", "enabled"])
+                .map_or_else(|| a.base_url.span.clone(), |n| n.span.clone());
+            sink.error(
+                &span,
+                "acme",
+                "the ACME server is served on the admin listener, which is not configured",
+            )
+            .expected("a [compliance.webhook] table (listen, certificate, private_key, auth)")
+            .help("or set `enabled = false` in [acme]");
+        }
+    }
+    if enabled.is_none() && cfg.relay.device_ca.is_empty() {
+        let relay = node_at(root, &["relay"]);
+        let written = relay.and_then(|r| node_at(r, &["device_ca"]));
+        let span = written
+            .or(relay)
+            .map_or_else(|| cfg.relay.certificate.span.clone(), |n| n.span.clone());
+        let d = sink.error(
+            &span,
+            "relay.device_ca",
+            if written.is_some() {
+                "the list is empty"
+            } else {
+                "required key is missing"
+            },
+        );
+        d.expected("one or more file paths")
+            .help("add `device_ca = …` to [relay], or enable [acme] to trust its built-in CA");
+    }
+}
+
 fn check_files(cfg: &Config, sink: &mut Sink<'_>, mode: FileChecks) {
     let mut public: Vec<(&Spanned<std::path::PathBuf>, String)> = Vec::new();
     let mut secret: Vec<(&Spanned<std::path::PathBuf>, String)> = Vec::new();
@@ -421,6 +458,17 @@ fn check_files(cfg: &Config, sink: &mut Sink<'_>, mode: FileChecks) {
             WebhookAuth::Header { token_file, .. } => {
                 secret.push((token_file, "compliance.webhook.token_file".into()))
             }
+        }
+    }
+    if let Some(a) = &cfg.acme {
+        public.extend(
+            a.attestation_roots
+                .iter()
+                .map(|p| (p, "acme.attestation_roots".to_string())),
+        );
+        if let Some(i) = &a.ca_import {
+            public.push((&i.certificate, "acme.ca_certificate".into()));
+            secret.push((&i.private_key, "acme.ca_private_key".into()));
         }
     }
     for (p, key) in public {

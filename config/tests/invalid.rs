@@ -1535,3 +1535,128 @@ fn enroll_public_name_without_scheme_and_acme_directory_defaults_to_it() {
         )],
     );
 }
+
+// ---- [acme] --------------------------------------------------------------------------------
+
+const WEBHOOK: &str = r#"
+[compliance.webhook]
+listen = "198.51.100.1:8443"
+certificate = "webhook.crt"
+private_key = "webhook.key"
+auth = "header"
+token_file = "webhook.token"
+"#;
+
+#[test]
+fn acme_with_the_admin_listener_replaces_the_device_ca() {
+    let t = replace(&base(), "device_ca = [\"device-ca.crt\"]\n", "")
+        + WEBHOOK
+        + "\n[acme]\nbase_url = \"https://gate.example.com:8443/acme\"\ncertificate_validity = \"7d\"\n";
+    let loaded = accepted_with(&t, Path::new("/"), FileChecks::Skip);
+    let acme = loaded.config.acme.as_ref().unwrap();
+    assert!(acme.enabled && acme.require_enrolled);
+    assert_eq!(acme.base_url.value, "https://gate.example.com:8443/acme");
+    assert_eq!(acme.certificate_validity.as_secs(), 7 * 86_400);
+    assert_eq!(acme.order_lifetime.as_secs(), 3600);
+    assert!(acme.ca_import.is_none() && acme.attestation_roots.is_empty());
+    assert!(loaded.config.relay.device_ca.is_empty());
+}
+
+#[test]
+fn acme_needs_the_admin_listener() {
+    let t =
+        base() + "\n[acme]\nenabled = true\nbase_url = \"https://gate.example.com:8443/acme\"\n";
+    check(
+        &refused(&t),
+        &[error(
+            at(&t, "enabled = true\nbase_url", "true"),
+            "acme",
+            "served on the admin listener",
+        )
+        .expected("a [compliance.webhook] table")
+        .help("or set `enabled = false` in [acme]")],
+    );
+}
+
+#[test]
+fn relay_without_device_ca_and_without_acme() {
+    let t = replace(&base(), "device_ca = [\"device-ca.crt\"]\n", "");
+    check(
+        &refused(&t),
+        &[error(
+            pos(&t, "[relay]\n"),
+            "relay.device_ca",
+            "required key is missing",
+        )
+        .expected("one or more file paths")
+        .help("add `device_ca = …` to [relay], or enable [acme] to trust its built-in CA")],
+    );
+    // a disabled [acme] does not stand in for it
+    let t = t
+        + WEBHOOK
+        + "\n[acme]\nenabled = false\nbase_url = \"https://gate.example.com:8443/acme\"\n";
+    assert_eq!(refused(&t).error_count(), 1);
+}
+
+#[test]
+fn acme_base_url_validity_and_half_an_import() {
+    let t = base()
+        + WEBHOOK
+        + "\n[acme]\nbase_url = \"http://gate.example.com/acme/\"\ncertificate_validity = \"30m\"\n";
+    check(
+        &refused(&t),
+        &[
+            error(
+                pos(&t, "\"http://gate.example.com/acme/\""),
+                "acme.base_url",
+                "is not an https URL",
+            )
+            .expected("https://gate.example.com:8443/acme"),
+            error(
+                pos(&t, "\"30m\""),
+                "acme.certificate_validity",
+                "out of range",
+            )
+            .expected("from \"1h\" to \"365d\""),
+        ],
+    );
+    let t = base()
+        + WEBHOOK
+        + "\n[acme]\nbase_url = \"https://gate.example.com/acme\"\nca_certificate = \"ca.pem\"\n";
+    check(
+        &refused(&t),
+        &[error(
+            pos(&t, "[acme]"),
+            "acme.ca_private_key",
+            "required key is missing",
+        )
+        .expected("private key")
+        .help("add `ca_private_key = …` to [acme]")],
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn acme_ca_key_must_be_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = lab_files();
+    for (name, mode) in [
+        ("webhook.crt", 0o644),
+        ("webhook.key", 0o600),
+        ("webhook.token", 0o600),
+        ("ca.pem", 0o644),
+        ("ca.key", 0o644),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, "test\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let t = base()
+        + WEBHOOK
+        + "\n[acme]\nbase_url = \"https://gate.example.com/acme\"\nca_certificate = \"ca.pem\"\nca_private_key = \"ca.key\"\n";
+    let d = refused_with(&t, dir.path(), FileChecks::Strict);
+    assert_eq!(d.error_count(), 1, "{d}");
+    let e = d.errors().next().unwrap();
+    assert_eq!(e.path, "acme.ca_private_key");
+    assert_eq!((e.line, e.column), pos(&t, "\"ca.key\""));
+}

@@ -4,5 +4,7 @@
 //! identity provider's trusted location in step with the trusted egress addresses.
 //!
 //! Each module owns one part; the appliance wires them to its admin listener and CLI.
+pub mod acme;
 pub mod attest;
 pub mod profile;
+pub mod ca;

@@ -10,6 +10,7 @@
 //! | `POST /webhooks/jamf` | body → the Jamf webhook parser → a hint (event, serials, UDIDs, group IDs); `202`, a re-read of every `jamf-pro` source is scheduled (coalesced); `400` for a body the parser refuses; `404` when no `jamf-pro` source is configured |
 //! | `POST /webhooks/source/NAME` | the same for one named source of any type (a `file` source re-reads its file) |
 //! | `POST /risk` | `{"serial", "level", "reasons"?, "expires"?}`: a direct risk fact from a mobile threat defence product, kept as the source `risk-feed`; `200` with the change; `400` malformed; `404` for a device no inventory source knows (nothing changes) |
+//! | `/acme/…` (the path of `[acme] base_url`) | the ACME server (`enroll::acme`), **without** the credentials above: ACME requests authenticate with their own JWS (RFC 8555 §6.2) |
 //! | anything else | `404` / `405` |
 //!
 //! A webhook never changes device state on its own word (Jamf webhooks carry no signature):
@@ -132,6 +133,46 @@ pub trait AdminBackend: Send + Sync + 'static {
     /// Reports changes: events and the re-decision of the devices' open flows.
     fn changed(&self, changes: Vec<Change>);
     fn event(&self, kind: &str, fields: Value);
+    /// The ACME server (`[acme]`), when enabled: requests under its path prefix go to it.
+    fn acme(&self) -> Option<Arc<enroll::acme::AcmeServer>> {
+        None
+    }
+}
+
+/// The compliance store as the ACME server asks it ([`is_enrolled`]). Holds the backend
+/// weakly (the backend owns the ACME server that owns this).
+// Constructed by the daemon when it starts the ACME server with the attestation verifier
+// (issue 8, wired at the merge).
+#[allow(dead_code)]
+pub struct MdmDirectory(pub std::sync::Weak<dyn AdminBackend>);
+
+impl std::fmt::Debug for MdmDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MdmDirectory")
+    }
+}
+
+impl enroll::acme::DeviceDirectory for MdmDirectory {
+    fn is_enrolled(&self, serial: &str) -> bool {
+        let Some(backend) = self.0.upgrade() else {
+            return false;
+        };
+        // fail closed on a poisoned table (DESIGN.md invariant 1)
+        let Ok(devices) = backend.devices().read() else {
+            return false;
+        };
+        is_enrolled(&devices, serial)
+    }
+}
+
+/// Enrolled for a certificate: an inventory source lists the device as managed, none says
+/// otherwise, and no override blocks it. Freshness (`max_age`) is not asked here: the relay's
+/// policy decision at each request does that.
+// Used through MdmDirectory once the daemon starts the ACME server (see there).
+#[allow(dead_code)]
+pub fn is_enrolled(devices: &DeviceTable, serial: &str) -> bool {
+    let view = devices.view(serial);
+    view.managed && view.blocked.is_none()
 }
 
 /// Credentials, read from their files when the listener starts.
@@ -351,6 +392,15 @@ async fn handle(
     jamf: &dyn WebhookParser,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
+    if let Some(acme) = backend.acme() {
+        let prefix = acme.path_prefix();
+        if path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+        {
+            return acme_request(req, acme).await;
+        }
+    }
     if !credentials.check(req.headers()) {
         backend.event(
             "webhook.refused",
@@ -462,6 +512,24 @@ async fn handle(
         StatusCode::ACCEPTED,
         json!({"accepted": true, "resync": sources, "hint": hint}),
     )
+}
+
+/// Hands one request to the ACME server (on a blocking thread: it signs, verifies and
+/// fsyncs its state).
+async fn acme_request(
+    req: Request<hyper::body::Incoming>,
+    acme: Arc<enroll::acme::AcmeServer>,
+) -> Response<Full<Bytes>> {
+    let (parts, incoming) = req.into_parts();
+    let bytes = match body(Request::from_parts(parts.clone(), incoming)).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let request = Request::from_parts(parts, bytes);
+    match tokio::task::spawn_blocking(move || acme.handle(request)).await {
+        Ok(response) => response.map(Full::new),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "ACME handler failed"),
+    }
 }
 
 /// Reads the body, at most [`MAX_BODY`] bytes within the request timeout.
@@ -608,6 +676,44 @@ mod tests {
         let mut h = http::HeaderMap::new();
         h.insert("x-token", http::HeaderValue::from_static("s3cret2"));
         assert!(!c.check(&h));
+    }
+
+    #[test]
+    fn enrolled_means_managed_by_every_source_that_says() {
+        use super::super::SourceFact;
+        let now = SystemTime::now();
+        let mut table = DeviceTable::default();
+        table.update_devices(
+            "mdm",
+            vec![
+                (
+                    "C02MANAGED01".into(),
+                    Some(SourceFact::inventory(true, BTreeSet::new(), None, now)),
+                ),
+                (
+                    "C02RETIRED01".into(),
+                    Some(SourceFact::inventory(false, BTreeSet::new(), None, now)),
+                ),
+            ],
+            "test",
+        );
+        assert!(is_enrolled(&table, "C02MANAGED01"));
+        assert!(
+            is_enrolled(&table, " c02managed01 "),
+            "serials are normalized"
+        );
+        assert!(!is_enrolled(&table, "C02RETIRED01"));
+        assert!(!is_enrolled(&table, "C02UNKNOWN01"));
+        // a second source calling it unmanaged wins
+        table.update_devices(
+            "intune",
+            vec![(
+                "C02MANAGED01".into(),
+                Some(SourceFact::inventory(false, BTreeSet::new(), None, now)),
+            )],
+            "test",
+        );
+        assert!(!is_enrolled(&table, "C02MANAGED01"));
     }
 
     #[test]

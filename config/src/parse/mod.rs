@@ -2,6 +2,7 @@
 //!
 //! This file holds the typed value readers; each section has its own file.
 
+mod acme;
 mod compliance;
 mod egress;
 mod enroll;
@@ -35,6 +36,7 @@ const TOP: &[&str] = &[
     "events",
     "logging",
     "enroll",
+    "acme",
 ];
 
 /// A table's entries in file order; an absent section reads as empty.
@@ -74,6 +76,10 @@ impl Reader<'_, '_> {
         let events = self.events(section("events"));
         let logging = self.logging(section("logging"));
         let enroll = self.enroll(section("enroll"));
+        let acme = match top.get("acme") {
+            Some(e) => Some(self.acme(&e.node)?),
+            None => None,
+        };
         Some(Config {
             origin: origin.to_path_buf(),
             appliance: appliance?,
@@ -86,6 +92,7 @@ impl Reader<'_, '_> {
             events: events?,
             logging: logging?,
             enroll: enroll?,
+            acme,
         })
     }
 

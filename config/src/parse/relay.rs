@@ -60,7 +60,9 @@ impl Reader<'_, '_> {
         let http2_listen = self.socket_list(&f, "http2_listen", "[::]:443");
         let certificate = self.path_key(&f, "certificate", true);
         let private_key = self.path_key(&f, "private_key", true);
-        let device_ca = self.path_list(&f, "device_ca", true);
+        // optional here: with an enabled [acme] the built-in device CA is trusted by default, so
+        // validate::device_cas asks for it only without one
+        let device_ca = self.path_list(&f, "device_ca", false);
         let crl = self.path_list(&f, "crl", false);
         const IDS: &[(&str, IdentityField)] = &[
             ("permanent-identifier", IdentityField::PermanentIdentifier),
