@@ -4,6 +4,7 @@
 
 mod compliance;
 mod egress;
+mod idp;
 mod policy;
 mod relay;
 
@@ -33,6 +34,7 @@ const TOP: &[&str] = &[
     "defaults",
     "events",
     "logging",
+    "idp",
 ];
 
 /// A table's entries in file order; an absent section reads as empty.
@@ -71,6 +73,7 @@ impl Reader<'_, '_> {
         let defaults = self.defaults(section("defaults"));
         let events = self.events(section("events"));
         let logging = self.logging(section("logging"));
+        let idp = self.idp(section("idp"));
         Some(Config {
             origin: origin.to_path_buf(),
             appliance: appliance?,
@@ -82,6 +85,7 @@ impl Reader<'_, '_> {
             defaults: defaults?,
             events: events?,
             logging: logging?,
+            idp: idp?,
         })
     }
 
