@@ -5,3 +5,4 @@
 //!
 //! Each module owns one part; the appliance wires them to its admin listener and CLI.
 pub mod attest;
+pub mod idp;
