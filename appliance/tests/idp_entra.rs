@@ -1,6 +1,8 @@
 //! `attestgate idp entra sync|check`: the real binary against the Graph stand-in on 127.0.0.1
 //! (tests/src/standins/graph.rs), trusting the stand-in's CA through SSL_CERT_FILE.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,5 +1,7 @@
 //! `[idp.entra]`: defaults, and each mistake reported at its line:column.
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
 use config::{load_str, ConfigError, Diagnostic, FileChecks, Loaded, Severity};
 use std::net::IpAddr;
 use std::path::Path;

@@ -312,9 +312,9 @@ impl GraphHandler {
                 )
             }
         }
-        if !body["displayName"]
+        if body["displayName"]
             .as_str()
-            .is_some_and(|n| !n.trim().is_empty())
+            .is_none_or(|n| n.trim().is_empty())
         {
             return error(400, "BadRequest", "displayName is required");
         }
