@@ -320,12 +320,7 @@ async fn sync(
     json: bool,
 ) -> Result<u8, IdpError> {
     let (trusted, skipped) = trusted_addresses(cfg);
-    for s in &skipped {
-        eprintln!(
-            "attestgate: note: {} (egress {}) left out: it is {}; list the public address it is NAT-ed to in [idp.entra] extra_addresses",
-            s.address, s.egress, s.why
-        );
-    }
+    // The configuration's warning (printed by `run`) already names each skipped address.
     let desired: BTreeSet<IpNet> = trusted.iter().map(|t| t.net).collect();
     let name = entra.named_location.value.as_str();
     if desired.is_empty() {
