@@ -89,6 +89,10 @@ pub enum Command {
     /// payload that sends the policed apps' domains through the relay with it. Offline: reads
     /// the configuration file only (`[enroll] public_name` is required).
     Profile(ProfileArgs),
+    /// Keep the identity provider's trusted location equal to the trusted egress addresses,
+    /// and check that its policies treat them as intended.
+    #[command(subcommand)]
+    Idp(IdpCommand),
     /// Print the version.
     Version,
     /// Print shell completions.
@@ -139,6 +143,38 @@ pub enum UpdateCommand {
     },
     /// The running slot and version, and the boot entries with their state and tries.
     Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IdpCommand {
+    /// Microsoft Entra ID through Microsoft Graph (`[idp.entra]`).
+    #[command(subcommand)]
+    Entra(EntraCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EntraCommand {
+    /// Create or update the trusted IP named location so that it holds exactly the trusted
+    /// egress addresses (every internet egress's source addresses and `extra_addresses`, as
+    /// /32 and /128), and print what changed. Nothing is written when it already does.
+    Sync {
+        /// Show what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Read the Conditional Access policies and evaluate a sign-in from a trusted and from an
+    /// untrusted address; exit 1 with an explanation unless the untrusted one is blocked or
+    /// needs a managed device while the trusted one does not. This is attestgate's reading of
+    /// the policy documents, not Entra's own What If evaluation.
+    Check {
+        /// The trusted address to evaluate (default: the first trusted egress address).
+        #[arg(long)]
+        trusted: Option<std::net::IpAddr>,
+        /// The untrusted address to evaluate (default: the public egress's source address, or a
+        /// documentation address no named location holds).
+        #[arg(long)]
+        untrusted: Option<std::net::IpAddr>,
+    },
 }
 
 #[derive(Debug, Args)]

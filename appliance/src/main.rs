@@ -10,6 +10,7 @@ mod daemon;
 mod egress;
 mod events;
 mod gateway;
+mod idp;
 mod output;
 mod policy;
 mod profile;
@@ -82,6 +83,7 @@ fn dispatch(cli: Cli) -> u8 {
         }
         Command::Man { out_dir } => man(out_dir.as_deref()),
         Command::Update(u) => update::run(u, cli.json),
+        Command::Idp(cli::IdpCommand::Entra(e)) => idp::run(e, &cli.config, cli.json),
         Command::Config(ConfigCommand::Check { files, strict }) => {
             let files = if files.is_empty() {
                 vec![cli.config.clone()]

@@ -40,6 +40,8 @@ pub struct Config {
     pub enroll: Enroll,
     /// `[acme]`, when written.
     pub acme: Option<Acme>,
+    /// `[idp]`: identity providers whose trusted location follows the trusted egress.
+    pub idp: Idp,
 }
 
 impl Config {
@@ -500,4 +502,72 @@ pub struct AcmeCaImport {
     /// PEM, the issuing CA first.
     pub certificate: Spanned<PathBuf>,
     pub private_key: Spanned<PathBuf>,
+}
+/// `[idp]`: identity providers the appliance keeps in step with its trusted egress addresses.
+#[derive(Debug, Clone, Default)]
+pub struct Idp {
+    /// `[idp.entra]`: Microsoft Entra ID (Conditional Access named location through Graph).
+    pub entra: Option<EntraIdp>,
+}
+
+/// The display name of the named location `attestgate idp entra sync` keeps.
+pub const DEFAULT_ENTRA_NAMED_LOCATION: &str = "attestgate trusted egress";
+/// Microsoft Graph (global service).
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// The Microsoft identity platform's token host (global service).
+pub const DEFAULT_LOGIN_URL: &str = "https://login.microsoftonline.com";
+
+/// `[idp.entra]`: the app registration that writes the trusted `ipNamedLocation`.
+#[derive(Debug, Clone)]
+pub struct EntraIdp {
+    pub tenant_id: Spanned<String>,
+    pub client_id: String,
+    pub client_secret_file: Spanned<PathBuf>,
+    /// The `ipNamedLocation`'s display name.
+    pub named_location: Spanned<String>,
+    /// Without a trailing slash.
+    pub graph_url: String,
+    /// Without a trailing slash.
+    pub login_url: String,
+    /// Trusted addresses besides the internet egresses' own: the public addresses a cloud
+    /// 1:1-NATs the egress addresses to, or an enterprise edge that tunnel traffic leaves from.
+    pub extra_addresses: Vec<Spanned<IpAddr>>,
+}
+
+/// Why the internet never sees `ip` as a source address (so an identity provider cannot either),
+/// or `None` for an address that can be one. Documentation ranges (RFC 5737, RFC 3849) count as
+/// public here, so that labs and examples work.
+pub fn not_internet_visible(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_private() {
+                Some("a private address (RFC 1918)")
+            } else if o[0] == 100 && (o[1] & 0xc0) == 64 {
+                Some("a carrier-grade NAT address (RFC 6598)")
+            } else if v4.is_loopback() {
+                Some("a loopback address")
+            } else if v4.is_link_local() {
+                Some("a link-local address")
+            } else if v4.is_unspecified() || v4.is_broadcast() || v4.is_multicast() {
+                Some("not a unicast address")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                not_internet_visible(IpAddr::V4(v4))
+            } else if (s[0] & 0xfe00) == 0xfc00 {
+                Some("a unique local address (RFC 4193)")
+            } else if (s[0] & 0xffc0) == 0xfe80 {
+                Some("a link-local address")
+            } else if v6.is_loopback() || v6.is_unspecified() || v6.is_multicast() {
+                Some("not a global unicast address")
+            } else {
+                None
+            }
+        }
+    }
 }

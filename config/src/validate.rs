@@ -5,6 +5,7 @@ use crate::diagnostics::{did_you_mean, Severity, Sink, Span};
 use crate::model::*;
 use crate::tree::{Node, NodeValue, Spanned};
 use ipnet::IpNet;
+use std::net::IpAddr;
 use std::path::Path;
 
 /// How to treat referenced files.
@@ -29,6 +30,7 @@ pub(crate) fn check(cfg: &mut Config, sink: &mut Sink<'_>, files: FileChecks, ro
     tunnels(cfg, sink);
     listeners(cfg, sink, root);
     acme(cfg, sink, root);
+    idp(cfg, sink);
     if files != FileChecks::Skip {
         check_files(cfg, sink, files);
     }
@@ -448,6 +450,9 @@ fn check_files(cfg: &Config, sink: &mut Sink<'_>, mode: FileChecks) {
             SourceKind::File { path: p } => public.push((p, format!("{path}.path"))),
         }
     }
+    if let Some(e) = &cfg.idp.entra {
+        secret.push((&e.client_secret_file, "idp.entra.client_secret_file".into()));
+    }
     if let Some(w) = &cfg.compliance.webhook {
         public.push((&w.certificate, "compliance.webhook.certificate".into()));
         secret.push((&w.private_key, "compliance.webhook.private_key".into()));
@@ -483,6 +488,80 @@ fn check_files(cfg: &Config, sink: &mut Sink<'_>, mode: FileChecks) {
         if let EgressKind::Tunnel(t) = &e.kind {
             tunnel_certificate(sink, &format!("egress.{}", e.name.value), t);
         }
+    }
+}
+
+/// `[idp.entra]`: the addresses the named location will hold must be ones Entra can see, and
+/// the untrusted public egress's address must never be among them.
+fn idp(cfg: &Config, sink: &mut Sink<'_>) {
+    let Some(entra) = &cfg.idp.entra else {
+        return;
+    };
+    let mut visible = 0usize;
+    for e in &cfg.egresses {
+        if let EgressKind::Internet(i) = &e.kind {
+            for a in &i.source_addresses {
+                match not_internet_visible(a.value) {
+                    None => visible += 1,
+                    Some(why) => {
+                        let _ = sink
+                            .warning(
+                                &a.span,
+                                &format!("egress.{}.source_addresses", e.name.value),
+                                format!(
+                                    "{} is {why}: Entra never sees it, so `idp entra sync` leaves it out of the named location",
+                                    a.value
+                                ),
+                            )
+                            .help("if a cloud maps it 1:1 to a public address (an AWS Elastic IP, an Azure or GCP public IP), list that address in [idp.entra] extra_addresses");
+                    }
+                }
+            }
+        }
+    }
+    let public: Vec<(&str, IpAddr)> = cfg
+        .egresses
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EgressKind::Public(p) => p.source_address.map(|a| (e.name.value.as_str(), a)),
+            _ => None,
+        })
+        .collect();
+    let mut seen: Vec<IpAddr> = Vec::new();
+    for (i, a) in entra.extra_addresses.iter().enumerate() {
+        let path = format!("idp.entra.extra_addresses[{i}]");
+        if let Some((name, _)) = public.iter().find(|(_, p)| *p == a.value) {
+            sink.error(
+                &a.span,
+                &path,
+                format!(
+                    "{} is the source address of the untrusted egress `{name}`: trusting it would let any device present a trusted address",
+                    a.value
+                ),
+            )
+            .expected("addresses only trusted egress traffic leaves from");
+        } else if let Some(why) = not_internet_visible(a.value) {
+            sink.error(
+                &a.span,
+                &path,
+                format!("{} is {why}: Entra never sees it", a.value),
+            )
+            .expected("a public address that trusted egress traffic reaches the internet from");
+        } else if seen.contains(&a.value) {
+            let _ = sink.warning(&a.span, &path, format!("{} is listed twice", a.value));
+        } else {
+            seen.push(a.value);
+            visible += 1;
+        }
+    }
+    if visible == 0 {
+        let _ = sink
+            .warning(
+                &entra.tenant_id.span,
+                "idp.entra",
+                "no address to trust: `idp entra sync` will refuse to write an empty named location",
+            )
+            .help("add an internet egress with public source_addresses, or list the public addresses in [idp.entra] extra_addresses");
     }
 }
 

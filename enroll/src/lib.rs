@@ -6,5 +6,6 @@
 //! Each module owns one part; the appliance wires them to its admin listener and CLI.
 pub mod acme;
 pub mod attest;
-pub mod profile;
 pub mod ca;
+pub mod idp;
+pub mod profile;

@@ -233,7 +233,9 @@ fn short(url: &str) -> String {
 }
 
 enum Attempt {
-    Done(Vec<u8>),
+    Done(u16, Vec<u8>),
+    /// A final non-2xx answer, kept for a caller that reads the API's error body.
+    Answer(u16, Vec<u8>),
     Retry(Option<Duration>, SourceError),
     Renew(SourceError),
     Fail(SourceError),
@@ -300,6 +302,42 @@ impl ApiClient {
     }
 
     async fn get_authed(&mut self, url: &str, deadline: Instant) -> Result<Vec<u8>, SourceError> {
+        self.send_authed(reqwest::Method::GET, url, None, false, deadline)
+            .await
+            .map(|(_, body)| body)
+    }
+
+    /// Sends `body` (JSON) with the bearer token and returns the final status and body, for
+    /// APIs whose error bodies say what went wrong (Microsoft Graph's `{"error": {"code",
+    /// "message"}}`). 401 renews the token once, 429/5xx are retried as for GETs, and every
+    /// other status is handed back. A `POST` is not idempotent: it is retried only on 429
+    /// (a throttled request is not processed) and when the connection could not be made.
+    pub async fn send_json(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<&serde_json::Value>,
+        deadline: Instant,
+    ) -> Result<(u16, Vec<u8>), SourceError> {
+        let body = match body {
+            Some(v) => Some(serde_json::to_vec(v).map_err(|e| SourceError::Decode {
+                url: short(url),
+                message: format!("request body: {e}"),
+            })?),
+            None => None,
+        };
+        self.send_authed(method, url, body, true, deadline).await
+    }
+
+    async fn send_authed(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        body: Option<Vec<u8>>,
+        raw_errors: bool,
+        deadline: Instant,
+    ) -> Result<(u16, Vec<u8>), SourceError> {
+        let idempotent = method != reqwest::Method::POST;
         let mut attempt = 0u32;
         let mut renewed = false;
         loop {
@@ -314,14 +352,21 @@ impl ApiClient {
                     })?;
             auth.set_sensitive(true);
             drop(token);
-            let req = self
+            let mut req = self
                 .client
-                .get(url)
+                .request(method.clone(), url)
                 .header(ACCEPT, "application/json")
                 .header(AUTHORIZATION, auth)
                 .timeout(timeout);
-            match self.attempt(req, url, attempt).await {
-                Attempt::Done(body) => return Ok(body),
+            if let Some(b) = &body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            match self
+                .attempt(req, url, attempt, raw_errors, idempotent)
+                .await
+            {
+                Attempt::Done(status, body) => return Ok((status, body)),
+                Attempt::Answer(status, body) => return Ok((status, body)),
                 Attempt::Renew(e) => {
                     if renewed {
                         return Err(e);
@@ -374,10 +419,24 @@ impl ApiClient {
     }
 
     /// One request: classifies the outcome.
-    async fn attempt(&mut self, req: reqwest::RequestBuilder, url: &str, attempt: u32) -> Attempt {
+    async fn attempt(
+        &mut self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        attempt: u32,
+        raw_errors: bool,
+        idempotent: bool,
+    ) -> Attempt {
         self.stats.requests += 1;
         let resp = match req.send().await {
             Ok(r) => r,
+            Err(e) if !idempotent && !e.is_connect() => {
+                // The request may have reached the server: sending it again could repeat it.
+                return Attempt::Fail(SourceError::Transport {
+                    url: short(url),
+                    message: transport_message(&e),
+                });
+            }
             Err(e) => {
                 return Attempt::Retry(
                     None,
@@ -391,7 +450,7 @@ impl ApiClient {
         let status = resp.status().as_u16();
         if (200..300).contains(&status) {
             return match read_body(resp, self.settings.max_body).await {
-                Ok(b) => Attempt::Done(b),
+                Ok(b) => Attempt::Done(status, b),
                 Err(message) => Attempt::Retry(
                     None,
                     SourceError::Transport {
@@ -413,8 +472,14 @@ impl ApiClient {
                 message: "the API refused a fresh token".into(),
             });
         }
-        if retryable(status) {
+        if retryable(status) && (idempotent || status == 429) {
             return Attempt::Retry(retry_after(resp.headers()), status_err);
+        }
+        if raw_errors {
+            return match read_body(resp, 1 << 20).await {
+                Ok(b) => Attempt::Answer(status, b),
+                Err(_) => Attempt::Answer(status, Vec::new()),
+            };
         }
         Attempt::Fail(status_err)
     }

@@ -6,6 +6,7 @@ mod acme;
 mod compliance;
 mod egress;
 mod enroll;
+mod idp;
 mod policy;
 mod relay;
 
@@ -37,6 +38,7 @@ const TOP: &[&str] = &[
     "logging",
     "enroll",
     "acme",
+    "idp",
 ];
 
 /// A table's entries in file order; an absent section reads as empty.
@@ -80,6 +82,7 @@ impl Reader<'_, '_> {
             Some(e) => Some(self.acme(&e.node)?),
             None => None,
         };
+        let idp = self.idp(section("idp"));
         Some(Config {
             origin: origin.to_path_buf(),
             appliance: appliance?,
@@ -93,6 +96,7 @@ impl Reader<'_, '_> {
             logging: logging?,
             enroll: enroll?,
             acme,
+            idp: idp?,
         })
     }
 

@@ -8,6 +8,7 @@
 //! (429 with `Retry-After`, 503, malformed JSON, a field removed, tokens revoked, latency), and
 //! a log of every request.
 
+pub mod graph;
 pub mod intune;
 pub mod jamf;
 
