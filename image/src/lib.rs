@@ -6,6 +6,7 @@
 //! EFI system partition, `sfdisk` on a plain file for the GPT, `objcopy` for the unified kernel
 //! images and `qemu-img` for the conversions.
 
+pub mod bios;
 pub mod build;
 pub mod cmd;
 pub mod disk;
