@@ -1,5 +1,6 @@
 //! `image build`: the stages, in order, each reported with its time and size.
 
+use crate::bios;
 use crate::cmd::{self, io, mib, Result, Stages};
 use crate::disk::{self, Identities, Outputs};
 use crate::rootfs;
@@ -81,20 +82,27 @@ pub fn build(opts: &Options) -> Result<Report> {
         ),
     );
 
-    // 3. UKI + ESP
+    // 3. UKI + ESP, GRUB for legacy BIOS
     let t = st.start("boot");
     let ids = Identities::random()?;
     let uki_a = work.join("attestgate-a.efi");
-    disk::uki(&boot, &disk::cmdline(&ids.root_a), &work, &uki_a)?;
+    let cmdline_a = disk::cmdline(&ids.root_a);
+    disk::uki(&boot, &cmdline_a, &work, &uki_a)?;
+    let bios_tree = work.join("esp-bios");
+    disk::bios_tree(&boot, &cmdline_a, &bios_tree)?;
+    let core_img = work.join("core.img");
+    bios::core_img(&core_img)?;
     let esp = work.join("esp.img");
-    disk::esp(&boot, &uki_a, &esp)?;
+    disk::esp(&boot, &uki_a, &bios_tree, &esp)?;
     st.finish(
         "boot",
         t,
-        Some(cmd::size(&uki_a)),
+        Some(cmd::size(&uki_a) + cmd::allocated(&bios_tree) + cmd::size(&core_img)),
         &format!(
-            "systemd-boot + UKI EFI/Linux/attestgate-a+{}.efi",
-            disk::BOOT_TRIES
+            "systemd-boot + UKI EFI/Linux/attestgate-a+{}.efi; GRUB i386-pc core.img {} KiB + \
+             /bios/a",
+            disk::BOOT_TRIES,
+            cmd::size(&core_img) / 1024
         ),
     );
 
@@ -104,7 +112,7 @@ pub fn build(opts: &Options) -> Result<Report> {
     let data_img = work.join("data.ext4");
     disk::ext4(&root, "root-a", &ids.root_a_fs, disk::ROOT_MIB, &root_img)?;
     disk::ext4(&var, "data", &ids.data_fs, disk::DATA_MIB, &data_img)?;
-    disk::assemble(&ids, &esp, &root_img, &data_img, &out.raw())?;
+    disk::assemble(&ids, &esp, &root_img, &data_img, &core_img, &out.raw())?;
     for tmp in [&root_img, &data_img, &esp] {
         let _ = std::fs::remove_file(tmp);
     }
@@ -113,7 +121,7 @@ pub fn build(opts: &Options) -> Result<Report> {
         t,
         Some(cmd::allocated(&out.raw())),
         &format!(
-            "GPT esp/root-a/root-b/data, raw {} apparent",
+            "GPT esp/root-a/root-b/data/bios + GRUB MBR, raw {} apparent",
             mib(cmd::size(&out.raw()))
         ),
     );

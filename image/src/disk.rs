@@ -9,7 +9,11 @@
 //! | 2 | root-a | root x86-64                              | 1 GiB         | ext4, read-only |
 //! | 3 | root-b | root x86-64                              | 1 GiB         | empty until the first update |
 //! | 4 | data   | Linux generic                            | 512 MiB → disk | ext4, /var, grown on first boot |
+//! | 5 | bios   | BIOS boot (GRUB), LBA 40–2047            | 1004 KiB      | GRUB core.img (legacy BIOS) |
+//!
+//! The MBR carries GRUB's boot code under the protective partition table (see `bios`).
 
+use crate::bios;
 use crate::cmd::{self, io, Result};
 use crate::rootfs::BootFiles;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -133,8 +137,9 @@ fn align(x: u64, to: u64) -> u64 {
 }
 
 /// The EFI system partition as a FAT32 image: systemd-boot as the removable-media loader and
-/// slot A's UKI with its boot counter.
-pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
+/// slot A's UKI with its boot counter; for legacy BIOS, `bios_tree`'s `bios/` directory (see
+/// [`bios_tree`]).
+pub fn esp(boot: &BootFiles, uki_a: &Path, bios_tree: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_file(out);
     cmd::run(
         Command::new("mkfs.fat")
@@ -171,7 +176,22 @@ pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
     ] {
         cmd::run(Command::new("mcopy").args(["-i", &img]).arg(src).arg(dst))?;
     }
+    cmd::run(
+        Command::new("mcopy")
+            .args(["-s", "-i", &img])
+            .arg(bios_tree.join(bios::ESP_DIR))
+            .arg("::"),
+    )?;
     Ok(())
+}
+
+/// The ESP's `bios/` directory under `dir`: grub.cfg, and slot A's kernel, initrd and command
+/// line armed with [`BOOT_TRIES`] like its UKI.
+pub fn bios_tree(boot: &BootFiles, cmdline_a: &str, dir: &Path) -> Result<()> {
+    crate::rootfs::remove_tree(dir)?;
+    bios::init(dir)?;
+    bios::install_slot(dir, bios::Slot::A, &boot.kernel, &boot.initrd, cmdline_a)?;
+    bios::arm(dir, bios::Slot::A, BOOT_TRIES)
 }
 
 /// An ext4 image of `size_mib` made from `dir` (owners, modes and xattrs kept).
@@ -189,13 +209,15 @@ pub fn ext4(dir: &Path, label: &str, uuid: &str, size_mib: u64, out: &Path) -> R
     Ok(())
 }
 
-/// The whole disk: a sparse raw file with the GPT written by sfdisk, and the partition images
-/// copied in (zero blocks skipped, so the file stays sparse).
+/// The whole disk: a sparse raw file with the GPT written by sfdisk, the partition images
+/// copied in (zero blocks skipped, so the file stays sparse), and GRUB's boot code in the MBR
+/// and the BIOS boot partition.
 pub fn assemble(
     ids: &Identities,
     esp: &Path,
     root_a: &Path,
     data: &Path,
+    core_img: &Path,
     out: &Path,
 ) -> Result<()> {
     let starts = [
@@ -210,12 +232,15 @@ pub fn assemble(
     f.set_len(total_mib * MIB).map_err(io(out))?;
     drop(f);
     let sectors = |mib: u64| mib * MIB / 512;
+    // first-lba 34: right after the 128-entry partition array, so the BIOS boot partition
+    // (entry 5) fits before partition 1; entries 1-4 are where they always were.
     let script = format!(
-        "label: gpt\nunit: sectors\nfirst-lba: 2048\n\
+        "label: gpt\nunit: sectors\nfirst-lba: 34\n\
          start={}, size={}, type={TYPE_ESP}, name=\"esp\", uuid={}\n\
          start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-a\", uuid={}\n\
          start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-b\", uuid={}\n\
-         start={}, size={}, type={TYPE_LINUX}, name=\"data\", uuid={}\n",
+         start={}, size={}, type={TYPE_LINUX}, name=\"data\", uuid={}\n\
+         start={}, size={}, type={}, name=\"bios\"\n",
         sectors(starts[0]),
         sectors(ESP_MIB),
         ids.esp,
@@ -228,6 +253,9 @@ pub fn assemble(
         sectors(starts[3]),
         sectors(DATA_MIB),
         ids.data,
+        bios::BIOS_BOOT_START,
+        bios::BIOS_BOOT_SECTORS,
+        bios::TYPE_BIOS_BOOT,
     );
     let mut child = Command::new("sfdisk")
         .args([
@@ -268,7 +296,11 @@ pub fn assemble(
         }
         copy_sparse(image, out, start * MIB)?;
     }
-    Ok(())
+    bios::install_boot_code(
+        out,
+        &Path::new(bios::GRUB_I386_PC).join("boot.img"),
+        core_img,
+    )
 }
 
 /// Copies `src` into `dst` at `offset`, skipping all-zero blocks.

@@ -29,7 +29,7 @@ enum Cmd {
         #[arg(long)]
         firstboot: Option<PathBuf>,
     },
-    /// Boot an image under qemu (TCG, OVMF) with a NoCloud seed and wait for the daemon's
+    /// Boot an image under qemu (TCG, OVMF or SeaBIOS) with a NoCloud seed and wait for the daemon's
     /// health line on the serial console.
     Smoke {
         /// The image (qcow2 or .raw); default: the last build's qcow2.
@@ -53,6 +53,9 @@ enum Cmd {
         /// Virtual CPUs (2 under TCG stalled the guest's RCU on these machines).
         #[arg(long, default_value_t = 1)]
         smp: u32,
+        /// uefi: OVMF and systemd-boot; bios: qemu's SeaBIOS and the image's GRUB.
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: smoke::Firmware,
     },
 }
 
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
             no_seed,
             expect,
             smp,
+            firmware,
         } => {
             let out = default_out();
             let user_data = match user_data.map(std::fs::read_to_string).transpose() {
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
                 user_data,
                 no_seed,
                 smp,
+                firmware,
             };
             let started = Instant::now();
             match smoke::smoke(&opts) {
