@@ -69,7 +69,7 @@ pub fn build(opts: &Options) -> Result<Report> {
     let var = work.join("var");
     let boot_dir = work.join("boot");
     rootfs::unpack(&tarball, &root)?;
-    let boot = rootfs::customize(&root, &var, &boot_dir, &attestgate, &firstboot)?;
+    let mut boot = rootfs::customize(&root, &var, &boot_dir, &attestgate, &firstboot)?;
     st.finish(
         "rootfs",
         t,
@@ -84,6 +84,8 @@ pub fn build(opts: &Options) -> Result<Report> {
 
     // 3. UKI + ESP, GRUB for legacy BIOS
     let t = st.start("boot");
+    let initrd_as_built = cmd::size(&boot.initrd);
+    boot.initrd = disk::smaller_initrd(&boot.initrd, &cache)?;
     let ids = Identities::random()?;
     let uki_a = work.join("attestgate-a.efi");
     let cmdline_a = disk::cmdline(&ids.root_a);
@@ -100,9 +102,11 @@ pub fn build(opts: &Options) -> Result<Report> {
         Some(cmd::size(&uki_a) + cmd::allocated(&bios_tree) + cmd::size(&core_img)),
         &format!(
             "systemd-boot + UKI EFI/Linux/attestgate-a+{}.efi; GRUB i386-pc core.img {} KiB + \
-             /bios/a",
+             /bios/a; initrd {} -> {}",
             disk::BOOT_TRIES,
-            cmd::size(&core_img) / 1024
+            cmd::size(&core_img) / 1024,
+            mib(initrd_as_built),
+            mib(cmd::size(&boot.initrd))
         ),
     );
 

@@ -71,20 +71,32 @@ pub struct Outcome {
     pub firmware: Option<Firmware>,
     /// GRUB's `attestgate-grub:` lines (BIOS boots).
     pub grub_lines: Vec<String>,
+    /// The health report's "boot firmware ..." line: how the guest says it was booted.
+    pub boot: Option<String>,
     /// The ESP's /bios/grubenv read back from the overlay after the guest stopped (BIOS).
     pub grubenv_after: Option<std::result::Result<String, String>>,
 }
 
 impl Outcome {
     pub fn passed(&self, expect: Expect) -> bool {
-        // A BIOS run must have gone through the image's GRUB.
-        if self.firmware == Some(Firmware::Bios)
-            && !self
-                .grub_lines
-                .iter()
-                .any(|l| l.starts_with("booting slot"))
-        {
-            return false;
+        // The guest must have come up the way asked: a BIOS run through the image's GRUB, with
+        // its command line markers.
+        if let Some(fw) = self.firmware {
+            let boot = self.boot.as_deref().unwrap_or("");
+            let ok = match fw {
+                Firmware::Uefi => boot.starts_with("uefi"),
+                Firmware::Bios => {
+                    boot.starts_with("bios")
+                        && boot.contains("attestgate.boot=bios")
+                        && self
+                            .grub_lines
+                            .iter()
+                            .any(|l| l.starts_with("booting slot"))
+                }
+            };
+            if !ok {
+                return false;
+            }
         }
         let reported = self.report_after.is_some();
         match expect {
@@ -317,6 +329,8 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
                 out.unhealthy = Some(why.to_string());
             } else if rest.starts_with("NOT CONFIGURED") {
                 out.not_configured = true;
+            } else if let Some(b) = rest.strip_prefix("boot firmware ") {
+                out.boot = Some(b.trim().to_string());
             } else if let Some(n) = rest.strip_prefix("failed units: ") {
                 out.failed_units = n.trim().parse().ok();
             } else if let Some(unit) = rest.strip_prefix("failed: ") {
@@ -471,7 +485,10 @@ pub fn print_report(o: &Outcome, expect: Expect, total: Duration) {
         println!("    {l}");
     }
     if let Some(fw) = o.firmware {
-        println!("  firmware         {fw:?}");
+        println!(
+            "  firmware         asked {fw:?}, guest says {}",
+            o.boot.as_deref().unwrap_or("nothing")
+        );
     }
     for l in &o.grub_lines {
         println!("  grub             {l}");
