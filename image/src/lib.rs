@@ -4,7 +4,8 @@
 //! The build uses only tools that work without loop devices, mounts or containers: mmdebstrap
 //! for the root file system, `mke2fs -d` for ext4 from a directory, `mkfs.fat` + `mcopy` for the
 //! EFI system partition, `sfdisk` on a plain file for the GPT, `objcopy` for the unified kernel
-//! images and `qemu-img` for the conversions.
+//! images, `grub-mkimage` for the legacy-BIOS core.img (placed and patched in Rust, see
+//! `bios`) and `qemu-img` for the conversions.
 
 pub mod bios;
 pub mod build;
