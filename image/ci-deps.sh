@@ -5,7 +5,8 @@
 set -eu
 export DEBIAN_FRONTEND=noninteractive
 apt-get install -y -qq --no-install-recommends \
-    mmdebstrap dosfstools mtools fdisk ovmf systemd-boot-efi qemu-utils zstd binutils e2fsprogs openssl tar gzip python3
+    mmdebstrap dosfstools mtools fdisk ovmf systemd-boot-efi grub-pc-bin qemu-utils zstd binutils \
+    e2fsprogs openssl tar gzip python3
 if ! command -v qemu-system-x86_64 >/dev/null; then
     utils=$(dpkg-query -W -f '${Version}' qemu-utils 2>/dev/null || true)
     case "$utils" in

@@ -1,5 +1,6 @@
 //! `image build`: the stages, in order, each reported with its time and size.
 
+use crate::bios;
 use crate::cmd::{self, io, mib, Result, Stages};
 use crate::convert;
 use crate::disk::{self, Identities, Outputs};
@@ -125,7 +126,7 @@ pub fn build(opts: &Options) -> Result<Report> {
     let var = work.join("var");
     let boot_dir = work.join("boot");
     rootfs::unpack(&tarball, &root)?;
-    let boot = rootfs::customize(
+    let mut boot = rootfs::customize(
         &root,
         &var,
         &boot_dir,
@@ -148,22 +149,36 @@ pub fn build(opts: &Options) -> Result<Report> {
         ),
     );
 
-    // 3. UKI + ESP
+    // 3. UKI + ESP, GRUB for legacy BIOS
     let t = st.start("boot");
+    let initrd_as_built = cmd::size(&boot.initrd);
+    boot.initrd = disk::smaller_initrd(&boot.initrd, &cache)?;
     let ids = Identities::random()?;
     let uki_a = work.join("attestgate-a.efi");
     let osrel = work.join("osrel");
     std::fs::write(&osrel, disk::osrel(&version, &boot.os_release)?).map_err(io(&osrel))?;
-    disk::uki(&boot, &osrel, &disk::cmdline(&ids.root_a), &work, &uki_a)?;
+    let cmdline_a = disk::cmdline(&ids.root_a);
+    disk::uki(&boot, &osrel, &cmdline_a, &work, &uki_a)?;
+    let bios_tree = work.join("esp-bios");
+    let core_img = work.join("core.img");
     let esp = work.join("esp.img");
     if !opts.update_only {
-        disk::esp(&boot, &uki_a, &esp)?;
+        disk::bios_tree(&boot, &cmdline_a, &bios_tree)?;
+        bios::core_img(&core_img)?;
+        disk::esp(&boot, &uki_a, &bios_tree, &esp)?;
     }
     st.finish(
         "boot",
         t,
-        Some(cmd::size(&uki_a)),
-        &format!("systemd-boot + UKI EFI/Linux/{}", disk::FIRST_ENTRY),
+        Some(cmd::size(&uki_a) + cmd::allocated(&bios_tree) + cmd::size(&core_img)),
+        &format!(
+            "systemd-boot + UKI EFI/Linux/{}; GRUB i386-pc core.img {} KiB + /bios/a; initrd {} \
+             -> {}",
+            disk::FIRST_ENTRY,
+            cmd::size(&core_img) / 1024,
+            mib(initrd_as_built),
+            mib(cmd::size(&boot.initrd))
+        ),
     );
 
     // 4. the root file system, sized to its contents (the slot has room to grow)
@@ -210,7 +225,7 @@ pub fn build(opts: &Options) -> Result<Report> {
     let t = st.start("disk");
     let data_img = work.join("data.ext4");
     disk::ext4(&var, "data", &ids.data_fs, disk::DATA_MIB, &data_img)?;
-    disk::assemble(&ids, &esp, &root_img, &data_img, &out.raw())?;
+    disk::assemble(&ids, &esp, &root_img, &data_img, &core_img, &out.raw())?;
     for tmp in [&root_img, &data_img, &esp] {
         let _ = std::fs::remove_file(tmp);
     }
@@ -219,7 +234,7 @@ pub fn build(opts: &Options) -> Result<Report> {
         t,
         Some(cmd::allocated(&out.raw())),
         &format!(
-            "GPT esp/root-a/root-b/data, raw {} apparent",
+            "GPT esp/root-a/root-b/data/bios + GRUB MBR, raw {} apparent",
             mib(cmd::size(&out.raw()))
         ),
     );

@@ -9,7 +9,11 @@
 //! | 2 | root-a | root x86-64                              | 1 GiB         | ext4, read-only |
 //! | 3 | root-b | root x86-64                              | 1 GiB         | empty until the first update |
 //! | 4 | data   | Linux generic                            | 512 MiB → disk | ext4, /var, grown on first boot |
+//! | 5 | bios   | BIOS boot (GRUB), LBA 40–2047            | 1004 KiB      | GRUB core.img (legacy BIOS) |
+//!
+//! The MBR carries GRUB's boot code under the protective partition table (see `bios`).
 
+use crate::bios;
 use crate::cmd::{self, io, Result};
 use crate::rootfs::BootFiles;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -173,8 +177,9 @@ fn align(x: u64, to: u64) -> u64 {
 }
 
 /// The EFI system partition as a FAT32 image: systemd-boot as the removable-media loader and
-/// slot A's UKI with its boot counter.
-pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
+/// slot A's UKI with its boot counter; for legacy BIOS, `bios_tree`'s `bios/` directory (see
+/// [`bios_tree`]).
+pub fn esp(boot: &BootFiles, uki_a: &Path, bios_tree: &Path, out: &Path) -> Result<()> {
     let _ = std::fs::remove_file(out);
     cmd::run(
         Command::new("mkfs.fat")
@@ -211,6 +216,84 @@ pub fn esp(boot: &BootFiles, uki_a: &Path, out: &Path) -> Result<()> {
     ] {
         cmd::run(Command::new("mcopy").args(["-i", &img]).arg(src).arg(dst))?;
     }
+    cmd::run(
+        Command::new("mcopy")
+            .args(["-s", "-i", &img])
+            .arg(bios_tree.join(bios::ESP_DIR))
+            .arg("::"),
+    )?;
+    Ok(())
+}
+
+/// The ESP's `bios/` directory under `dir`: grub.cfg, and slot A's kernel, initrd and command
+/// line armed with [`BOOT_TRIES`] like its UKI.
+pub fn bios_tree(boot: &BootFiles, cmdline_a: &str, dir: &Path) -> Result<()> {
+    crate::rootfs::remove_tree(dir)?;
+    bios::init(dir)?;
+    bios::install_slot(dir, bios::Slot::A, &boot.kernel, &boot.initrd, cmdline_a)?;
+    bios::arm(dir, bios::Slot::A, BOOT_TRIES)
+}
+
+/// The initrd recompressed with `zstd -19` (initramfs-tools uses level 9): it is on the ESP
+/// twice, in the UKI and for BIOS, and level 19 takes about 1.5 MB off each copy. Slow (about
+/// 20 s), so kept in `cache` under the original's digest; the original when zstd cannot read it
+/// (e.g. an uncompressed early-microcode archive in front).
+pub fn smaller_initrd(initrd: &Path, cache: &Path) -> Result<PathBuf> {
+    let digest = cmd::sha256_file(initrd)?;
+    let cached = cache.join(format!("initrd-{}.zst19", &digest[..16]));
+    if cached.is_file() {
+        return Ok(cached);
+    }
+    let partial = cached.with_extension("partial");
+    let r = recompress(initrd, &partial);
+    match r {
+        Ok(_) if cmd::size(&partial) > 0 && cmd::size(&partial) < cmd::size(initrd) => {
+            std::fs::rename(&partial, &cached).map_err(io(&cached))?;
+            Ok(cached)
+        }
+        other => {
+            let _ = std::fs::remove_file(&partial);
+            eprintln!(
+                "image: initrd kept as built ({})",
+                other
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "not smaller".into())
+            );
+            Ok(initrd.to_path_buf())
+        }
+    }
+}
+
+/// `zstd -d < src | zstd -19 > dst`, both exit statuses checked.
+fn recompress(src: &Path, dst: &Path) -> Result<()> {
+    let out = std::fs::File::create(dst).map_err(io(dst))?;
+    let mut decompress = cmd::nice("zstd")
+        .args(["-q", "-d", "-c", "--"])
+        .arg(src)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(io(Path::new("zstd")))?;
+    let Some(plain) = decompress.stdout.take() else {
+        let _ = decompress.kill();
+        let _ = decompress.wait();
+        return Err(cmd::Error::Other("zstd -d: no output pipe".into()));
+    };
+    let compressed = cmd::nice("zstd")
+        .args(["-q", "-19", "-T2", "-c"])
+        .stdin(plain)
+        .stdout(out)
+        .status()
+        .map_err(io(Path::new("zstd")));
+    let decompressed = decompress.wait().map_err(io(Path::new("zstd")))?;
+    let compressed = compressed?;
+    if !decompressed.success() || !compressed.success() {
+        return Err(cmd::Error::Tool {
+            tool: format!("zstd -d {} | zstd -19", src.display()),
+            reason: format!("{decompressed} / {compressed}"),
+        });
+    }
     Ok(())
 }
 
@@ -229,13 +312,15 @@ pub fn ext4(dir: &Path, label: &str, uuid: &str, size_mib: u64, out: &Path) -> R
     Ok(())
 }
 
-/// The whole disk: a sparse raw file with the GPT written by sfdisk, and the partition images
-/// copied in (zero blocks skipped, so the file stays sparse).
+/// The whole disk: a sparse raw file with the GPT written by sfdisk, the partition images
+/// copied in (zero blocks skipped, so the file stays sparse), and GRUB's boot code in the MBR
+/// and the BIOS boot partition.
 pub fn assemble(
     ids: &Identities,
     esp: &Path,
     root_a: &Path,
     data: &Path,
+    core_img: &Path,
     out: &Path,
 ) -> Result<()> {
     let starts = [
@@ -250,12 +335,15 @@ pub fn assemble(
     f.set_len(total_mib * MIB).map_err(io(out))?;
     drop(f);
     let sectors = |mib: u64| mib * MIB / 512;
+    // first-lba 34: right after the 128-entry partition array, so the BIOS boot partition
+    // (entry 5) fits before partition 1; entries 1-4 are where they always were.
     let script = format!(
-        "label: gpt\nunit: sectors\nfirst-lba: 2048\n\
+        "label: gpt\nunit: sectors\nfirst-lba: 34\n\
          start={}, size={}, type={TYPE_ESP}, name=\"esp\", uuid={}\n\
          start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-a\", uuid={}\n\
          start={}, size={}, type={TYPE_ROOT_X86_64}, name=\"root-b\", uuid={}\n\
-         start={}, size={}, type={TYPE_LINUX}, name=\"data\", uuid={}\n",
+         start={}, size={}, type={TYPE_LINUX}, name=\"data\", uuid={}\n\
+         start={}, size={}, type={}, name=\"bios\"\n",
         sectors(starts[0]),
         sectors(ESP_MIB),
         ids.esp,
@@ -268,6 +356,9 @@ pub fn assemble(
         sectors(starts[3]),
         sectors(DATA_MIB),
         ids.data,
+        bios::BIOS_BOOT_START,
+        bios::BIOS_BOOT_SECTORS,
+        bios::TYPE_BIOS_BOOT,
     );
     let mut child = Command::new("sfdisk")
         .args([
@@ -308,7 +399,11 @@ pub fn assemble(
         }
         copy_sparse(image, out, start * MIB)?;
     }
-    Ok(())
+    bios::install_boot_code(
+        out,
+        &Path::new(bios::GRUB_I386_PC).join("boot.img"),
+        core_img,
+    )
 }
 
 /// Copies `src` into `dst` at `offset`, skipping all-zero blocks.
@@ -444,6 +539,57 @@ mod tests {
     fn root_is_sized_to_its_contents() {
         assert_eq!(root_size_mib(300 * MIB).unwrap(), 432);
         assert!(root_size_mib(900 * MIB).is_err());
+    }
+
+    #[test]
+    fn smaller_initrd_recompresses_once_and_keeps_what_zstd_cannot_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&cache).unwrap();
+        // 1 MiB of noise three times: the repeats are further apart than level 1's window
+        // (512 KiB) and within level 19's (8 MiB)
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let cpio = noise.repeat(3);
+        let raw = dir.path().join("initrd.cpio");
+        std::fs::write(&raw, &cpio).unwrap();
+        let fast = dir.path().join("initrd.img");
+        let made = Command::new("zstd")
+            .args(["-q", "-1", "-c"])
+            .arg(&raw)
+            .output();
+        let Ok(made) = made
+            .map(|o| o.stdout)
+            .map_err(|e| eprintln!("no zstd ({e}); skipped"))
+        else {
+            return;
+        };
+        std::fs::write(&fast, &made).unwrap();
+        let small = smaller_initrd(&fast, &cache).unwrap();
+        assert!(small.starts_with(&cache));
+        assert!(cmd::size(&small) < cmd::size(&fast));
+        let back = Command::new("zstd")
+            .args(["-q", "-d", "-c"])
+            .arg(&small)
+            .output()
+            .unwrap();
+        assert_eq!(back.stdout, cpio, "the same archive");
+        // the second build takes it from the cache
+        let modified = std::fs::metadata(&small).unwrap().modified().unwrap();
+        assert_eq!(smaller_initrd(&fast, &cache).unwrap(), small);
+        assert_eq!(
+            std::fs::metadata(&small).unwrap().modified().unwrap(),
+            modified
+        );
+        // not zstd: used as it is
+        assert_eq!(smaller_initrd(&raw, &cache).unwrap(), raw);
     }
 
     #[test]

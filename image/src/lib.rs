@@ -4,8 +4,10 @@
 //! The build uses only tools that work without loop devices, mounts or containers: mmdebstrap
 //! for the root file system, `mke2fs -d` for ext4 from a directory, `mkfs.fat` + `mcopy` for the
 //! EFI system partition, `sfdisk` on a plain file for the GPT, `objcopy` for the unified kernel
-//! images, `qemu-img` for the conversions and GNU tar for the OVA and GCP archives.
+//! images, `grub-mkimage` for the legacy-BIOS core.img (placed and patched in Rust, see
+//! `bios`), `qemu-img` for the conversions and GNU tar for the OVA and GCP archives.
 
+pub mod bios;
 pub mod build;
 pub mod cmd;
 pub mod convert;

@@ -39,7 +39,7 @@ enum Cmd {
         #[arg(long)]
         update_only: bool,
     },
-    /// Boot an image under qemu (TCG, OVMF) with a NoCloud seed and wait for the daemon's
+    /// Boot an image under qemu (TCG, OVMF or SeaBIOS) with a NoCloud seed and wait for the daemon's
     /// health line on the serial console.
     Smoke {
         /// The image (qcow2, .raw, .vhd or .vmdk); default: the last build's qcow2.
@@ -63,6 +63,9 @@ enum Cmd {
         /// Virtual CPUs (2 under TCG stalled the guest's RCU on these machines).
         #[arg(long, default_value_t = 1)]
         smp: u32,
+        /// uefi: OVMF and systemd-boot; bios: qemu's SeaBIOS and the image's GRUB.
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: smoke::Firmware,
     },
     /// Boot an image under qemu and update it over SSH with `attestgate update apply`: to a
     /// good bundle (healthy on the other slot), then to a broken one with one try (the
@@ -152,6 +155,7 @@ fn main() -> ExitCode {
             no_seed,
             expect,
             smp,
+            firmware,
         } => {
             let out = default_out();
             let user_data = match user_data.map(std::fs::read_to_string).transpose() {
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
                 user_data,
                 no_seed,
                 smp,
+                firmware,
             };
             let started = Instant::now();
             match smoke::smoke(&opts) {

@@ -1,5 +1,5 @@
-//! `image smoke`: boots the built image under qemu (TCG, OVMF UEFI, the image's own
-//! systemd-boot) with a NoCloud seed carrying a small valid configuration, waits for the
+//! `image smoke`: boots the built image under qemu (TCG; OVMF UEFI and the image's own
+//! systemd-boot, or qemu's SeaBIOS and the image's GRUB) with a NoCloud seed carrying a small valid configuration, waits for the
 //! health lines `attestgate-health` prints on the serial console, fails on any failed unit,
 //! and powers the guest off.
 
@@ -35,6 +35,16 @@ pub struct Options {
     pub user_data: Option<String>,
     pub no_seed: bool,
     pub smp: u32,
+    pub firmware: Firmware,
+}
+
+/// The firmware the guest boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Firmware {
+    /// OVMF (pflash): systemd-boot and the slot's UKI.
+    Uefi,
+    /// qemu's default SeaBIOS: the MBR's GRUB boot code, grub.cfg on the ESP.
+    Bios,
 }
 
 /// What the boot must show for the smoke test to pass.
@@ -58,10 +68,36 @@ pub struct Outcome {
     pub failed_lines: Vec<String>,
     pub report_after: Option<Duration>,
     pub serial_log: PathBuf,
+    pub firmware: Option<Firmware>,
+    /// GRUB's `attestgate-grub:` lines (BIOS boots).
+    pub grub_lines: Vec<String>,
+    /// The health report's "boot firmware ..." line: how the guest says it was booted.
+    pub boot: Option<String>,
+    /// The ESP's /bios/grubenv read back from the overlay after the guest stopped (BIOS).
+    pub grubenv_after: Option<std::result::Result<String, String>>,
 }
 
 impl Outcome {
     pub fn passed(&self, expect: Expect) -> bool {
+        // The guest must have come up the way asked: a BIOS run through the image's GRUB, with
+        // its command line markers.
+        if let Some(fw) = self.firmware {
+            let boot = self.boot.as_deref().unwrap_or("");
+            let ok = match fw {
+                Firmware::Uefi => boot.starts_with("uefi"),
+                Firmware::Bios => {
+                    boot.starts_with("bios")
+                        && boot.contains("attestgate.boot=bios")
+                        && self
+                            .grub_lines
+                            .iter()
+                            .any(|l| l.starts_with("booting slot"))
+                }
+            };
+            if !ok {
+                return false;
+            }
+        }
         let reported = self.report_after.is_some();
         match expect {
             Expect::Healthy => self.healthy_after.is_some() && self.failed_units == Some(0),
@@ -189,9 +225,6 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     let work = &opts.work;
     crate::rootfs::remove_tree(work)?;
     std::fs::create_dir_all(work).map_err(io(work))?;
-    let (code, vars_src) = ovmf()?;
-    let vars = work.join("OVMF_VARS.fd");
-    std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
     // Boot a copy-on-write overlay (4 GiB: the data partition grows into the rest), so the
     // built image stays as built.
     let image = std::fs::canonicalize(&opts.image).map_err(io(&opts.image))?;
@@ -219,20 +252,25 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
         "-no-reboot",
     ])
     .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        code.display()
-    ))
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ))
-    .arg("-drive")
     .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
     .args(["-nic", "user,model=virtio-net-pci"])
     .arg("-qmp")
     .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    if opts.firmware == Firmware::Uefi {
+        let (code, vars_src) = ovmf()?;
+        let vars = work.join("OVMF_VARS.fd");
+        std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
+        c.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
     if !opts.no_seed {
         let user_data = opts.user_data.as_deref().unwrap_or(SMOKE_CONFIG);
         let seed = seed(work, user_data, None)?;
@@ -273,6 +311,7 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     });
     let mut out = Outcome {
         serial_log: serial_log.clone(),
+        firmware: Some(opts.firmware),
         ..Outcome::default()
     };
     let deadline = started + opts.timeout;
@@ -303,6 +342,8 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
                 out.unhealthy = Some(why.to_string());
             } else if rest.starts_with("NOT CONFIGURED") {
                 out.not_configured = true;
+            } else if let Some(b) = rest.strip_prefix("boot firmware ") {
+                out.boot = Some(b.trim().to_string());
             } else if let Some(n) = rest.strip_prefix("failed units: ") {
                 out.failed_units = n.trim().parse().ok();
             } else if let Some(unit) = rest.strip_prefix("failed: ") {
@@ -313,12 +354,56 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
             }
         } else if let Some(rest) = find(text, "attestgate-firstboot: REFUSED: ") {
             out.refused.push(rest.to_string());
+        } else if let Some(rest) = find(text, "attestgate-grub: ") {
+            eprintln!("smoke: grub: {rest}");
+            out.grub_lines.push(rest.to_string());
         }
     }
     power_off(&qmp, &mut child);
     drop(rx);
     let _ = reader.join();
+    if opts.firmware == Firmware::Bios {
+        out.grubenv_after = Some(grubenv_after(work, &overlay).map_err(|e| e.to_string()));
+    }
     Ok(out)
+}
+
+/// The boot counting state GRUB left: the ESP copied out of the overlay with `qemu-img dd`,
+/// /bios/grubenv read from it with mtools and parsed.
+fn grubenv_after(work: &Path, overlay: &Path) -> Result<String> {
+    let esp = work.join("esp-after.raw");
+    let _ = std::fs::remove_file(&esp);
+    cmd::run(
+        Command::new("qemu-img")
+            .args(["dd", "-f", "qcow2", "-O", "raw", "bs=1M", "skip=1"])
+            .arg(format!("count={}", crate::disk::ESP_MIB))
+            .arg(format!("if={}", overlay.display()))
+            .arg(format!("of={}", esp.display())),
+    )?;
+    let tree = work.join("esp-after");
+    crate::rootfs::remove_tree(&tree)?;
+    let bios = tree.join(crate::bios::ESP_DIR);
+    std::fs::create_dir_all(&bios).map_err(io(&bios))?;
+    cmd::run(
+        Command::new("mcopy")
+            .args(["-n", "-i"])
+            .arg(&esp)
+            .arg(format!("::{}/grubenv", crate::bios::ESP_DIR))
+            .arg(crate::bios::env_path(&tree)),
+    )?;
+    let _ = std::fs::remove_file(&esp);
+    let env = crate::bios::read_env(&tree)?;
+    let state = crate::bios::read_state(&tree)?;
+    let tries = |s: crate::bios::Slot| match state.slot(s).tries {
+        crate::bios::Tries::Good => "absent (good)".to_string(),
+        crate::bios::Tries::Left(n) => n.to_string(),
+    };
+    Ok(format!(
+        "order=[{}] a_tries={} b_tries={}",
+        env.get("order").unwrap_or(""),
+        tries(crate::bios::Slot::A),
+        tries(crate::bios::Slot::B)
+    ))
 }
 
 pub(crate) fn find<'a>(text: &'a str, marker: &str) -> Option<&'a str> {
@@ -411,6 +496,20 @@ pub fn print_report(o: &Outcome, expect: Expect, total: Duration) {
     }
     for l in &o.failed_lines {
         println!("    {l}");
+    }
+    if let Some(fw) = o.firmware {
+        println!(
+            "  firmware         asked {fw:?}, guest says {}",
+            o.boot.as_deref().unwrap_or("nothing")
+        );
+    }
+    for l in &o.grub_lines {
+        println!("  grub             {l}");
+    }
+    match &o.grubenv_after {
+        Some(Ok(env)) => println!("  grubenv after    {env}"),
+        Some(Err(e)) => println!("  grubenv after    unreadable: {e}"),
+        None => {}
     }
     println!("  whole smoke run  {:.1} s", total.as_secs_f64());
     println!("  serial log       {}", o.serial_log.display());
