@@ -143,6 +143,10 @@ pub enum UpdateCommand {
     },
     /// The running slot and version, and the boot entries with their state and tries.
     Status,
+    /// Mark the running slot good (legacy BIOS; UEFI boots are blessed by
+    /// systemd-bless-boot). Run by attestgate-boot-check after a good boot.
+    #[command(hide = true)]
+    MarkGood,
 }
 
 #[derive(Debug, Subcommand)]

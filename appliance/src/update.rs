@@ -21,7 +21,24 @@ pub fn run(cmd: &UpdateCommand, json: bool) -> u8 {
         }
     };
     match cmd {
-        UpdateCommand::Status => match update::status(disk, &esp) {
+        UpdateCommand::MarkGood => {
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            match update::mark_good(&cmdline, &esp) {
+                Ok(msg) => {
+                    println!("{msg}");
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("attestgate update mark-good: {e}");
+                    exit::FAILURE
+                }
+            }
+        }
+        UpdateCommand::Status => match update::status(
+            disk,
+            &esp,
+            &std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        ) {
             Ok(s) if json => {
                 println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
                 exit::OK

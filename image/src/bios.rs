@@ -421,6 +421,25 @@ pub fn install_slot(
     write_env(esp, &env)
 }
 
+/// Takes a slot out of the BIOS boot order (its counter and command line go too) before an
+/// update overwrites its root, so GRUB never boots it half-written. The running slot is never
+/// retired by an update; retiring the only slot in the order is refused.
+pub fn retire(esp: &Path, slot: Slot) -> Result<()> {
+    let mut env = read_env(esp)?;
+    let state = state_of(esp, &env)?;
+    if state.order == [slot] {
+        return Err(cmd::Error::Other(format!(
+            "slot {} is the only slot in the BIOS boot order",
+            slot.name()
+        )));
+    }
+    let order: Vec<Slot> = state.order.into_iter().filter(|&s| s != slot).collect();
+    env.set("order", &order_value(&order))?;
+    env.remove(&slot.tries_key());
+    env.remove(&slot.cmdline_key());
+    write_env(esp, &env)
+}
+
 /// Makes `slot` the first to boot, with `tries` attempts before GRUB falls back to the next
 /// slot in the order.
 pub fn arm(esp: &Path, slot: Slot, tries: u32) -> Result<()> {

@@ -86,6 +86,9 @@ enum Cmd {
         /// Give up on a boot after this many seconds.
         #[arg(long, default_value_t = 300)]
         boot_timeout: u64,
+        /// uefi: OVMF and systemd-boot; bios: SeaBIOS and GRUB.
+        #[arg(long, value_enum, default_value = "uefi")]
+        firmware: smoke::Firmware,
     },
 }
 
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             broken,
             work,
             boot_timeout,
+            firmware,
         } => {
             let out = default_out();
             let opts = updatetest::Options {
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
                 broken,
                 work: work.unwrap_or_else(|| out.join("update-test")),
                 boot_timeout: Duration::from_secs(boot_timeout),
+                firmware,
             };
             let started = Instant::now();
             match updatetest::run(&opts) {

@@ -25,6 +25,8 @@ pub struct Options {
     pub work: PathBuf,
     /// Per boot: from reset to the health report.
     pub boot_timeout: Duration,
+    /// UEFI (OVMF, systemd-boot) or legacy BIOS (SeaBIOS, GRUB).
+    pub firmware: smoke::Firmware,
 }
 
 /// The guest, its serial console as lines, and SSH into it.
@@ -155,6 +157,30 @@ impl Guest {
     }
 }
 
+/// The boot counting state of a slot as `update status --json` shows it: the UEFI boot entry's
+/// (systemd-boot), or the slot's in GRUB's env block (legacy BIOS).
+fn slot_state(
+    firmware: smoke::Firmware,
+    s: &serde_json::Value,
+    entry_prefix: &str,
+    slot: char,
+) -> String {
+    match firmware {
+        smoke::Firmware::Uefi => entry(s, entry_prefix)
+            .and_then(|e| e["state"].as_str())
+            .unwrap_or("missing")
+            .to_string(),
+        smoke::Firmware::Bios => {
+            let bios = s["bios"].as_str().unwrap_or("");
+            let key = format!("{slot}: ");
+            bios.split(", ")
+                .find_map(|p| p.strip_prefix(&key))
+                .map(|v| v.split(' ').next().unwrap_or("").to_string())
+                .unwrap_or_else(|| "missing".into())
+        }
+    }
+}
+
 fn entry<'a>(status: &'a serde_json::Value, file_prefix: &str) -> Option<&'a serde_json::Value> {
     status["entries"].as_array()?.iter().find(|e| {
         e["file"]
@@ -206,9 +232,6 @@ pub fn run(opts: &Options) -> Result<Report> {
         .and_then(|l| l.local_addr())
         .map_err(io(Path::new("127.0.0.1:0")))?
         .port();
-    let (code, vars_src) = smoke::ovmf()?;
-    let vars = work.join("OVMF_VARS.fd");
-    std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
     let image = std::fs::canonicalize(&opts.image).map_err(io(&opts.image))?;
     let overlay = work.join("overlay.qcow2");
     cmd::run(
@@ -231,30 +254,35 @@ pub fn run(opts: &Options) -> Result<Report> {
         "none",
         "-serial",
         "stdio",
-    ])
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={}",
-        code.display()
-    ))
-    .arg("-drive")
-    .arg(format!(
-        "if=pflash,format=raw,unit=1,file={}",
-        vars.display()
-    ))
-    .arg("-drive")
-    .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-    .arg("-drive")
-    .arg(format!(
-        "file={},if=virtio,format=raw,readonly=on",
-        seed.display()
-    ))
-    .arg("-nic")
-    .arg(format!(
-        "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"
-    ))
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    ]);
+    if opts.firmware == smoke::Firmware::Uefi {
+        let (code, vars_src) = smoke::ovmf()?;
+        let vars = work.join("OVMF_VARS.fd");
+        std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
+        c.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    c.arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            seed.display()
+        ))
+        .arg("-nic")
+        .arg(format!(
+            "user,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:22"
+        ))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
     // the bundles as disks, found in the guest by their serial numbers
     for (id, file) in [("good", &opts.good), ("broken", &opts.broken)] {
         let file = std::fs::canonicalize(file).map_err(io(file))?;
@@ -352,7 +380,7 @@ fn scenario(
     }
     step(&mut r, "boot the built image to healthy (slot a)", t);
     let s = g.status_until("slot a's entry blessed", |s| {
-        entry(s, "attestgate-1-a").is_some_and(|e| e["state"] == "good")
+        slot_state(opts.firmware, s, "attestgate-1-a", 'a') == "good"
     })?;
     if s["running_slot"] != "a" {
         return Err(fail(format!(
@@ -389,7 +417,7 @@ fn scenario(
     }
     step(&mut r, "reboot into slot b to healthy", t);
     let s = g.status_until("slot b running and blessed", |s| {
-        s["running_slot"] == "b" && entry(s, "attestgate-2-b").is_some_and(|e| e["state"] == "good")
+        s["running_slot"] == "b" && slot_state(opts.firmware, s, "attestgate-2-b", 'b') == "good"
     })?;
     if s["running_version"] != good_version {
         return Err(fail(format!(
@@ -426,7 +454,7 @@ fn scenario(
     }
     step(&mut r, "fall back to slot b by itself, to healthy", t);
     let s = g.status_until("the broken entry counted bad", |s| {
-        entry(s, "attestgate-3-a").is_some_and(|e| e["state"] == "bad")
+        slot_state(opts.firmware, s, "attestgate-3-a", 'a') == "bad"
     })?;
     if s["running_slot"] != "b" || s["running_version"] != good_version {
         return Err(fail(format!(

@@ -113,6 +113,12 @@ pub fn apply(
             removed.join(", ")
         ));
     }
+    // ... and on an ESP with the legacy-BIOS path, out of GRUB's order
+    let bios = has_bios(&opts.esp);
+    if bios {
+        crate::bios::retire(&opts.esp, bios_slot(target))
+            .map_err(|e| ApplyError::Io(format!("legacy-BIOS boot state: {e}")))?;
+    }
 
     // 2. the kernel image, checked, pointed at the target's root
     let mut uki = {
@@ -165,6 +171,13 @@ pub fn apply(
     write_synced(&tmp, &uki)?;
     std::fs::rename(&tmp, dir.join(&entry)).map_err(io_err(&dir))?;
     sync_dir(&dir)?;
+    if bios {
+        install_bios(&opts.esp, target, &uki, opts.tries)?;
+        say(&format!(
+            "legacy BIOS: /{}/{target} installed and first in GRUB's order",
+            crate::bios::ESP_DIR
+        ));
+    }
     say(&format!(
         "boot entry EFI/Linux/{entry}: the next boot runs slot {target} ({} {}; the running \
          slot {} stays as the fallback)",
@@ -181,6 +194,38 @@ pub fn apply(
         key,
         took: started.elapsed(),
     })
+}
+
+/// Whether the ESP carries the legacy-BIOS path (images built before it do not).
+pub fn has_bios(esp: &Path) -> bool {
+    crate::bios::env_path(esp).is_file()
+}
+
+pub fn bios_slot(s: Slot) -> crate::bios::Slot {
+    match s {
+        Slot::A => crate::bios::Slot::A,
+        Slot::B => crate::bios::Slot::B,
+    }
+}
+
+/// The BIOS path boots the kernel and initrd as files: they come out of the UKI's sections,
+/// with its command line (already pointed at the target's root).
+fn install_bios(esp: &Path, target: Slot, uki: &[u8], tries: u32) -> Result<(), ApplyError> {
+    let tmp = std::env::temp_dir().join(format!("attestgate-update-{}", std::process::id()));
+    let result = (|| {
+        std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+        let kernel = tmp.join("vmlinuz");
+        let initrd = tmp.join("initrd.img");
+        write_synced(&kernel, &uki[pe::section(uki, ".linux")?])?;
+        write_synced(&initrd, &uki[pe::section(uki, ".initrd")?])?;
+        let cmdline = pe::cmdline(uki)?;
+        let slot = bios_slot(target);
+        crate::bios::install_slot(esp, slot, &kernel, &initrd, &cmdline)
+            .and_then(|()| crate::bios::arm(esp, slot, tries))
+            .map_err(|e| ApplyError::Io(format!("legacy-BIOS boot state: {e}")))
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    result
 }
 
 fn next<'a, R: Read>(
@@ -431,6 +476,7 @@ mod tests {
             (".osrel", osrel.as_bytes()),
             (".cmdline", cmdline.as_bytes()),
             (".linux", b"kernel"),
+            (".initrd", b"initrd"),
         ]);
         std::fs::write(p.join("uki.efi"), &uki).unwrap();
         std::fs::create_dir_all(p.join("work")).unwrap();
@@ -559,6 +605,66 @@ mod tests {
         assert!(apply(&f.opts, &f.disk, &mut |_| {}).is_err());
         // the running slot's entry is never touched by a failed apply
         assert!(names(&f.opts.esp).contains(&"attestgate-1-a.efi".to_string()));
+    }
+
+    #[test]
+    fn an_esp_with_the_bios_path_gets_the_slot_in_grubs_order_too() {
+        let f = fixture(8 << 20);
+        let esp = &f.opts.esp;
+        crate::bios::init(esp).unwrap();
+        let (k, i) = (f.dir.path().join("k"), f.dir.path().join("i"));
+        std::fs::write(&k, b"old kernel").unwrap();
+        std::fs::write(&i, b"old initrd").unwrap();
+        crate::bios::install_slot(esp, crate::bios::Slot::A, &k, &i, "root=PARTUUID=a ro").unwrap();
+        crate::bios::arm(esp, crate::bios::Slot::A, 3).unwrap();
+        crate::bios::bless(esp, crate::bios::Slot::A).unwrap();
+        make_bundle(&f, 1 << 20, &f.key);
+        let mut said = Vec::new();
+        apply(&f.opts, &f.disk, &mut |l| said.push(l.to_string())).unwrap();
+        let st = crate::bios::read_state(esp).unwrap();
+        assert_eq!(st.order, vec![crate::bios::Slot::B, crate::bios::Slot::A]);
+        assert_eq!(
+            st.slot(crate::bios::Slot::B).tries,
+            crate::bios::Tries::Left(2)
+        );
+        assert_eq!(
+            st.slot(crate::bios::Slot::A).tries,
+            crate::bios::Tries::Good
+        );
+        let b = st.slot(crate::bios::Slot::B);
+        assert!(b.installed);
+        // the UKI's command line, pointed at b's root, plus GRUB's markers
+        let cmdline = b.cmdline.clone().unwrap();
+        assert!(
+            cmdline.starts_with(&format!("root=PARTUUID={B} ro")),
+            "{cmdline}"
+        );
+        assert!(
+            cmdline.ends_with("attestgate.boot=bios attestgate.slot=b"),
+            "{cmdline}"
+        );
+        assert_eq!(
+            std::fs::read(esp.join("bios/b/vmlinuz")).unwrap(),
+            b"kernel"
+        );
+        assert_eq!(
+            std::fs::read(esp.join("bios/b/initrd.img")).unwrap(),
+            b"initrd"
+        );
+        assert!(said.iter().any(|l| l.contains("legacy BIOS")), "{said:?}");
+        // a good boot of b under BIOS drops its counter
+        let booted = crate::bios::slot_cmdline("root=PARTUUID=x", crate::bios::Slot::B);
+        assert!(crate::update::mark_good(&booted, esp)
+            .unwrap()
+            .contains("marked good"));
+        let st = crate::bios::read_state(esp).unwrap();
+        assert_eq!(
+            st.slot(crate::bios::Slot::B).tries,
+            crate::bios::Tries::Good
+        );
+        assert!(crate::update::mark_good(&booted, esp)
+            .unwrap()
+            .contains("already"));
     }
 
     #[test]

@@ -36,6 +36,41 @@ pub fn esp() -> Result<PathBuf, String> {
     }
 }
 
+/// The slot GRUB booted, when the running system came up through the legacy-BIOS path
+/// (`attestgate.boot=bios attestgate.slot=X` on the command line, see `bios::slot_cmdline`).
+pub fn bios_boot(cmdline: &str) -> Option<slots::Slot> {
+    let words: Vec<&str> = cmdline.split_ascii_whitespace().collect();
+    if !words.contains(&"attestgate.boot=bios") {
+        return None;
+    }
+    match words
+        .iter()
+        .find_map(|w| w.strip_prefix("attestgate.slot="))?
+    {
+        "a" => Some(slots::Slot::A),
+        "b" => Some(slots::Slot::B),
+        _ => None,
+    }
+}
+
+/// `attestgate update mark-good` (run by attestgate-boot-check after a good boot): under
+/// legacy BIOS drops the running slot's counter from GRUB's env block; under UEFI
+/// systemd-bless-boot does the same for the boot entry, so there is nothing to do.
+pub fn mark_good(cmdline: &str, esp: &Path) -> Result<String, String> {
+    let Some(slot) = bios_boot(cmdline) else {
+        return Ok("UEFI boot: systemd-bless-boot marks the entry good".into());
+    };
+    let bslot = apply::bios_slot(slot);
+    let state = crate::bios::read_state(esp).map_err(|e| e.to_string())?;
+    if state.slot(bslot).tries == crate::bios::Tries::Good {
+        return Ok(format!("legacy BIOS: slot {slot} is already marked good"));
+    }
+    crate::bios::bless(esp, bslot).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "legacy BIOS: slot {slot} marked good (its boot counter removed)"
+    ))
+}
+
 /// The version a boot entry carries (`ATTESTGATE_VERSION=` in its `.osrel`).
 pub fn entry_version(uki: &[u8]) -> Option<String> {
     let r = pe::section(uki, ".osrel").ok()?;
@@ -48,6 +83,10 @@ pub fn entry_version(uki: &[u8]) -> Option<String> {
 #[derive(Debug, serde::Serialize)]
 pub struct Status {
     pub running_slot: slots::Slot,
+    /// "uefi", or "bios" when GRUB booted this system.
+    pub firmware: &'static str,
+    /// GRUB's boot order and each slot's tries (legacy-BIOS path), when the ESP has one.
+    pub bios: Option<String>,
     pub running_version: String,
     pub disk: slots::Disk,
     pub entries: Vec<EntryStatus>,
@@ -63,7 +102,7 @@ pub struct EntryStatus {
     pub default: bool,
 }
 
-pub fn status(disk: slots::Disk, esp: &Path) -> Result<Status, String> {
+pub fn status(disk: slots::Disk, esp: &Path, cmdline: &str) -> Result<Status, String> {
     let entries = slots::entries(esp).map_err(|e| format!("{}/EFI/Linux: {e}", esp.display()))?;
     let entries = entries
         .into_iter()
@@ -80,7 +119,31 @@ pub fn status(disk: slots::Disk, esp: &Path) -> Result<Status, String> {
             }
         })
         .collect();
+    let bios = apply::has_bios(esp).then(|| match crate::bios::read_state(esp) {
+        Ok(st) => {
+            let tries = |s: crate::bios::Slot| match st.slot(s).tries {
+                crate::bios::Tries::Good if st.slot(s).installed => "good".to_string(),
+                crate::bios::Tries::Good => "not installed".to_string(),
+                crate::bios::Tries::Left(0) => "bad (0 tries left)".to_string(),
+                crate::bios::Tries::Left(n) => format!("{n} tries left"),
+            };
+            let order: Vec<&str> = st.order.iter().map(|s| s.name()).collect();
+            format!(
+                "order [{}], a: {}, b: {}",
+                order.join(" "),
+                tries(crate::bios::Slot::A),
+                tries(crate::bios::Slot::B)
+            )
+        }
+        Err(e) => format!("unreadable: {e}"),
+    });
     Ok(Status {
+        firmware: if bios_boot(cmdline).is_some() {
+            "bios"
+        } else {
+            "uefi"
+        },
+        bios,
         running_slot: disk.current,
         running_version: running_version(),
         disk,
@@ -91,11 +154,19 @@ pub fn status(disk: slots::Disk, esp: &Path) -> Result<Status, String> {
 /// `attestgate update status` as a table.
 pub fn render(s: &Status) -> String {
     let mut out = format!(
-        "running   slot {} ({}), version {}\n",
+        "running   slot {} ({}), version {}, booted by {}\n",
         s.running_slot,
         s.disk.slot(s.running_slot).device.display(),
-        s.running_version
+        s.running_version,
+        if s.firmware == "bios" {
+            "GRUB (legacy BIOS)"
+        } else {
+            "systemd-boot (UEFI)"
+        }
     );
+    if let Some(b) = &s.bios {
+        out.push_str(&format!("bios      {b}\n"));
+    }
     out.push_str(&format!(
         "{:<28} {:<5} {:<7} {:<9} {}\n",
         "BOOT ENTRY", "SLOT", "STATE", "TRIES", "VERSION"
@@ -132,6 +203,8 @@ mod tests {
             size: 0,
         };
         let s = Status {
+            firmware: "uefi",
+            bios: None,
             running_slot: slots::Slot::B,
             running_version: "2".into(),
             disk: slots::Disk {
@@ -157,7 +230,10 @@ mod tests {
         };
         let t = render(&s);
         let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[0], "running   slot b (/dev/vda3), version 2");
+        assert_eq!(
+            lines[0],
+            "running   slot b (/dev/vda3), version 2, booted by systemd-boot (UEFI)"
+        );
         let col = |l: &str, w: &str| l.find(w).unwrap();
         // every column starts where its heading does
         for (heading, values) in [
@@ -171,5 +247,22 @@ mod tests {
         }
         assert!(lines[2].ends_with("<- next boot"));
         assert!(!lines[3].contains("next boot"));
+    }
+
+    #[test]
+    fn knows_a_legacy_bios_boot_from_grubs_markers() {
+        let base = "root=PARTUUID=x ro console=ttyS0,115200";
+        assert_eq!(bios_boot(base), None);
+        assert_eq!(
+            bios_boot(&crate::bios::slot_cmdline(base, crate::bios::Slot::B)),
+            Some(slots::Slot::B)
+        );
+        assert_eq!(bios_boot("attestgate.slot=a"), None);
+        assert_eq!(bios_boot("attestgate.boot=bios attestgate.slot=c"), None);
+        // UEFI: nothing to do here
+        let dir = tempfile::tempdir().unwrap();
+        assert!(mark_good(base, dir.path())
+            .unwrap()
+            .contains("systemd-bless-boot"));
     }
 }
