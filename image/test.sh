@@ -10,7 +10,7 @@
 #   sudo image/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for tool in mmdebstrap mkfs.fat mcopy sfdisk qemu-img qemu-system-x86_64 objcopy zstd ssh; do
+for tool in mmdebstrap mkfs.fat mcopy sfdisk qemu-img qemu-system-x86_64 objcopy zstd ssh grub-mkimage; do
   if ! command -v "$tool" >/dev/null; then
     echo "image/test.sh: $tool missing; installing the image's host packages (image/ci-deps.sh)"
     bash image/ci-deps.sh
