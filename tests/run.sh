@@ -21,6 +21,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v swanctl >/dev/null || need+=(strongswan-swanctl)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-kernel-libipsec.so ] || need+=(libcharon-extra-plugins)
 [ -e /usr/lib/ipsec/plugins/libstrongswan-curve25519.so ] || need+=(libstrongswan-extra-plugins)
+# the image crate's unit tests run the converters and read GRUB's boot code
+command -v qemu-img >/dev/null || need+=(qemu-utils)
+command -v mcopy >/dev/null || need+=(mtools)
+command -v mkfs.fat >/dev/null || need+=(dosfstools)
+command -v zstd >/dev/null || need+=(zstd)
+[ -d /usr/lib/grub/i386-pc ] || need+=(grub-pc-bin)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
