@@ -301,6 +301,15 @@ pub fn customize(
 
     // The boot files leave the root: the UKI carries them.
     let boot = boot_files(root, boot_dir)?;
+    // The appliance never runs dpkg or maintainer scripts (the root is read-only and updates
+    // replace it whole): Perl's full library, pulled in for the kernel packages' scripts at
+    // build time, is not shipped (perl-base, which is Essential, stays).
+    for build_only in ["usr/share/perl", "usr/lib/x86_64-linux-gnu/perl"] {
+        let p = root.join(build_only);
+        if p.is_dir() {
+            remove_tree(&p)?;
+        }
+    }
     for junk in [
         "var/cache/apt",
         "var/lib/apt/lists",

@@ -270,8 +270,15 @@ pub fn run(opts: &Options) -> Result<Report> {
                 vars.display()
             ));
     }
+    // bootindex: SeaBIOS boots the first disk it finds, and the bundle disks below come first
+    // on the PCI bus
     c.arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .arg(format!(
+            "if=none,id=root,file={},format=qcow2",
+            overlay.display()
+        ))
+        .arg("-device")
+        .arg("virtio-blk-pci,drive=root,bootindex=0")
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,readonly=on",
