@@ -23,7 +23,7 @@ pub fn run(cmd: &UpdateCommand, json: bool) -> u8 {
     match cmd {
         UpdateCommand::MarkGood => {
             let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-            match update::mark_good(&cmdline, &esp) {
+            match update::mark_good(&cmdline, &esp, disk.current) {
                 Ok(msg) => {
                     println!("{msg}");
                     exit::OK

@@ -139,6 +139,74 @@ pub(crate) fn ovmf() -> Result<(PathBuf, PathBuf)> {
     ))
 }
 
+/// qemu under TCG (q35, one CPU unless told) with the serial console on stdout, a QMP socket
+/// and the firmware: OVMF on pflash (a private copy of its variables) or qemu's SeaBIOS. The
+/// caller adds the disks and the network.
+pub(crate) fn qemu(work: &Path, firmware: Firmware, smp: u32, qmp: &Path) -> Result<Command> {
+    let mut c = cmd::nice("qemu-system-x86_64");
+    c.args([
+        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024",
+    ])
+    .args(["-smp", &smp.to_string()])
+    .args(["-nodefaults", "-display", "none", "-serial", "stdio"])
+    .arg("-qmp")
+    .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+    if firmware == Firmware::Uefi {
+        let (code, vars_src) = ovmf()?;
+        let vars = work.join("OVMF_VARS.fd");
+        std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
+        c.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                code.display()
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+    }
+    Ok(c)
+}
+
+/// Starts qemu; its serial console arrives as lines on the channel (the thread ends with it).
+pub(crate) fn spawn_console(
+    c: &mut Command,
+) -> Result<(
+    std::process::Child,
+    mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+)> {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(io(Path::new("qemu-system-x86_64")))?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        return Err(cmd::Error::Other("qemu: no stdout".into()));
+    };
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut r = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    Ok((child, rx, reader))
+}
+
 /// A FAT seed labelled CIDATA: meta-data (with `ssh_key` as its `public-keys`), user-data and
 /// `attestgate/` (certificate, key, CA).
 pub(crate) fn seed(work: &Path, user_data: &str, ssh_key: Option<&str>) -> Result<PathBuf> {
@@ -238,39 +306,11 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
             .arg("4G"),
     )?;
     let qmp = work.join("qmp.sock");
-    let mut c = cmd::nice("qemu-system-x86_64");
-    c.args([
-        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024",
-    ])
-    .args(["-smp", &opts.smp.to_string()])
-    .args([
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-no-reboot",
-    ])
-    .arg("-drive")
-    .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-    .args(["-nic", "user,model=virtio-net-pci"])
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-    if opts.firmware == Firmware::Uefi {
-        let (code, vars_src) = ovmf()?;
-        let vars = work.join("OVMF_VARS.fd");
-        std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
-        c.arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
+    let mut c = qemu(work, opts.firmware, opts.smp, &qmp)?;
+    c.arg("-no-reboot")
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .args(["-nic", "user,model=virtio-net-pci"]);
     if !opts.no_seed {
         let user_data = opts.user_data.as_deref().unwrap_or(SMOKE_CONFIG);
         let seed = seed(work, user_data, None)?;
@@ -282,33 +322,7 @@ pub fn smoke(opts: &Options) -> Result<Outcome> {
     let serial_log = work.join("serial.log");
     let mut log = std::fs::File::create(&serial_log).map_err(io(&serial_log))?;
     let started = Instant::now();
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(io(Path::new("qemu-system-x86_64")))?;
-    let Some(stdout) = child.stdout.take() else {
-        let _ = child.kill();
-        return Err(cmd::Error::Other("qemu: no stdout".into()));
-    };
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let (mut child, rx, reader) = spawn_console(&mut c)?;
     let mut out = Outcome {
         serial_log: serial_log.clone(),
         firmware: Some(opts.firmware),

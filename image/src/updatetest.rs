@@ -11,9 +11,9 @@
 
 use crate::cmd::{self, io, Result};
 use crate::smoke;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -174,7 +174,7 @@ fn slot_state(
             let bios = s["bios"].as_str().unwrap_or("");
             let key = format!("{slot}: ");
             bios.split(", ")
-                .find_map(|p| p.strip_prefix(&key))
+                .find_map(|p| p.strip_prefix(key.as_str()))
                 .map(|v| v.split(' ').next().unwrap_or("").to_string())
                 .unwrap_or_else(|| "missing".into())
         }
@@ -242,34 +242,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             .arg("4G"),
     )?;
     let qmp = work.join("qmp.sock");
-    let mut c = cmd::nice("qemu-system-x86_64");
-    c.args([
-        "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024",
-    ])
-    .args([
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-    ]);
-    if opts.firmware == smoke::Firmware::Uefi {
-        let (code, vars_src) = smoke::ovmf()?;
-        let vars = work.join("OVMF_VARS.fd");
-        std::fs::copy(&vars_src, &vars).map_err(io(&vars))?;
-        c.arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                code.display()
-            ))
-            .arg("-drive")
-            .arg(format!(
-                "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
-            ));
-    }
+    let mut c = smoke::qemu(work, opts.firmware, 1, &qmp)?;
     // bootindex: SeaBIOS boots the first disk it finds, and the bundle disks below come first
     // on the PCI bus
     c.arg("-drive")
@@ -303,35 +276,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     let serial_log = work.join("serial.log");
     let log = std::fs::File::create(&serial_log).map_err(io(&serial_log))?;
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(io(Path::new("qemu-system-x86_64")))?;
-    let Some(stdout) = child.stdout.take() else {
-        let _ = child.kill();
-        return Err(cmd::Error::Other("qemu: no stdout".into()));
-    };
-    let (tx, rx) = mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if tx
-                        .send(String::from_utf8_lossy(&buf).trim_end().to_string())
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    let (child, rx, reader) = smoke::spawn_console(&mut c)?;
     let mut g = Guest {
         child,
         qmp: qmp.clone(),

@@ -654,7 +654,7 @@ mod tests {
         assert!(said.iter().any(|l| l.contains("legacy BIOS")), "{said:?}");
         // a good boot of b under BIOS drops its counter
         let booted = crate::bios::slot_cmdline("root=PARTUUID=x", crate::bios::Slot::B);
-        assert!(crate::update::mark_good(&booted, esp)
+        assert!(crate::update::mark_good(&booted, esp, Slot::B)
             .unwrap()
             .contains("marked good"));
         let st = crate::bios::read_state(esp).unwrap();
@@ -662,7 +662,7 @@ mod tests {
             st.slot(crate::bios::Slot::B).tries,
             crate::bios::Tries::Good
         );
-        assert!(crate::update::mark_good(&booted, esp)
+        assert!(crate::update::mark_good(&booted, esp, Slot::B)
             .unwrap()
             .contains("already"));
     }

@@ -53,21 +53,27 @@ pub fn bios_boot(cmdline: &str) -> Option<slots::Slot> {
     }
 }
 
-/// `attestgate update mark-good` (run by attestgate-boot-check after a good boot): under
-/// legacy BIOS drops the running slot's counter from GRUB's env block; under UEFI
-/// systemd-bless-boot does the same for the boot entry, so there is nothing to do.
-pub fn mark_good(cmdline: &str, esp: &Path) -> Result<String, String> {
-    let Some(slot) = bios_boot(cmdline) else {
-        return Ok("UEFI boot: systemd-bless-boot marks the entry good".into());
+/// `attestgate update mark-good` (run by attestgate-boot-check after a good boot): drops the
+/// running slot's counter from GRUB's env block, so the legacy-BIOS path agrees with what
+/// booted well whatever the firmware; under UEFI systemd-bless-boot does the same for the boot
+/// entry.
+pub fn mark_good(cmdline: &str, esp: &Path, running: slots::Slot) -> Result<String, String> {
+    let how = if bios_boot(cmdline).is_some() {
+        "legacy BIOS boot"
+    } else {
+        "UEFI boot (systemd-bless-boot marks the entry good)"
     };
-    let bslot = apply::bios_slot(slot);
+    if !apply::has_bios(esp) {
+        return Ok(format!("{how}: nothing else to mark"));
+    }
+    let bslot = apply::bios_slot(running);
     let state = crate::bios::read_state(esp).map_err(|e| e.to_string())?;
-    if state.slot(bslot).tries == crate::bios::Tries::Good {
-        return Ok(format!("legacy BIOS: slot {slot} is already marked good"));
+    if state.slot(bslot).tries == crate::bios::Tries::Good || !state.order.contains(&bslot) {
+        return Ok(format!("{how}: slot {running} is already good for GRUB"));
     }
     crate::bios::bless(esp, bslot).map_err(|e| e.to_string())?;
     Ok(format!(
-        "legacy BIOS: slot {slot} marked good (its boot counter removed)"
+        "{how}: slot {running} marked good for GRUB (its boot counter removed)"
     ))
 }
 
@@ -129,10 +135,11 @@ pub fn status(disk: slots::Disk, esp: &Path, cmdline: &str) -> Result<Status, St
             };
             let order: Vec<&str> = st.order.iter().map(|s| s.name()).collect();
             format!(
-                "order [{}], a: {}, b: {}",
+                "order [{}], a: {}, b: {}, next boot: {}",
                 order.join(" "),
                 tries(crate::bios::Slot::A),
-                tries(crate::bios::Slot::B)
+                tries(crate::bios::Slot::B),
+                st.next_boot().map(|s| s.name()).unwrap_or("none")
             )
         }
         Err(e) => format!("unreadable: {e}"),
@@ -169,7 +176,7 @@ pub fn render(s: &Status) -> String {
     }
     out.push_str(&format!(
         "{:<28} {:<5} {:<7} {:<9} {}\n",
-        "BOOT ENTRY", "SLOT", "STATE", "TRIES", "VERSION"
+        "BOOT ENTRY (UEFI)", "SLOT", "STATE", "TRIES", "VERSION"
     ));
     for e in &s.entries {
         let tries = match (e.entry.tries_left, e.entry.tries_done) {
@@ -261,7 +268,7 @@ mod tests {
         assert_eq!(bios_boot("attestgate.boot=bios attestgate.slot=c"), None);
         // UEFI: nothing to do here
         let dir = tempfile::tempdir().unwrap();
-        assert!(mark_good(base, dir.path())
+        assert!(mark_good(base, dir.path(), slots::Slot::A)
             .unwrap()
             .contains("systemd-bless-boot"));
     }
