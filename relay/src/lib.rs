@@ -200,6 +200,9 @@ pub struct DeviceIdentity {
     /// The certificate's validity window.
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The certificate's serial number: the DER INTEGER's content octets (RFC 5280 §4.1.2.2),
+    /// for an authorizer that keeps its own revocation list.
+    pub certificate_serial: Vec<u8>,
 }
 
 /// The transport a request asks to reach.
