@@ -81,6 +81,8 @@ pub struct Shared {
     sync_lock: tokio::sync::Mutex<()>,
     /// Store batches are committed in the order they were taken.
     store_order: Mutex<()>,
+    /// The ACME server and its device CA (`[acme]`), with its settings' fingerprint.
+    acme: Mutex<Option<(String, crate::acme::AcmeRuntime)>>,
     /// Set once at start, for handing `Arc<Shared>` to the admin listener.
     self_ref: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
@@ -106,6 +108,10 @@ impl crate::compliance::admin::AdminBackend for Shared {
     }
     fn event(&self, kind: &str, fields: Value) {
         self.events.emit(kind, fields)
+    }
+    fn acme(&self) -> Option<Arc<enroll::acme::AcmeServer>> {
+        let slot = self.acme.lock().ok()?;
+        slot.as_ref().map(|(_, a)| a.server.clone())
     }
 }
 
@@ -452,6 +458,7 @@ impl Shared {
         self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_and_report(None, "apply", json!({})).await;
         self.reconcile_tunnels().await;
+        self.reconcile_acme();
         self.reconcile_relay();
         self.reconcile_admin().await;
         self.enforce();
@@ -640,7 +647,8 @@ impl Shared {
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
         let egress = self.egress.clone();
-        let fingerprint = without_spans(&format!("{:?}", cfg.relay));
+        let builtin_ca = self.acme_ca().map(|(_, trust)| trust);
+        let fingerprint = without_spans(&format!("{:?} {builtin_ca:?}", cfg.relay));
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -650,9 +658,10 @@ impl Shared {
         if let Some((_, old)) = slot.take() {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
-        let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
-            relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
-        });
+        let started =
+            crate::gateway::relay_config(&cfg.relay, builtin_ca.as_deref()).and_then(|rc| {
+                relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
+            });
         let state = match started {
             Ok(handle) => {
                 let state = format!(
@@ -684,6 +693,51 @@ impl Shared {
         if let Ok(mut s) = self.relay_state.lock() {
             *s = state;
         }
+    }
+
+    /// The built-in device CA and the file the relay trusts it from, when `[acme]` runs.
+    fn acme_ca(&self) -> Option<(Arc<enroll::ca::DeviceCa>, PathBuf)> {
+        let slot = self.acme.lock().ok()?;
+        slot.as_ref()
+            .map(|(_, a)| (a.ca.clone(), a.trust_file.clone()))
+    }
+
+    /// Starts, restarts or stops the ACME server and its device CA to match `[acme]`; runs
+    /// before the relay's reconcile (the relay trusts the CA). Unchanged settings keep the
+    /// running server (its nonces and pending orders). One that cannot start (an unreadable
+    /// root, a broken imported key) leaves the daemon running without it, with an alert.
+    fn reconcile_acme(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let wanted = cfg.acme.as_ref().filter(|a| a.enabled);
+        let fingerprint = without_spans(&format!("{wanted:?} {:?}", cfg.appliance.state_dir));
+        let Ok(mut slot) = self.acme.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+            return;
+        }
+        *slot = None;
+        if let Some(acme) = wanted {
+            let backend: std::sync::Weak<dyn crate::compliance::admin::AdminBackend> =
+                match self.self_ref.get() {
+                    Some(w) => w.clone(),
+                    None => return,
+                };
+            match crate::acme::start(acme, &cfg.appliance.state_dir, backend, self.events.clone()) {
+                Ok(runtime) => {
+                    self.events.emit(
+                        "acme.started",
+                        json!({"directory": runtime.server.directory_url(), "ca": runtime.trust_file.display().to_string()}),
+                    );
+                    *slot = Some((fingerprint, runtime));
+                }
+                Err(e) => self
+                    .events
+                    .emit("acme.error", json!({"error": e, "alert": true})),
+            }
+        }
+        self.gateway
+            .set_revocations(slot.as_ref().map(|(_, a)| a.ca.clone()));
     }
 
     /// Starts, restarts or stops the admin listener to match `[compliance.webhook]`. One that
@@ -1074,6 +1128,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         last_apply: Mutex::new(None),
         socket: cfg.appliance.control_socket.clone(),
         admin: Mutex::new(None),
+        acme: Mutex::new(None),
         admin_state: Mutex::new("not configured".into()),
         resync_tx: Mutex::new(None),
         mdm: tokio::sync::Mutex::new(Default::default()),
@@ -1135,6 +1190,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         Err(e) => tracing::warn!(error = %e, "cannot remove leftover routes and rules"),
     }
     shared.reconcile_tunnels().await;
+    shared.reconcile_acme();
     shared.reconcile_relay();
     shared.reconcile_admin().await;
     shared.events.emit(

@@ -22,12 +22,24 @@ use std::time::SystemTime;
 pub struct Gateway {
     pub engine: RwLock<Arc<PolicyEngine>>,
     pub devices: Arc<RwLock<DeviceTable>>,
-    /// The certificate validity window each device last presented, to re-decide its flows.
-    certificates: Mutex<HashMap<String, (SystemTime, SystemTime)>>,
+    /// The certificate each device last presented, to re-decide its flows.
+    certificates: Mutex<HashMap<String, Presented>>,
+    /// The built-in device CA (`[acme]`): a request whose certificate it lists as revoked is
+    /// refused, and so are the open flows of a device whose last certificate it revoked.
+    revocations: RwLock<Option<Arc<enroll::ca::DeviceCa>>>,
     /// The tunnel egresses' NAT pools.
     pub pools: Arc<NatPools>,
     /// The devices with an open flow through an egress (asked when a pool is exhausted).
     busy: OnceLock<Busy>,
+}
+
+/// A device certificate as the relay verified it.
+#[derive(Debug, Clone)]
+struct Presented {
+    not_before: SystemTime,
+    not_after: SystemTime,
+    /// The serial number's content octets.
+    serial: Vec<u8>,
 }
 
 struct Busy(BusyDevices);
@@ -67,6 +79,7 @@ impl Gateway {
             engine: RwLock::new(engine),
             devices,
             certificates: Mutex::new(HashMap::new()),
+            revocations: RwLock::new(None),
             pools,
             busy: OnceLock::new(),
         }
@@ -75,6 +88,23 @@ impl Gateway {
     /// How to learn which devices have open flows through an egress (set once, by the daemon).
     pub fn set_busy(&self, busy: BusyDevices) {
         let _ = self.busy.set(Busy(busy));
+    }
+
+    /// The device CA whose revocations count (`None`: `[acme]` is off).
+    pub fn set_revocations(&self, ca: Option<Arc<enroll::ca::DeviceCa>>) {
+        match self.revocations.write() {
+            Ok(mut r) => *r = ca,
+            Err(p) => *p.into_inner() = ca,
+        }
+    }
+
+    /// True when the built-in device CA revoked the certificate with this serial.
+    fn revoked(&self, certificate_serial: &[u8]) -> bool {
+        let ca = match self.revocations.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        ca.is_some_and(|ca| ca.is_revoked(certificate_serial))
     }
 
     pub fn set_engine(&self, engine: Arc<PolicyEngine>) {
@@ -108,10 +138,13 @@ impl Gateway {
         serials
             .iter()
             .map(|serial| {
-                // without a known certificate window the flow cannot be re-decided: close it
-                let window = certificates.get(serial).copied();
+                // without a known certificate the flow cannot be re-decided: close it
+                let presented = certificates.get(serial);
                 relay.revoke(serial, |f| {
-                    window.is_some_and(|w| self.still_allowed(f, w, now))
+                    presented.is_some_and(|p| {
+                        !self.revoked(&p.serial)
+                            && self.still_allowed(f, (p.not_before, p.not_after), now)
+                    })
                 })
             })
             .sum()
@@ -225,10 +258,21 @@ impl Authorizer for Gateway {
                 status: DenyStatus::BadGateway,
             };
         };
+        // DESIGN.md invariant 2: decided at use, so a revocation counts from the next request
+        if self.revoked(&request.device.certificate_serial) {
+            tracing::info!(device = %request.device.serial, certificate = %enroll::ca::serial_hex(&request.device.certificate_serial), "relay request refused: the device certificate is revoked");
+            return RelayDecision::Deny {
+                status: DenyStatus::Forbidden,
+            };
+        }
         if let Ok(mut c) = self.certificates.lock() {
             c.insert(
                 request.device.serial.clone(),
-                (request.device.not_before, request.device.not_after),
+                Presented {
+                    not_before: request.device.not_before,
+                    not_after: request.device.not_after,
+                    serial: request.device.certificate_serial.clone(),
+                },
             );
         }
         let (verdict, decision) = self.decide(
@@ -243,14 +287,23 @@ impl Authorizer for Gateway {
     }
 }
 
-/// The relay's settings from the configuration's `[relay]`.
-pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
+/// The relay's settings from the configuration's `[relay]`; `builtin_ca`: the built-in device
+/// CA's certificate (`[acme]`), trusted beside the configured `device_ca`.
+pub fn relay_config(
+    r: &config::Relay,
+    builtin_ca: Option<&std::path::Path>,
+) -> Result<relay::RelayConfig, String> {
     use config::IdentityField;
     use relay::IdentitySource;
     let tls = relay::tls::TlsFiles {
         certificate: r.certificate.value.clone(),
         private_key: r.private_key.value.clone(),
-        device_ca: r.device_ca.iter().map(|p| p.value.clone()).collect(),
+        device_ca: r
+            .device_ca
+            .iter()
+            .map(|p| p.value.clone())
+            .chain(builtin_ca.map(std::path::Path::to_path_buf))
+            .collect(),
         crl: r.crl.iter().map(|p| p.value.clone()).collect(),
     };
     let mut rc = relay::RelayConfig::new(r.http3_listen.clone(), tls);

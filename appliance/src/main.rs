@@ -3,6 +3,7 @@
 //! Layout (DESIGN.md): `cli` (clap) · `daemon` · `control` (socket protocol) · `policy` (the
 //! engine) · `compliance` (sources, device table) · `events` · `output` (tables for people).
 
+mod acme;
 mod cli;
 mod compliance;
 mod control;
