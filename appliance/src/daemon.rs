@@ -22,6 +22,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// The answer to `ca` commands without `[acme]`.
+const ACME_OFF: &str =
+    "the built-in device CA is not running: [acme] is not enabled (or failed to start, see `status`)";
+
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -536,6 +540,15 @@ impl Shared {
                 "store": store,
                 "admin": self.admin_state.lock().map(|s| s.clone()).unwrap_or_default(),
             },
+            "acme": self.acme.lock().ok().and_then(|slot| slot.as_ref().map(|(_, a)| {
+                let issued = a.ca.issued();
+                json!({
+                    "directory": a.server.directory_url(),
+                    "ca": a.trust_file.display().to_string(),
+                    "certificates": issued.len(),
+                    "revoked": issued.iter().filter(|c| c.revoked_at.is_some()).count(),
+                })
+            })),
             "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
         })
     }
@@ -693,6 +706,103 @@ impl Shared {
         if let Ok(mut s) = self.relay_state.lock() {
             *s = state;
         }
+    }
+
+    fn ca_list(&self) -> Response {
+        let Some((ca, trust)) = self.acme_ca() else {
+            return Response::err("not-found", ACME_OFF, vec![]);
+        };
+        Response::ok(json!({
+            "ca": trust.display().to_string(),
+            "certificates": ca.issued().into_iter().map(|c| json!({
+                "serial": c.serial,
+                "device": c.device,
+                "issued_at": c.issued_at,
+                "not_after": c.not_after,
+                "revoked": c.revoked_at.is_some(),
+                "revoked_at": c.revoked_at,
+                "revocation_reason": c.revocation_reason,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// `attestgate ca revoke`: recorded by the CA (the gateway refuses the certificate from the
+    /// next request on), then the device's flows and connections on the relay are closed at
+    /// once. A device that reconnects with another, valid certificate is served again.
+    fn ca_revoke(
+        &self,
+        device: Option<String>,
+        certificate: Option<String>,
+        reason: Option<String>,
+    ) -> Response {
+        let Some((ca, _)) = self.acme_ca() else {
+            return Response::err("not-found", ACME_OFF, vec![]);
+        };
+        let now = SystemTime::now();
+        let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
+        let (device, revoked) = match (device, certificate) {
+            (Some(device), None) => {
+                let device = device.trim().to_string();
+                if !ca
+                    .issued()
+                    .iter()
+                    .any(|c| c.device.eq_ignore_ascii_case(&device))
+                {
+                    return Response::err(
+                        "not-found",
+                        format!("the device CA issued no unexpired certificate to {device:?}"),
+                        vec![],
+                    );
+                }
+                match ca.revoke_device(&device, &reason, now) {
+                    Ok(serials) => (device, serials),
+                    Err(e) => return Response::err("internal", e.to_string(), vec![]),
+                }
+            }
+            (None, Some(hex)) => match ca.revoke_certificate(&hex, &reason, now) {
+                Ok(done) => {
+                    let key = enroll::ca::normalize_serial(&hex).unwrap_or_default();
+                    let record = ca.issued().into_iter().find(|c| c.serial == key);
+                    let device = record.map(|c| c.device).unwrap_or_default();
+                    (device, if done { vec![key] } else { Vec::new() })
+                }
+                Err(e @ enroll::ca::CaError::UnknownCertificate(_)) => {
+                    return Response::err("not-found", e.to_string(), vec![])
+                }
+                Err(e) => return Response::err("internal", e.to_string(), vec![]),
+            },
+            _ => {
+                return Response::err(
+                    "bad-request",
+                    "name either a device or one certificate",
+                    vec![],
+                )
+            }
+        };
+        // the relay knows the device by the identity it read from the certificate: the
+        // identifier the CA wrote into the CN and the PermanentIdentifier
+        let connections = if revoked.is_empty() {
+            0
+        } else {
+            match self.relay.lock() {
+                Ok(slot) => slot
+                    .as_ref()
+                    .map_or(0, |(_, relay)| relay.revoke_certificate(&device)),
+                Err(_) => 0,
+            }
+        };
+        if !revoked.is_empty() {
+            self.events.emit(
+                "ca.revoked",
+                json!({"device": device, "certificates": revoked, "reason": reason, "connections": connections, "trigger": "cli"}),
+            );
+        }
+        Response::ok(json!({
+            "device": device,
+            "revoked": revoked,
+            "reason": reason,
+            "connections": connections,
+        }))
     }
 
     /// The built-in device CA and the file the relay trusts it from, when `[acme]` runs.
@@ -941,6 +1051,12 @@ impl Shared {
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
             Request::DeviceList { filter } => Response::ok(self.device_list(&filter)),
             Request::DeviceShow { serial } => self.device_show(&serial),
+            Request::CaList {} => self.ca_list(),
+            Request::CaRevoke {
+                device,
+                certificate,
+                reason,
+            } => self.ca_revoke(device, certificate, reason),
             Request::DeviceOverride {
                 serial,
                 action,
