@@ -19,6 +19,24 @@ use std::sync::{Arc, Weak};
 /// own `device-ca.pem` serves as it is).
 pub const IMPORTED_TRUST_FILE: &str = "device-ca-imported.pem";
 
+/// The CRL file written for the relay when `relay.crl` is configured.
+pub const CRL_FILE: &str = "device-ca.crl";
+/// The written CRL's nextUpdate (the relay does not enforce it; revocation takes effect
+/// through the gateway at once, this file only keeps the relay's CRL rule satisfied).
+const CRL_NEXT_UPDATE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// The relay checks CRLs for every device certificate once any CRL file is configured, and
+/// refuses a certificate whose issuer has none (`relay::tls`): with `relay.crl` set, the
+/// built-in CA's own CRL is written (DER) into the state directory for the relay to load.
+pub fn write_crl(ca: &DeviceCa, state_dir: &Path) -> Result<PathBuf, String> {
+    let der = ca
+        .crl_der(std::time::SystemTime::now(), CRL_NEXT_UPDATE)
+        .map_err(|e| format!("device CA CRL: {e}"))?;
+    let path = state_dir.join(CRL_FILE);
+    std::fs::write(&path, der).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// A running ACME server and its CA.
 #[derive(Debug)]
 pub struct AcmeRuntime {

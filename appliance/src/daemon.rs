@@ -660,7 +660,14 @@ impl Shared {
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
         let egress = self.egress.clone();
-        let builtin_ca = self.acme_ca().map(|(_, trust)| trust);
+        let builtin = self.acme_ca();
+        let builtin_ca = builtin
+            .as_ref()
+            .map(|(_, certificate)| crate::gateway::BuiltinCa {
+                certificate: certificate.clone(),
+                crl: (!cfg.relay.crl.is_empty())
+                    .then(|| cfg.appliance.state_dir.join(crate::acme::CRL_FILE)),
+            });
         let fingerprint = without_spans(&format!("{:?} {builtin_ca:?}", cfg.relay));
         let Ok(mut slot) = self.relay.lock() else {
             return;
@@ -671,8 +678,15 @@ impl Shared {
         if let Some((_, old)) = slot.take() {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
+        // the CRL the relay loads beside the configured ones (written only when it starts)
+        if let Some((ca, _)) = builtin.as_ref().filter(|_| !cfg.relay.crl.is_empty()) {
+            if let Err(e) = crate::acme::write_crl(ca, &cfg.appliance.state_dir) {
+                self.events
+                    .emit("acme.error", json!({"error": e, "alert": true}));
+            }
+        }
         let started =
-            crate::gateway::relay_config(&cfg.relay, builtin_ca.as_deref()).and_then(|rc| {
+            crate::gateway::relay_config(&cfg.relay, builtin_ca.as_ref()).and_then(|rc| {
                 relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
             });
         let state = match started {

@@ -287,11 +287,19 @@ impl Authorizer for Gateway {
     }
 }
 
-/// The relay's settings from the configuration's `[relay]`; `builtin_ca`: the built-in device
-/// CA's certificate (`[acme]`), trusted beside the configured `device_ca`.
+/// The built-in device CA (`[acme]`) as the relay loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinCa {
+    /// Its certificate (PEM), trusted beside the configured `device_ca`.
+    pub certificate: std::path::PathBuf,
+    /// Its CRL, when the configuration has CRLs (every trusted CA then needs one).
+    pub crl: Option<std::path::PathBuf>,
+}
+
+/// The relay's settings from the configuration's `[relay]` and the built-in device CA.
 pub fn relay_config(
     r: &config::Relay,
-    builtin_ca: Option<&std::path::Path>,
+    builtin_ca: Option<&BuiltinCa>,
 ) -> Result<relay::RelayConfig, String> {
     use config::IdentityField;
     use relay::IdentitySource;
@@ -302,9 +310,14 @@ pub fn relay_config(
             .device_ca
             .iter()
             .map(|p| p.value.clone())
-            .chain(builtin_ca.map(std::path::Path::to_path_buf))
+            .chain(builtin_ca.map(|b| b.certificate.clone()))
             .collect(),
-        crl: r.crl.iter().map(|p| p.value.clone()).collect(),
+        crl: r
+            .crl
+            .iter()
+            .map(|p| p.value.clone())
+            .chain(builtin_ca.and_then(|b| b.crl.clone()))
+            .collect(),
     };
     let mut rc = relay::RelayConfig::new(r.http3_listen.clone(), tls);
     rc.http2_listen = r.http2_listen.clone();

@@ -111,8 +111,10 @@ fn enroll_device(
     })
 }
 
-#[test]
-fn acme_certificate_passes_the_relay_and_revocation_cuts_its_flows() {
+/// A daemon with the admin listener and `[acme]` (the synthetic attestation root configured);
+/// `crl`: the relay also loads a CRL of the lab device CA. Returns the lab, the relay port,
+/// the admin port, the ACME base URL, the attestation CA and the daemon.
+fn acme_lab(crl: bool) -> (Lab, u16, u16, String, TestCa, common::Kill) {
     require_aioquic();
     let relay_port = free_udp_port();
     let admin = free_port();
@@ -138,6 +140,14 @@ fn acme_certificate_passes_the_relay_and_revocation_cuts_its_flows() {
              [acme]\nenabled = true\nbase_url = \"{base}\"\nattestation_roots = [\"{d}/attestation-root.der\"]\n"
         ),
     );
+    if crl {
+        lab_crl(&lab);
+        let text = std::fs::read_to_string(&lab.config).unwrap().replace(
+            "identity = [\"subject-cn\"]",
+            &format!("identity = [\"subject-cn\"]\ncrl = [\"{d}/device-ca.crl\"]"),
+        );
+        std::fs::write(&lab.config, text).unwrap();
+    }
     let daemon = lab.start();
     lab.wait_for(
         "the relay and the ACME server",
@@ -150,6 +160,46 @@ fn acme_certificate_passes_the_relay_and_revocation_cuts_its_flows() {
                 && s["acme"]["directory"].is_string()
         },
     );
+    (lab, relay_port, admin, base, attestation, daemon)
+}
+
+/// An empty CRL of the lab device CA (`device-ca.crl`, PEM), with openssl.
+fn lab_crl(lab: &Lab) {
+    let dir = &lab.dir;
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    std::fs::write(
+        dir.join("crl.cnf"),
+        "[ca]\ndefault_ca = lab\n[lab]\ndatabase = index.txt\ncrlnumber = crlnumber\n\
+         default_md = sha256\ndefault_crl_days = 7\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "ca",
+            "-config",
+            "crl.cnf",
+            "-gencrl",
+            "-keyfile",
+            "device-ca.key",
+            "-cert",
+            "device-ca.crt",
+            "-out",
+            "device-ca.crl",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn acme_certificate_passes_the_relay_and_revocation_cuts_its_flows() {
+    let (lab, relay_port, admin, base, attestation, daemon) = acme_lab(false);
     let status = lab.json(&["status"]);
     assert_eq!(
         status["acme"]["directory"],
@@ -277,5 +327,24 @@ fn ca_commands_without_acme_say_so() {
         String::from_utf8_lossy(&out.stderr).contains("[acme] is not enabled"),
         "{out:?}"
     );
+    lab.stop(daemon);
+}
+
+/// With `relay.crl` configured the relay refuses certificates of a CA without a CRL: the
+/// built-in CA's own CRL is written for it, and its certificates pass.
+#[test]
+fn acme_certificate_passes_a_relay_that_checks_crls() {
+    let (lab, relay_port, admin, base, attestation, daemon) = acme_lab(true);
+    assert!(lab.dir.join("state/device-ca.crl").exists());
+    let https = Https::new(&lab, admin);
+    let mut client = Client::new(&https, &base);
+    client.register();
+    let enrolled = enroll_device(&client, &attestation, SERIAL).unwrap();
+    std::fs::write(lab.dir.join("device.crt"), &enrolled.chain_pem).unwrap();
+    std::fs::write(lab.dir.join("device.key"), &enrolled.key_pem).unwrap();
+    let device = common::device(&lab.dir, relay_port, echo_server());
+    let flowing = device.lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(flowing["event"], "flowing", "{flowing}");
+    drop(device);
     lab.stop(daemon);
 }
