@@ -4,7 +4,9 @@
 //!
 //! What runs: configuration (load, apply, reload), the compliance sources and store, the policy
 //! engine, the relay with the appliance's egresses (NAT pools, internet failover), the IPsec
-//! tunnels with their policy routing, the admin listener, events.
+//! tunnels with their policy routing, the admin listener, the built-in ACME server and device
+//! CA (`[acme]`, [`crate::acme`]: the relay trusts the CA, `attestgate ca revoke` takes effect
+//! at the next request and closes the device's connections at once), events.
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};

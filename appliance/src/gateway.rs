@@ -8,6 +8,10 @@
 //! exhausted"`), an internet egress's its first pair address (the egress fails over,
 //! [`crate::egress::direct`]), a public egress's its configured address or none.
 //! Re-deciding an open flow compares egresses only and never leases an address.
+//!
+//! With `[acme]`, a request whose certificate the built-in device CA lists as revoked is
+//! refused (`403`) before the policy is asked, and re-deciding a device's open flows closes
+//! them when the certificate it last presented was revoked.
 
 use crate::compliance::DeviceTable;
 use crate::egress::pool::{NatPools, PoolError};
@@ -397,6 +401,57 @@ mod tests {
             RelayDecision::Forward { egress } => egress.source,
             _ => None,
         }
+    }
+
+    /// A certificate the built-in device CA revoked is refused at the next request, whatever
+    /// the policy says; other certificates are decided by the policy as before.
+    #[test]
+    fn a_revoked_certificate_is_refused_at_the_next_request() {
+        use rcgen::PublicKeyData;
+        let dir = tempfile::tempdir().unwrap();
+        let g = gateway(dir.path(), "198.18.100.0/30");
+        let ca = Arc::new(
+            enroll::ca::DeviceCa::open(dir.path(), enroll::ca::CaOptions::default()).unwrap(),
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        let request = enroll::ca::DeviceCertRequest {
+            identifier: "C02REVOKE01",
+            public_key_spki: &spki,
+            apple_extensions: &[],
+        };
+        let now = SystemTime::now();
+        let issued = ca.issue(&request, now).unwrap();
+        let other = ca.issue(&request, now).unwrap();
+        let identity = |der: &[u8]| {
+            relay::identity::device_identity(der, &[relay::IdentitySource::SubjectCn]).unwrap()
+        };
+        let (revoked_id, other_id) = (identity(&issued.der), identity(&other.der));
+        let ask = |device: &relay::DeviceIdentity| {
+            g.authorize(&RelayRequest {
+                device,
+                host: "192.0.2.10",
+                port: 443,
+                protocol: relay::Protocol::Tcp,
+                peer: "192.0.2.1:5000".parse().unwrap(),
+                now,
+            })
+        };
+        let forbidden = RelayDecision::Deny {
+            status: DenyStatus::Forbidden,
+        };
+        g.set_revocations(Some(ca.clone()));
+        let before = ask(&revoked_id);
+        assert_ne!(
+            before, forbidden,
+            "the policy alone lets it out: {before:?}"
+        );
+        ca.revoke_certificate(&issued.serial, "lost", now).unwrap();
+        assert_eq!(ask(&revoked_id), forbidden);
+        assert_eq!(ask(&other_id), before, "only the revoked certificate");
+        // without [acme] the CA's list does not count
+        g.set_revocations(None);
+        assert_eq!(ask(&revoked_id), before);
     }
 
     #[test]
