@@ -24,6 +24,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// After a revocation, how long the device's flow resets have to go out before its
+/// connections are closed.
+const CONNECTION_CLOSE_DELAY: Duration = Duration::from_millis(250);
+
 /// The answer to `ca` commands without `[acme]`.
 const ACME_OFF: &str =
     "the built-in device CA is not running: [acme] is not enabled (or failed to start, see `status`)";
@@ -797,27 +801,42 @@ impl Shared {
         };
         // the relay knows the device by the identity it read from the certificate: the
         // identifier the CA wrote into the CN and the PermanentIdentifier
-        let connections = if revoked.is_empty() {
+        let flows = if revoked.is_empty() {
             0
         } else {
             match self.relay.lock() {
                 Ok(slot) => slot
                     .as_ref()
-                    .map_or(0, |(_, relay)| relay.revoke_certificate(&device)),
+                    .map_or(0, |(_, relay)| relay.revoke(&device, |_| false)),
                 Err(_) => 0,
             }
         };
         if !revoked.is_empty() {
+            // then its connections: a QUIC CONNECTION_CLOSE sent at once would discard the
+            // queued RESET_STREAM frames (RFC 9000 §10.2: after it, nothing else is sent), and
+            // the device would learn of its streams only after its draining period
+            if let Some(me) = self.self_ref.get().cloned() {
+                let device = device.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(CONNECTION_CLOSE_DELAY).await;
+                    let Some(shared) = me.upgrade() else { return };
+                    if let Ok(slot) = shared.relay.lock() {
+                        if let Some((_, relay)) = slot.as_ref() {
+                            relay.revoke_certificate(&device);
+                        }
+                    };
+                });
+            }
             self.events.emit(
                 "ca.revoked",
-                json!({"device": device, "certificates": revoked, "reason": reason, "connections": connections, "trigger": "cli"}),
+                json!({"device": device, "certificates": revoked, "reason": reason, "flows": flows, "trigger": "cli"}),
             );
         }
         Response::ok(json!({
             "device": device,
             "revoked": revoked,
             "reason": reason,
-            "connections": connections,
+            "flows": flows,
         }))
     }
 

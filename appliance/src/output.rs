@@ -418,13 +418,13 @@ pub fn ca_revoked(r: &Value) -> String {
         );
     }
     format!(
-        "device {}: revoked {} certificate{} ({}); closed {} connection{}\n",
+        "device {}: revoked {} certificate{} ({}); reset {} flow{}, closing its connections\n",
         s(&r["device"]),
         serials.len(),
         if serials.len() == 1 { "" } else { "s" },
         serials.join(", "),
-        r["connections"].as_u64().unwrap_or(0),
-        if r["connections"].as_u64() == Some(1) {
+        r["flows"].as_u64().unwrap_or(0),
+        if r["flows"].as_u64() == Some(1) {
             ""
         } else {
             "s"

@@ -282,20 +282,32 @@ fn acme_certificate_passes_the_relay_and_revocation_cuts_its_flows() {
     // revocation from the CLI cuts the open stream within a second
     let before = now_ms();
     let revoked = lab.json(&["ca", "revoke", "--device", SERIAL, "--reason", "lost"]);
+    let answered = now_ms();
     assert_eq!(revoked["revoked"][0], cert_serial, "{revoked}");
-    let end = device.lines.recv_timeout(Duration::from_secs(10)).unwrap();
-    let at = end["reset_at_ms"]
-        .as_f64()
-        .or_else(|| end["terminated"]["at_ms"].as_f64())
-        .unwrap_or_else(|| panic!("the stream was not cut: {end}"));
+    // the client reports after its connection's draining period (aioquic lingers; a loaded
+    // machine makes that slow): the latency is the client's own stamp of the stream reset
+    let end = device.lines.recv_timeout(Duration::from_secs(60)).unwrap();
+    assert_eq!(end["reset"], 0x10c, "reset as H3_REQUEST_CANCELLED: {end}");
+    let at = end["reset_at_ms"].as_f64().unwrap();
+    // then the connection is closed too
+    assert!(
+        end["terminated"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer accepted")),
+        "{end}"
+    );
     let latency = at - before;
-    eprintln!("ca revoke → stream cut: {latency:.0} ms");
+    eprintln!(
+        "ca revoke → stream cut: {latency:.0} ms (the CLI answered after {:.0} ms)",
+        answered - before
+    );
     assert!(latency < 1000.0, "cut after {latency} ms: {end}");
     drop(device);
     let events = lab.events_of("ca.revoked");
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["device"], SERIAL);
     assert_eq!(events[0]["reason"], "lost");
+    assert_eq!(events[0]["flows"], 1);
     let list = lab.json(&["ca", "list"]);
     assert_eq!(list["certificates"][0]["revoked"], true, "{list}");
 
