@@ -174,8 +174,9 @@ fn lab_crl(lab: &Lab) {
          default_md = sha256\ndefault_crl_days = 7\n",
     )
     .unwrap();
-    let out = std::process::Command::new("openssl")
-        .args([
+    common::sh(
+        &[
+            "openssl",
             "ca",
             "-config",
             "crl.cnf",
@@ -186,14 +187,8 @@ fn lab_crl(lab: &Lab) {
             "device-ca.crt",
             "-out",
             "device-ca.crl",
-        ])
-        .current_dir(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
+        dir,
     );
 }
 
