@@ -67,6 +67,11 @@ pub enum Command {
     /// Show one device (every fact with its source and age, and the verdict) or override it.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// The built-in device CA (`[acme]`): list the certificates it issued, revoke a device's
+    /// certificates (the relay refuses them from the next request and closes the device's
+    /// connections at once).
+    #[command(subcommand)]
+    Ca(CaCommand),
     /// Re-read every compliance source now and re-decide the open flows.
     Sync,
     /// List the relayed flows: device, target, egress, bytes each way, age.
@@ -285,6 +290,28 @@ pub enum DeviceCommand {
     Unblock { serial: String },
     /// Remove every override of a device (block and risk).
     Clear { serial: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// The certificates the built-in device CA issued and that have not expired: serial,
+    /// device, notAfter, revocation.
+    List,
+    /// Revoke every certificate of a device, or one certificate. Takes effect at once: the
+    /// relay refuses the certificate from the next request, and the device's open flows and
+    /// connections are closed.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["device", "certificate"])))]
+    Revoke {
+        /// The device identifier (serial) the certificates were issued for.
+        #[arg(long)]
+        device: Option<String>,
+        /// One certificate's serial number, hex (colons allowed), as `ca list` shows it.
+        #[arg(long, value_name = "HEXSERIAL")]
+        certificate: Option<String>,
+        /// Why (recorded with the revocation and in the event).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

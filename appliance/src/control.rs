@@ -51,6 +51,17 @@ pub enum Request {
     DeviceShow {
         serial: String,
     },
+    /// The built-in device CA's certificates.
+    CaList {},
+    /// Revoke a device's certificates (`device`) or one certificate (`certificate`, hex).
+    CaRevoke {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        certificate: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    },
     /// Block, set a risk, unblock, clear.
     DeviceOverride {
         serial: String,

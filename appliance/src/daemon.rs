@@ -4,7 +4,9 @@
 //!
 //! What runs: configuration (load, apply, reload), the compliance sources and store, the policy
 //! engine, the relay with the appliance's egresses (NAT pools, internet failover), the IPsec
-//! tunnels with their policy routing, the admin listener, events.
+//! tunnels with their policy routing, the admin listener, the built-in ACME server and device
+//! CA (`[acme]`, [`crate::acme`]: the relay trusts the CA, `attestgate ca revoke` takes effect
+//! at the next request and closes the device's connections at once), events.
 
 use crate::compliance::DeviceTable;
 use crate::control::{Request, Response, MAX_LINE, TIMEOUT};
@@ -21,6 +23,14 @@ use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
+
+/// After a revocation, how long the device's flow resets have to go out before its
+/// connections are closed.
+const CONNECTION_CLOSE_DELAY: Duration = Duration::from_millis(250);
+
+/// The answer to `ca` commands without `[acme]`.
+const ACME_OFF: &str =
+    "the built-in device CA is not running: [acme] is not enabled (or failed to start, see `status`)";
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +91,8 @@ pub struct Shared {
     sync_lock: tokio::sync::Mutex<()>,
     /// Store batches are committed in the order they were taken.
     store_order: Mutex<()>,
+    /// The ACME server and its device CA (`[acme]`), with its settings' fingerprint.
+    acme: Mutex<Option<(String, crate::acme::AcmeRuntime)>>,
     /// Set once at start, for handing `Arc<Shared>` to the admin listener.
     self_ref: std::sync::OnceLock<std::sync::Weak<Shared>>,
 }
@@ -106,6 +118,10 @@ impl crate::compliance::admin::AdminBackend for Shared {
     }
     fn event(&self, kind: &str, fields: Value) {
         self.events.emit(kind, fields)
+    }
+    fn acme(&self) -> Option<Arc<enroll::acme::AcmeServer>> {
+        let slot = self.acme.lock().ok()?;
+        slot.as_ref().map(|(_, a)| a.server.clone())
     }
 }
 
@@ -452,6 +468,7 @@ impl Shared {
         self.gateway.set_engine(Arc::new(new.engine.clone()));
         self.sync_and_report(None, "apply", json!({})).await;
         self.reconcile_tunnels().await;
+        self.reconcile_acme();
         self.reconcile_relay();
         self.reconcile_admin().await;
         self.enforce();
@@ -529,6 +546,15 @@ impl Shared {
                 "store": store,
                 "admin": self.admin_state.lock().map(|s| s.clone()).unwrap_or_default(),
             },
+            "acme": self.acme.lock().ok().and_then(|slot| slot.as_ref().map(|(_, a)| {
+                let issued = a.ca.issued();
+                json!({
+                    "directory": a.server.directory_url(),
+                    "ca": a.trust_file.display().to_string(),
+                    "certificates": issued.len(),
+                    "revoked": issued.iter().filter(|c| c.revoked_at.is_some()).count(),
+                })
+            })),
             "last_apply": last.map(|l| json!({"at": crate::timefmt::unix(l.at), "ok": l.ok, "message": l.message})),
         })
     }
@@ -640,7 +666,15 @@ impl Shared {
     fn reconcile_relay(&self) {
         let cfg = self.current().loaded.config.clone();
         let egress = self.egress.clone();
-        let fingerprint = without_spans(&format!("{:?}", cfg.relay));
+        let builtin = self.acme_ca();
+        let builtin_ca = builtin
+            .as_ref()
+            .map(|(_, certificate)| crate::gateway::BuiltinCa {
+                certificate: certificate.clone(),
+                crl: (!cfg.relay.crl.is_empty())
+                    .then(|| cfg.appliance.state_dir.join(crate::acme::CRL_FILE)),
+            });
+        let fingerprint = without_spans(&format!("{:?} {builtin_ca:?}", cfg.relay));
         let Ok(mut slot) = self.relay.lock() else {
             return;
         };
@@ -650,9 +684,17 @@ impl Shared {
         if let Some((_, old)) = slot.take() {
             tokio::spawn(old.shutdown(Duration::from_secs(5)));
         }
-        let started = crate::gateway::relay_config(&cfg.relay).and_then(|rc| {
-            relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
-        });
+        // the CRL the relay loads beside the configured ones (written only when it starts)
+        if let Some((ca, _)) = builtin.as_ref().filter(|_| !cfg.relay.crl.is_empty()) {
+            if let Err(e) = crate::acme::write_crl(ca, &cfg.appliance.state_dir) {
+                self.events
+                    .emit("acme.error", json!({"error": e, "alert": true}));
+            }
+        }
+        let started =
+            crate::gateway::relay_config(&cfg.relay, builtin_ca.as_ref()).and_then(|rc| {
+                relay::Relay::bind(rc, self.gateway.clone(), egress).map_err(|e| e.to_string())
+            });
         let state = match started {
             Ok(handle) => {
                 let state = format!(
@@ -684,6 +726,163 @@ impl Shared {
         if let Ok(mut s) = self.relay_state.lock() {
             *s = state;
         }
+    }
+
+    fn ca_list(&self) -> Response {
+        let Some((ca, trust)) = self.acme_ca() else {
+            return Response::err("not-found", ACME_OFF, vec![]);
+        };
+        Response::ok(json!({
+            "ca": trust.display().to_string(),
+            "certificates": ca.issued().into_iter().map(|c| json!({
+                "serial": c.serial,
+                "device": c.device,
+                "issued_at": c.issued_at,
+                "not_after": c.not_after,
+                "revoked": c.revoked_at.is_some(),
+                "revoked_at": c.revoked_at,
+                "revocation_reason": c.revocation_reason,
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// `attestgate ca revoke`: recorded by the CA (the gateway refuses the certificate from the
+    /// next request on), then the device's flows and connections on the relay are closed at
+    /// once. A device that reconnects with another, valid certificate is served again.
+    fn ca_revoke(
+        &self,
+        device: Option<String>,
+        certificate: Option<String>,
+        reason: Option<String>,
+    ) -> Response {
+        let Some((ca, _)) = self.acme_ca() else {
+            return Response::err("not-found", ACME_OFF, vec![]);
+        };
+        let now = SystemTime::now();
+        let reason = reason.unwrap_or_else(|| "revoked by the operator".into());
+        let (device, revoked) = match (device, certificate) {
+            (Some(device), None) => {
+                let device = device.trim().to_string();
+                if !ca
+                    .issued()
+                    .iter()
+                    .any(|c| c.device.eq_ignore_ascii_case(&device))
+                {
+                    return Response::err(
+                        "not-found",
+                        format!("the device CA issued no unexpired certificate to {device:?}"),
+                        vec![],
+                    );
+                }
+                match ca.revoke_device(&device, &reason, now) {
+                    Ok(serials) => (device, serials),
+                    Err(e) => return Response::err("internal", e.to_string(), vec![]),
+                }
+            }
+            (None, Some(hex)) => match ca.revoke_certificate(&hex, &reason, now) {
+                Ok(done) => {
+                    let key = enroll::ca::normalize_serial(&hex).unwrap_or_default();
+                    let record = ca.issued().into_iter().find(|c| c.serial == key);
+                    let device = record.map(|c| c.device).unwrap_or_default();
+                    (device, if done { vec![key] } else { Vec::new() })
+                }
+                Err(e @ enroll::ca::CaError::UnknownCertificate(_)) => {
+                    return Response::err("not-found", e.to_string(), vec![])
+                }
+                Err(e) => return Response::err("internal", e.to_string(), vec![]),
+            },
+            _ => {
+                return Response::err(
+                    "bad-request",
+                    "name either a device or one certificate",
+                    vec![],
+                )
+            }
+        };
+        // the relay knows the device by the identity it read from the certificate: the
+        // identifier the CA wrote into the CN and the PermanentIdentifier
+        let flows = if revoked.is_empty() {
+            0
+        } else {
+            match self.relay.lock() {
+                Ok(slot) => slot
+                    .as_ref()
+                    .map_or(0, |(_, relay)| relay.revoke(&device, |_| false)),
+                Err(_) => 0,
+            }
+        };
+        if !revoked.is_empty() {
+            // then its connections: a QUIC CONNECTION_CLOSE sent at once would discard the
+            // queued RESET_STREAM frames (RFC 9000 §10.2: after it, nothing else is sent), and
+            // the device would learn of its streams only after its draining period
+            if let Some(me) = self.self_ref.get().cloned() {
+                let device = device.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(CONNECTION_CLOSE_DELAY).await;
+                    let Some(shared) = me.upgrade() else { return };
+                    if let Ok(slot) = shared.relay.lock() {
+                        if let Some((_, relay)) = slot.as_ref() {
+                            relay.revoke_certificate(&device);
+                        }
+                    };
+                });
+            }
+            self.events.emit(
+                "ca.revoked",
+                json!({"device": device, "certificates": revoked, "reason": reason, "flows": flows, "trigger": "cli"}),
+            );
+        }
+        Response::ok(json!({
+            "device": device,
+            "revoked": revoked,
+            "reason": reason,
+            "flows": flows,
+        }))
+    }
+
+    /// The built-in device CA and the file the relay trusts it from, when `[acme]` runs.
+    fn acme_ca(&self) -> Option<(Arc<enroll::ca::DeviceCa>, PathBuf)> {
+        let slot = self.acme.lock().ok()?;
+        slot.as_ref()
+            .map(|(_, a)| (a.ca.clone(), a.trust_file.clone()))
+    }
+
+    /// Starts, restarts or stops the ACME server and its device CA to match `[acme]`; runs
+    /// before the relay's reconcile (the relay trusts the CA). Unchanged settings keep the
+    /// running server (its nonces and pending orders). One that cannot start (an unreadable
+    /// root, a broken imported key) leaves the daemon running without it, with an alert.
+    fn reconcile_acme(&self) {
+        let cfg = self.current().loaded.config.clone();
+        let wanted = cfg.acme.as_ref().filter(|a| a.enabled);
+        let fingerprint = without_spans(&format!("{wanted:?} {:?}", cfg.appliance.state_dir));
+        let Ok(mut slot) = self.acme.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|(f, _)| *f == fingerprint) {
+            return;
+        }
+        *slot = None;
+        if let Some(acme) = wanted {
+            let backend: std::sync::Weak<dyn crate::compliance::admin::AdminBackend> =
+                match self.self_ref.get() {
+                    Some(w) => w.clone(),
+                    None => return,
+                };
+            match crate::acme::start(acme, &cfg.appliance.state_dir, backend, self.events.clone()) {
+                Ok(runtime) => {
+                    self.events.emit(
+                        "acme.started",
+                        json!({"directory": runtime.server.directory_url(), "ca": runtime.trust_file.display().to_string()}),
+                    );
+                    *slot = Some((fingerprint, runtime));
+                }
+                Err(e) => self
+                    .events
+                    .emit("acme.error", json!({"error": e, "alert": true})),
+            }
+        }
+        self.gateway
+            .set_revocations(slot.as_ref().map(|(_, a)| a.ca.clone()));
     }
 
     /// Starts, restarts or stops the admin listener to match `[compliance.webhook]`. One that
@@ -887,6 +1086,12 @@ impl Shared {
             Request::Tunnel { name, action } => self.tunnel_control(&name, &action),
             Request::DeviceList { filter } => Response::ok(self.device_list(&filter)),
             Request::DeviceShow { serial } => self.device_show(&serial),
+            Request::CaList {} => self.ca_list(),
+            Request::CaRevoke {
+                device,
+                certificate,
+                reason,
+            } => self.ca_revoke(device, certificate, reason),
             Request::DeviceOverride {
                 serial,
                 action,
@@ -1074,6 +1279,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         last_apply: Mutex::new(None),
         socket: cfg.appliance.control_socket.clone(),
         admin: Mutex::new(None),
+        acme: Mutex::new(None),
         admin_state: Mutex::new("not configured".into()),
         resync_tx: Mutex::new(None),
         mdm: tokio::sync::Mutex::new(Default::default()),
@@ -1135,6 +1341,7 @@ pub async fn run(config_path: PathBuf, loaded: Loaded) -> Result<(), DaemonError
         Err(e) => tracing::warn!(error = %e, "cannot remove leftover routes and rules"),
     }
     shared.reconcile_tunnels().await;
+    shared.reconcile_acme();
     shared.reconcile_relay();
     shared.reconcile_admin().await;
     shared.events.emit(

@@ -8,6 +8,10 @@
 //! exhausted"`), an internet egress's its first pair address (the egress fails over,
 //! [`crate::egress::direct`]), a public egress's its configured address or none.
 //! Re-deciding an open flow compares egresses only and never leases an address.
+//!
+//! With `[acme]`, a request whose certificate the built-in device CA lists as revoked is
+//! refused (`403`) before the policy is asked, and re-deciding a device's open flows closes
+//! them when the certificate it last presented was revoked.
 
 use crate::compliance::DeviceTable;
 use crate::egress::pool::{NatPools, PoolError};
@@ -22,12 +26,24 @@ use std::time::SystemTime;
 pub struct Gateway {
     pub engine: RwLock<Arc<PolicyEngine>>,
     pub devices: Arc<RwLock<DeviceTable>>,
-    /// The certificate validity window each device last presented, to re-decide its flows.
-    certificates: Mutex<HashMap<String, (SystemTime, SystemTime)>>,
+    /// The certificate each device last presented, to re-decide its flows.
+    certificates: Mutex<HashMap<String, Presented>>,
+    /// The built-in device CA (`[acme]`): a request whose certificate it lists as revoked is
+    /// refused, and so are the open flows of a device whose last certificate it revoked.
+    revocations: RwLock<Option<Arc<enroll::ca::DeviceCa>>>,
     /// The tunnel egresses' NAT pools.
     pub pools: Arc<NatPools>,
     /// The devices with an open flow through an egress (asked when a pool is exhausted).
     busy: OnceLock<Busy>,
+}
+
+/// A device certificate as the relay verified it.
+#[derive(Debug, Clone)]
+struct Presented {
+    not_before: SystemTime,
+    not_after: SystemTime,
+    /// The serial number's content octets.
+    serial: Vec<u8>,
 }
 
 struct Busy(BusyDevices);
@@ -67,6 +83,7 @@ impl Gateway {
             engine: RwLock::new(engine),
             devices,
             certificates: Mutex::new(HashMap::new()),
+            revocations: RwLock::new(None),
             pools,
             busy: OnceLock::new(),
         }
@@ -75,6 +92,23 @@ impl Gateway {
     /// How to learn which devices have open flows through an egress (set once, by the daemon).
     pub fn set_busy(&self, busy: BusyDevices) {
         let _ = self.busy.set(Busy(busy));
+    }
+
+    /// The device CA whose revocations count (`None`: `[acme]` is off).
+    pub fn set_revocations(&self, ca: Option<Arc<enroll::ca::DeviceCa>>) {
+        match self.revocations.write() {
+            Ok(mut r) => *r = ca,
+            Err(p) => *p.into_inner() = ca,
+        }
+    }
+
+    /// True when the built-in device CA revoked the certificate with this serial.
+    fn revoked(&self, certificate_serial: &[u8]) -> bool {
+        let ca = match self.revocations.read() {
+            Ok(r) => r.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        ca.is_some_and(|ca| ca.is_revoked(certificate_serial))
     }
 
     pub fn set_engine(&self, engine: Arc<PolicyEngine>) {
@@ -108,10 +142,13 @@ impl Gateway {
         serials
             .iter()
             .map(|serial| {
-                // without a known certificate window the flow cannot be re-decided: close it
-                let window = certificates.get(serial).copied();
+                // without a known certificate the flow cannot be re-decided: close it
+                let presented = certificates.get(serial);
                 relay.revoke(serial, |f| {
-                    window.is_some_and(|w| self.still_allowed(f, w, now))
+                    presented.is_some_and(|p| {
+                        !self.revoked(&p.serial)
+                            && self.still_allowed(f, (p.not_before, p.not_after), now)
+                    })
                 })
             })
             .sum()
@@ -225,10 +262,21 @@ impl Authorizer for Gateway {
                 status: DenyStatus::BadGateway,
             };
         };
+        // DESIGN.md invariant 2: decided at use, so a revocation counts from the next request
+        if self.revoked(&request.device.certificate_serial) {
+            tracing::info!(device = %request.device.serial, certificate = %enroll::ca::serial_hex(&request.device.certificate_serial), "relay request refused: the device certificate is revoked");
+            return RelayDecision::Deny {
+                status: DenyStatus::Forbidden,
+            };
+        }
         if let Ok(mut c) = self.certificates.lock() {
             c.insert(
                 request.device.serial.clone(),
-                (request.device.not_before, request.device.not_after),
+                Presented {
+                    not_before: request.device.not_before,
+                    not_after: request.device.not_after,
+                    serial: request.device.certificate_serial.clone(),
+                },
             );
         }
         let (verdict, decision) = self.decide(
@@ -243,15 +291,37 @@ impl Authorizer for Gateway {
     }
 }
 
-/// The relay's settings from the configuration's `[relay]`.
-pub fn relay_config(r: &config::Relay) -> Result<relay::RelayConfig, String> {
+/// The built-in device CA (`[acme]`) as the relay loads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuiltinCa {
+    /// Its certificate (PEM), trusted beside the configured `device_ca`.
+    pub certificate: std::path::PathBuf,
+    /// Its CRL, when the configuration has CRLs (every trusted CA then needs one).
+    pub crl: Option<std::path::PathBuf>,
+}
+
+/// The relay's settings from the configuration's `[relay]` and the built-in device CA.
+pub fn relay_config(
+    r: &config::Relay,
+    builtin_ca: Option<&BuiltinCa>,
+) -> Result<relay::RelayConfig, String> {
     use config::IdentityField;
     use relay::IdentitySource;
     let tls = relay::tls::TlsFiles {
         certificate: r.certificate.value.clone(),
         private_key: r.private_key.value.clone(),
-        device_ca: r.device_ca.iter().map(|p| p.value.clone()).collect(),
-        crl: r.crl.iter().map(|p| p.value.clone()).collect(),
+        device_ca: r
+            .device_ca
+            .iter()
+            .map(|p| p.value.clone())
+            .chain(builtin_ca.map(|b| b.certificate.clone()))
+            .collect(),
+        crl: r
+            .crl
+            .iter()
+            .map(|p| p.value.clone())
+            .chain(builtin_ca.and_then(|b| b.crl.clone()))
+            .collect(),
     };
     let mut rc = relay::RelayConfig::new(r.http3_listen.clone(), tls);
     rc.http2_listen = r.http2_listen.clone();
@@ -331,6 +401,57 @@ mod tests {
             RelayDecision::Forward { egress } => egress.source,
             _ => None,
         }
+    }
+
+    /// A certificate the built-in device CA revoked is refused at the next request, whatever
+    /// the policy says; other certificates are decided by the policy as before.
+    #[test]
+    fn a_revoked_certificate_is_refused_at_the_next_request() {
+        use rcgen::PublicKeyData;
+        let dir = tempfile::tempdir().unwrap();
+        let g = gateway(dir.path(), "198.18.100.0/30");
+        let ca = Arc::new(
+            enroll::ca::DeviceCa::open(dir.path(), enroll::ca::CaOptions::default()).unwrap(),
+        );
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let spki = key.subject_public_key_info();
+        let request = enroll::ca::DeviceCertRequest {
+            identifier: "C02REVOKE01",
+            public_key_spki: &spki,
+            apple_extensions: &[],
+        };
+        let now = SystemTime::now();
+        let issued = ca.issue(&request, now).unwrap();
+        let other = ca.issue(&request, now).unwrap();
+        let identity = |der: &[u8]| {
+            relay::identity::device_identity(der, &[relay::IdentitySource::SubjectCn]).unwrap()
+        };
+        let (revoked_id, other_id) = (identity(&issued.der), identity(&other.der));
+        let ask = |device: &relay::DeviceIdentity| {
+            g.authorize(&RelayRequest {
+                device,
+                host: "192.0.2.10",
+                port: 443,
+                protocol: relay::Protocol::Tcp,
+                peer: "192.0.2.1:5000".parse().unwrap(),
+                now,
+            })
+        };
+        let forbidden = RelayDecision::Deny {
+            status: DenyStatus::Forbidden,
+        };
+        g.set_revocations(Some(ca.clone()));
+        let before = ask(&revoked_id);
+        assert_ne!(
+            before, forbidden,
+            "the policy alone lets it out: {before:?}"
+        );
+        ca.revoke_certificate(&issued.serial, "lost", now).unwrap();
+        assert_eq!(ask(&revoked_id), forbidden);
+        assert_eq!(ask(&other_id), before, "only the revoked certificate");
+        // without [acme] the CA's list does not count
+        g.set_revocations(None);
+        assert_eq!(ask(&revoked_id), before);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Layout (DESIGN.md): `cli` (clap) · `daemon` · `control` (socket protocol) · `policy` (the
 //! engine) · `compliance` (sources, device table) · `events` · `output` (tables for people).
 
+mod acme;
 mod cli;
 mod compliance;
 mod control;
@@ -277,6 +278,16 @@ fn client(cli: &Cli) -> u8 {
             },
         },
         Command::Device(d) => device_request(d),
+        Command::Ca(cli::CaCommand::List) => Request::CaList {},
+        Command::Ca(cli::CaCommand::Revoke {
+            device,
+            certificate,
+            reason,
+        }) => Request::CaRevoke {
+            device: device.clone(),
+            certificate: certificate.clone(),
+            reason: reason.clone(),
+        },
         Command::Tunnels => Request::Tunnels {},
         Command::Flows => Request::Flows {},
         Command::Sync => Request::Sync {},
@@ -355,6 +366,8 @@ fn client(cli: &Cli) -> u8 {
             Command::Device(_) => print!("{}", output::device_override(&result)),
             Command::Tunnels => print!("{}", output::tunnels(&result)),
             Command::Flows => print!("{}", output::flows(&result)),
+            Command::Ca(cli::CaCommand::List) => print!("{}", output::ca_list(&result)),
+            Command::Ca(_) => print!("{}", output::ca_revoked(&result)),
             Command::Sync => println!(
                 "synced: {} devices in {} ms",
                 result["devices"], result["duration_ms"]

@@ -375,6 +375,63 @@ pub fn device_override(r: &Value) -> String {
     o
 }
 
+/// `attestgate ca list`.
+pub fn ca_list(r: &Value) -> String {
+    let rows: Vec<Vec<String>> = r["certificates"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| {
+                    vec![
+                        s(&c["serial"]),
+                        s(&c["device"]),
+                        crate::timefmt::rfc3339(c["not_after"].as_i64().unwrap_or(0)),
+                        match c["revoked_at"].as_i64() {
+                            Some(t) => format!(
+                                "revoked {} ({})",
+                                crate::timefmt::rfc3339(t),
+                                s(&c["revocation_reason"])
+                            ),
+                            None => "no".into(),
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if rows.is_empty() {
+        return "no certificates issued\n".into();
+    }
+    table(&["SERIAL", "DEVICE", "NOT AFTER", "REVOKED"], &rows)
+}
+
+/// `attestgate ca revoke`.
+pub fn ca_revoked(r: &Value) -> String {
+    let serials: Vec<String> = r["revoked"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    if serials.is_empty() {
+        return format!(
+            "device {}: no certificate left to revoke (already revoked)\n",
+            s(&r["device"])
+        );
+    }
+    format!(
+        "device {}: revoked {} certificate{} ({}); reset {} flow{}, closing its connections\n",
+        s(&r["device"]),
+        serials.len(),
+        if serials.len() == 1 { "" } else { "s" },
+        serials.join(", "),
+        r["flows"].as_u64().unwrap_or(0),
+        if r["flows"].as_u64() == Some(1) {
+            ""
+        } else {
+            "s"
+        }
+    )
+}
+
 pub fn flows(r: &Value) -> String {
     let rows: Vec<Vec<String>> = r["flows"]
         .as_array()

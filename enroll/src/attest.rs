@@ -14,8 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 mod cbor;
 mod chain;
 mod facts;
-#[cfg(test)]
-pub(crate) mod testing;
+/// Synthetic attestation chains for tests (cargo feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 #[cfg(test)]
 mod tests;
 

@@ -309,6 +309,12 @@ pub fn serial_hex(raw: &[u8]) -> String {
     raw[start..].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A serial number as an operator types it (hex, colons or `0x` allowed) in the form the
+/// registry keys it ([`serial_hex`]); `None` when it is not hex.
+pub fn normalize_serial(text: &str) -> Option<String> {
+    from_hex(text).map(|raw| serial_hex(&raw))
+}
+
 fn from_hex(text: &str) -> Option<Vec<u8>> {
     let text = text.trim().trim_start_matches("0x").replace(':', "");
     if text.is_empty() || !text.len().is_multiple_of(2) || text.len() > 40 {

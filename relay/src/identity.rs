@@ -91,6 +91,7 @@ pub fn device_identity(
         os_version: extension_string(&cert, OID_APPLE_OS_VERSION),
         not_before: system_time(validity.not_before.timestamp()),
         not_after: system_time(validity.not_after.timestamp()),
+        certificate_serial: cert.raw_serial().to_vec(),
     })
 }
 
@@ -356,6 +357,10 @@ mod tests {
         assert_eq!(id.not_before, UNIX_EPOCH + Duration::from_secs(946_684_800));
         assert_eq!(id.not_after, UNIX_EPOCH + Duration::from_secs(978_307_200));
         assert_eq!(system_time(-10), UNIX_EPOCH - Duration::from_secs(10));
+        // the serial number's content octets, as x509-parser reads them
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert!(!id.certificate_serial.is_empty());
+        assert_eq!(id.certificate_serial, cert.raw_serial());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //! - Device identity ([`identity`]) from the verified end-entity certificate, in the configured
 //!   order of [`IdentitySource`]s: the RFC 4043 PermanentIdentifier SAN, Apple's attested serial
 //!   extension, the subject CN or serialNumber; plus the attested UDID and OS version when
-//!   present, and the validity window.
+//!   present, the validity window, and the certificate's serial number (for an authorizer
+//!   that keeps its own revocation list).
 //! - Classic `CONNECT host:port` (RFC 9114 §4.4, RFC 9113 §8.5) on both listeners, with the
 //!   same code path after the HTTP layer (`request`): every request is decided by the
 //!   [`Authorizer`] the appliance implements; a forwarded request is dialled through an
@@ -200,6 +201,9 @@ pub struct DeviceIdentity {
     /// The certificate's validity window.
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The certificate's serial number: the DER INTEGER's content octets (RFC 5280 §4.1.2.2),
+    /// for an authorizer that keeps its own revocation list.
+    pub certificate_serial: Vec<u8>,
 }
 
 /// The transport a request asks to reach.

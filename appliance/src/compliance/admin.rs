@@ -141,9 +141,6 @@ pub trait AdminBackend: Send + Sync + 'static {
 
 /// The compliance store as the ACME server asks it ([`is_enrolled`]). Holds the backend
 /// weakly (the backend owns the ACME server that owns this).
-// Constructed by the daemon when it starts the ACME server with the attestation verifier
-// (issue 8, wired at the merge).
-#[allow(dead_code)]
 pub struct MdmDirectory(pub std::sync::Weak<dyn AdminBackend>);
 
 impl std::fmt::Debug for MdmDirectory {
@@ -168,8 +165,6 @@ impl enroll::acme::DeviceDirectory for MdmDirectory {
 /// Enrolled for a certificate: an inventory source lists the device as managed, none says
 /// otherwise, and no override blocks it. Freshness (`max_age`) is not asked here: the relay's
 /// policy decision at each request does that.
-// Used through MdmDirectory once the daemon starts the ACME server (see there).
-#[allow(dead_code)]
 pub fn is_enrolled(devices: &DeviceTable, serial: &str) -> bool {
     let view = devices.view(serial);
     view.managed && view.blocked.is_none()

@@ -244,7 +244,8 @@ file = "{d}/events.jsonl"
 
 pub const DEVICE_OK: &str = "[[device]]\nserial = \"C02LAB0001\"\nmanaged = true\ngroups = [\"Compliant Macs\"]\nrisk = \"secure\"\nplatform = \"macos\"\nudids = [\"UDID-0001\"]\n";
 
-fn sh(args: &[&str], dir: &Path) {
+/// Runs a command in `dir`; it must succeed.
+pub fn sh(args: &[&str], dir: &Path) {
     let out = Command::new(args[0])
         .args(&args[1..])
         .current_dir(dir)

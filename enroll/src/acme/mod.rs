@@ -46,6 +46,9 @@
 pub mod jws;
 pub mod nonce;
 pub mod problem;
+/// A small ACME client for tests (cargo feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub mod test_client;
 
 use crate::attest::{AttestError, Attestation};
 use crate::ca::{ec_curve, DeviceCa, DeviceCertRequest};
@@ -84,6 +87,18 @@ pub trait AttestationVerifier: Send + Sync {
         token: &str,
         now: SystemTime,
     ) -> Result<Attestation, AttestError>;
+}
+
+/// The Apple verifier as the server asks it.
+impl AttestationVerifier for crate::attest::Verifier {
+    fn verify(
+        &self,
+        att_obj: &[u8],
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Attestation, AttestError> {
+        crate::attest::Verifier::verify(self, att_obj, token, now)
+    }
 }
 
 /// Whether the MDM knows a device as enrolled (the appliance's compliance store).

@@ -2,10 +2,10 @@
 //! ECDSA account keys, JWS signing, rcgen CSRs) against the handler. The attestation
 //! verifier is a stand-in: its `attObj` is JSON naming the attestation it returns.
 
+use super::test_client::{request, Client};
 use super::*;
 use crate::ca::{CaOptions, DeviceCa};
 use base64::Engine;
-use ring::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
 use std::collections::HashSet;
 
 const BASE: &str = "https://gate.test:8443/acme";
@@ -123,148 +123,6 @@ fn fixture() -> Fixture {
     fixture_with(true)
 }
 
-/// The test client: one account key.
-struct Client<'a> {
-    server: &'a AcmeServer,
-    key: EcdsaKeyPair,
-    kid: Option<String>,
-}
-
-struct Answer {
-    status: StatusCode,
-    headers: http::HeaderMap,
-    body: Bytes,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
-    }
-    fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap().to_string())
-    }
-    fn content_type(&self) -> String {
-        self.header("content-type").unwrap_or_default()
-    }
-    /// Asserts an RFC 7807 problem document of this ACME type and status.
-    fn assert_problem(&self, kind: &str, status: u16) -> Value {
-        assert_eq!(
-            self.status.as_u16(),
-            status,
-            "body: {}",
-            String::from_utf8_lossy(&self.body)
-        );
-        assert_eq!(self.content_type(), "application/problem+json");
-        let doc = self.json();
-        assert_eq!(
-            doc["type"],
-            format!("urn:ietf:params:acme:error:{kind}"),
-            "{doc}"
-        );
-        assert_eq!(doc["status"], status);
-        assert!(
-            doc["detail"].as_str().is_some_and(|d| !d.is_empty()),
-            "{doc}"
-        );
-        doc
-    }
-}
-
-fn request(method: Method, path: &str, body: Vec<u8>) -> Request<Bytes> {
-    Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/jose+json")
-        .body(Bytes::from(body))
-        .unwrap()
-}
-
-fn path_of(url: &str) -> &str {
-    url.strip_prefix("https://gate.test:8443").unwrap()
-}
-
-impl<'a> Client<'a> {
-    fn new(server: &'a AcmeServer) -> Client<'a> {
-        let rng = ring::rand::SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-            .unwrap();
-        Client {
-            server,
-            key,
-            kid: None,
-        }
-    }
-
-    fn jwk(&self) -> Value {
-        let point = self.key.public_key().as_ref();
-        json!({"kty": "EC", "crv": "P-256", "x": b64u(&point[1..33]), "y": b64u(&point[33..65])})
-    }
-
-    fn send(&self, req: Request<Bytes>) -> Answer {
-        let r = self.server.handle(req);
-        let (parts, body) = r.into_parts();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        }
-    }
-
-    fn nonce(&self) -> String {
-        let a = self.send(request(Method::HEAD, "/acme/new-nonce", vec![]));
-        a.header("replay-nonce").unwrap()
-    }
-
-    fn sign(&self, protected: &Value, payload: &str) -> Vec<u8> {
-        let protected = b64u(protected.to_string().as_bytes());
-        let input = format!("{protected}.{payload}");
-        let sig = self
-            .key
-            .sign(&ring::rand::SystemRandom::new(), input.as_bytes())
-            .unwrap();
-        json!({"protected": protected, "payload": payload, "signature": b64u(sig.as_ref())})
-            .to_string()
-            .into_bytes()
-    }
-
-    fn protected(&self, url: &str, nonce: &str) -> Value {
-        let mut p = json!({"alg": "ES256", "nonce": nonce, "url": url});
-        match &self.kid {
-            Some(kid) => p["kid"] = json!(kid),
-            None => p["jwk"] = self.jwk(),
-        }
-        p
-    }
-
-    /// Signed POST; `None` payload is POST-as-GET.
-    fn post(&self, url: &str, payload: Option<Value>) -> Answer {
-        let payload = payload
-            .map(|p| b64u(p.to_string().as_bytes()))
-            .unwrap_or_default();
-        let body = self.sign(&self.protected(url, &self.nonce()), &payload);
-        self.send(request(Method::POST, path_of(url), body))
-    }
-
-    fn register(&mut self) -> Answer {
-        let a = self.post(
-            &format!("{BASE}/new-account"),
-            Some(json!({"termsOfServiceAgreed": true})),
-        );
-        self.kid = a.header("location");
-        a
-    }
-
-    fn new_order(&self, serial: &str) -> Answer {
-        self.post(
-            &format!("{BASE}/new-order"),
-            Some(json!({"identifiers": [{"type": "permanent-identifier", "value": serial}]})),
-        )
-    }
-}
-
 /// A device: its Secure Enclave key stands in as an rcgen key pair.
 struct Device {
     key: rcgen::KeyPair,
@@ -300,25 +158,13 @@ impl Device {
 
 /// Registers, orders, and reads the authorization: (order URL, challenge URL, token).
 fn order_for(client: &Client<'_>, serial: &str) -> (String, String, String, Value) {
-    let o = client.new_order(serial);
-    assert_eq!(o.status, StatusCode::CREATED, "{}", o.json());
-    let order_url = o.header("location").unwrap();
-    let order = o.json();
-    let authz = client.post(order["authorizations"][0].as_str().unwrap(), None);
-    assert_eq!(authz.status, StatusCode::OK);
-    let challenge = authz.json()["challenges"][0].clone();
-    (
-        order_url,
-        challenge["url"].as_str().unwrap().to_string(),
-        challenge["token"].as_str().unwrap().to_string(),
-        order,
-    )
+    client.order(serial)
 }
 
 #[test]
 fn acme_device_attest_full_flow() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
 
     // §7.1.1 directory
     let dir = client.send(request(Method::GET, "/acme/directory", vec![]));
@@ -472,7 +318,7 @@ fn acme_device_attest_full_flow() {
 
     // state survives a restart: a new server on the same directory knows the account and order
     let again = server_in(f.dir.path(), f.ca.clone(), f.events.clone(), true);
-    let mut c2 = Client::new(&again);
+    let mut c2 = Client::new(&again, BASE);
     c2.key = client.key;
     c2.kid = Some(kid);
     let reread = c2.post(&order_url, None);
@@ -484,7 +330,7 @@ fn acme_device_attest_full_flow() {
 #[test]
 fn acme_p384_device_key_is_issued() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::p384();
     let (_, chall, token, order) = order_for(&client, SERIAL);
@@ -504,7 +350,7 @@ fn acme_p384_device_key_is_issued() {
 #[test]
 fn acme_bad_jws_signature_is_malformed() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let url = format!("{BASE}/new-order");
     let mut body: Value = serde_json::from_slice(&client.sign(
@@ -552,7 +398,7 @@ fn acme_bad_jws_signature_is_malformed() {
 #[test]
 fn acme_reused_nonce_is_bad_nonce_with_a_fresh_one() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let url = format!("{BASE}/new-order");
     let nonce = client.nonce();
@@ -599,7 +445,7 @@ fn acme_reused_nonce_is_bad_nonce_with_a_fresh_one() {
 #[test]
 fn acme_url_in_the_protected_header_must_be_the_request_url() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let body = client.sign(
         &client.protected(&format!("{BASE}/new-account"), &client.nonce()),
@@ -621,7 +467,7 @@ fn acme_url_in_the_protected_header_must_be_the_request_url() {
 #[test]
 fn acme_unknown_kid_and_key_mixups() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.kid = Some(format!("{BASE}/acct/nobody"));
     client
         .new_order(SERIAL)
@@ -640,13 +486,13 @@ fn acme_unknown_kid_and_key_mixups() {
         .assert_problem("accountDoesNotExist", 400);
     client.register();
     // another account's key under this kid: the signature does not verify
-    let other = Client::new(&f.server);
-    let mut forged = Client::new(&f.server);
+    let other = Client::new(&f.server, BASE);
+    let mut forged = Client::new(&f.server, BASE);
     forged.key = other.key;
     forged.kid = client.kid.clone();
     forged.new_order(SERIAL).assert_problem("malformed", 400);
     // jwk where a kid belongs
-    let jwk_only = Client::new(&f.server);
+    let jwk_only = Client::new(&f.server, BASE);
     jwk_only.new_order(SERIAL).assert_problem("malformed", 400);
     // both jwk and kid
     let mut p = client.protected(&format!("{BASE}/new-order"), &client.nonce());
@@ -702,7 +548,7 @@ fn acme_unknown_kid_and_key_mixups() {
 #[test]
 fn acme_only_permanent_identifiers_are_ordered() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let url = format!("{BASE}/new-order");
     client
@@ -741,7 +587,7 @@ fn acme_only_permanent_identifiers_are_ordered() {
 #[test]
 fn acme_attested_serial_must_be_the_order_identifier() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::new();
     let (order_url, chall, token, _) = order_for(&client, SERIAL);
@@ -785,7 +631,7 @@ fn acme_attested_serial_must_be_the_order_identifier() {
 #[test]
 fn acme_csr_key_must_be_the_attested_key() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::new();
     let impostor = Device::new();
@@ -856,7 +702,7 @@ Jz80YJENsCzIUWoNN+OOwXLzmav+D76meFW7AcuY";
 #[test]
 fn acme_device_not_enrolled_is_refused_unless_configured() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::new();
     let stranger = "C02STRANGER1";
@@ -881,7 +727,7 @@ fn acme_device_not_enrolled_is_refused_unless_configured() {
 
     // require_enrolled = false: the same device gets its certificate
     let open = fixture_with(false);
-    let mut client = Client::new(&open.server);
+    let mut client = Client::new(&open.server, BASE);
     client.register();
     let (_, chall, token, order) = order_for(&client, stranger);
     assert_eq!(
@@ -903,7 +749,7 @@ fn acme_device_not_enrolled_is_refused_unless_configured() {
 #[test]
 fn acme_replayed_attestation_for_another_order_is_refused() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::new();
     let (_, chall1, token1, _) = order_for(&client, SERIAL);
@@ -922,7 +768,7 @@ fn acme_replayed_attestation_for_another_order_is_refused() {
     assert!(doc["detail"].as_str().unwrap().contains("replay"));
     assert_eq!(client.post(&order2, None).json()["status"], "invalid");
     // from another account too
-    let mut other = Client::new(&f.server);
+    let mut other = Client::new(&f.server, BASE);
     other.register();
     let (_, chall3, token3, _) = order_for(&other, SERIAL);
     other
@@ -936,7 +782,7 @@ fn acme_replayed_attestation_for_another_order_is_refused() {
 #[test]
 fn acme_verifier_errors_are_bad_attestation_statements() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
     let device = Device::new();
     let (_, chall, _, _) = order_for(&client, SERIAL);
@@ -988,9 +834,9 @@ fn acme_verifier_errors_are_bad_attestation_statements() {
 #[test]
 fn acme_orders_belong_to_their_account_and_expire() {
     let f = fixture();
-    let mut client = Client::new(&f.server);
+    let mut client = Client::new(&f.server, BASE);
     client.register();
-    let mut other = Client::new(&f.server);
+    let mut other = Client::new(&f.server, BASE);
     other.register();
     let device = Device::new();
     let (order_url, chall, token, _) = order_for(&client, SERIAL);
@@ -1008,7 +854,7 @@ fn acme_orders_belong_to_their_account_and_expire() {
     let body = client.sign(&client.protected(&order_url, &client.nonce()), "");
     let r = f
         .server
-        .handle_at(request(Method::POST, path_of(&order_url), body), later);
+        .handle_at(request(Method::POST, &order_url, body), later);
     let order: Value = serde_json::from_slice(r.body()).unwrap();
     assert_eq!(order["status"], "invalid");
     let authz = client

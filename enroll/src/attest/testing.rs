@@ -1,6 +1,7 @@
 //! Test fixtures: a synthetic attestation CA in Apple's place (P-384 root → P-384 intermediate →
 //! leaf with Apple's extensions encoded as Apple does, see `facts`) and a small CBOR encoder for
-//! `attObj`s. For the attest tests and the ACME server's tests.
+//! `attObj`s. For the attest tests, the ACME server's tests, and (cargo feature `testing`) the
+//! appliance's end-to-end tests.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,7 @@ use rcgen::{
 use super::Verifier;
 
 /// The fixed "now" of the tests: 2025-06-01T00:00:00Z.
-pub(crate) fn now() -> SystemTime {
+pub fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_748_736_000)
 }
 
@@ -21,13 +22,13 @@ const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(86_400);
 
 /// Apple's arc, 1.2.840.113635.100.8, and a property under it.
-pub(crate) fn apple_oid(tail: &[u64]) -> Vec<u64> {
+pub fn apple_oid(tail: &[u64]) -> Vec<u64> {
     let mut oid = vec![1, 2, 840, 113_635, 100, 8];
     oid.extend_from_slice(tail);
     oid
 }
 
-pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
+pub fn sha256(data: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, data)
         .as_ref()
         .to_vec()
@@ -35,7 +36,7 @@ pub(crate) fn sha256(data: &[u8]) -> Vec<u8> {
 
 /// The attested key of a synthetic leaf.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum LeafKey {
+pub enum LeafKey {
     P256,
     P384,
     /// A 2048-bit RSA public key (not a real key pair: the verifier must refuse it anyway).
@@ -44,7 +45,7 @@ pub(crate) enum LeafKey {
 
 /// What a synthetic leaf carries.
 #[derive(Debug, Clone)]
-pub(crate) struct LeafSpec {
+pub struct LeafSpec {
     pub key: LeafKey,
     pub serial: Option<String>,
     pub udid: Option<String>,
@@ -64,7 +65,7 @@ pub(crate) struct LeafSpec {
 impl LeafSpec {
     /// A good leaf for `token`: P-256 key, serial, UDID, OS version, freshness SHA-256(token),
     /// valid from an hour before [`now`] to a week after it.
-    pub(crate) fn for_token(token: &str) -> LeafSpec {
+    pub fn for_token(token: &str) -> LeafSpec {
         LeafSpec {
             key: LeafKey::P256,
             serial: Some("C02TEST0001".into()),
@@ -82,7 +83,7 @@ impl LeafSpec {
 
 /// A synthetic leaf and its private key (none for [`LeafKey::Rsa`]).
 #[derive(Debug)]
-pub(crate) struct Leaf {
+pub struct Leaf {
     pub der: Vec<u8>,
     pub key: Option<KeyPair>,
 }
@@ -109,7 +110,7 @@ fn rsa_public() -> RsaPublic {
 
 /// A test root and intermediate, named like Apple's with `tag` appended.
 #[derive(Debug)]
-pub(crate) struct TestCa {
+pub struct TestCa {
     root_params: CertificateParams,
     root_key: KeyPair,
     pub root_der: Vec<u8>,
@@ -138,12 +139,12 @@ fn ca_params(cn: &str, path_len: Option<u8>, valid: (SystemTime, SystemTime)) ->
 impl TestCa {
     /// Root "Test Enterprise Attestation Root CA{tag}" → "Test Enterprise Attestation Sub CA
     /// 1{tag}", both P-384, valid for years around [`now`].
-    pub(crate) fn new(tag: &str) -> TestCa {
+    pub fn new(tag: &str) -> TestCa {
         Self::build(tag, None, (now() - 365 * DAY, now() + 3650 * DAY))
     }
 
     /// Like [`TestCa::new`] with a root pathLenConstraint and the intermediate's validity.
-    pub(crate) fn build(
+    pub fn build(
         tag: &str,
         root_path_len: Option<u8>,
         intermediate_valid: (SystemTime, SystemTime),
@@ -183,19 +184,19 @@ impl TestCa {
     }
 
     /// A verifier trusting only this root.
-    pub(crate) fn verifier(&self) -> Verifier {
+    pub fn verifier(&self) -> Verifier {
         Verifier::with_roots(vec![self.root_der.clone()], false)
             .unwrap_or_else(|e| panic!("test root refused: {e}"))
     }
 
     /// A leaf issued by the intermediate.
-    pub(crate) fn leaf(&self, spec: &LeafSpec) -> Leaf {
+    pub fn leaf(&self, spec: &LeafSpec) -> Leaf {
         let issuer = Issuer::from_params(&self.intermediate_params, &self.intermediate_key);
         leaf(spec, &issuer)
     }
 
     /// A leaf issued directly by the root.
-    pub(crate) fn leaf_from_root(&self, spec: &LeafSpec) -> Leaf {
+    pub fn leaf_from_root(&self, spec: &LeafSpec) -> Leaf {
         leaf(
             spec,
             &Issuer::from_params(&self.root_params, &self.root_key),
@@ -203,7 +204,7 @@ impl TestCa {
     }
 
     /// `{fmt: "apple", attStmt: {x5c: [leaf, intermediate]}}` for `spec`, and the leaf.
-    pub(crate) fn att_obj(&self, spec: &LeafSpec) -> (Vec<u8>, Leaf) {
+    pub fn att_obj(&self, spec: &LeafSpec) -> (Vec<u8>, Leaf) {
         let leaf = self.leaf(spec);
         let att = att_obj("apple", &[leaf.der.clone(), self.intermediate_der.clone()]);
         (att, leaf)
@@ -279,7 +280,7 @@ fn leaf(spec: &LeafSpec, issuer: &Issuer<'_, &KeyPair>) -> Leaf {
 
 /// A CBOR value to encode (RFC 8949, definite lengths unless said).
 #[derive(Debug, Clone)]
-pub(crate) enum Cbor {
+pub enum Cbor {
     Int(u64),
     Bytes(Vec<u8>),
     Text(String),
@@ -314,11 +315,11 @@ fn head(out: &mut Vec<u8>, major: u8, n: u64) {
 }
 
 impl Cbor {
-    pub(crate) fn text(s: &str) -> Cbor {
+    pub fn text(s: &str) -> Cbor {
         Cbor::Text(s.to_owned())
     }
 
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.write(&mut out);
         out
@@ -366,7 +367,7 @@ impl Cbor {
 
 /// The `attObj` of an Apple attestation with this `fmt` and `x5c`, plus an `authData` that the
 /// verifier ignores.
-pub(crate) fn att_obj(fmt: &str, x5c: &[Vec<u8>]) -> Vec<u8> {
+pub fn att_obj(fmt: &str, x5c: &[Vec<u8>]) -> Vec<u8> {
     Cbor::Map(vec![
         (Cbor::text("fmt"), Cbor::text(fmt)),
         (

@@ -306,3 +306,13 @@ fn only_ec_p256_p384_device_keys_and_sane_identifiers() {
     assert!(ec_curve(b"\x30\x00").is_err());
     assert!(ca.issued().is_empty());
 }
+
+#[test]
+fn operator_serials_normalize_to_the_registry_form() {
+    assert_eq!(
+        super::normalize_serial(" 0x00:1A:2b ").as_deref(),
+        Some("1a2b")
+    );
+    assert_eq!(super::normalize_serial("1a2").as_deref(), None);
+    assert_eq!(super::normalize_serial("zz").as_deref(), None);
+}
