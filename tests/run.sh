@@ -43,6 +43,10 @@ fi
 if ! python3 -c "import h2" 2>/dev/null; then
   python3 -m pip install -q h2==4.3.0
 fi
+# an independent ACME client (certbot's library) for the device-attest-01 server's test
+if ! python3 -c "import acme, josepy" 2>/dev/null; then
+  python3 -m pip install -q acme==5.9.0
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

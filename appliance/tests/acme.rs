@@ -355,3 +355,70 @@ fn acme_certificate_passes_a_relay_that_checks_crls() {
     drop(device);
     lab.stop(daemon);
 }
+
+/// An independent ACME client — certbot's `acme` library (its own JWS, nonce and account
+/// handling, ES384 account key) in `tests/lab/acme_independent.py` — gets a certificate through
+/// device-attest-01, and the aioquic device passes the relay with it.
+#[test]
+fn an_independent_acme_client_gets_a_certificate_the_relay_accepts() {
+    use base64::Engine;
+    use std::io::{BufRead, Write};
+    let has_acme = std::process::Command::new("python3")
+        .args(["-c", "import acme, josepy, cryptography"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_acme,
+        "certbot's acme library is missing: python3 -m pip install acme (tests/run.sh does)"
+    );
+    let (lab, relay_port, _admin, base, attestation, daemon) = acme_lab(false);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/lab/acme_independent.py");
+    let key_file = lab.dir.join("device.key");
+    let mut client = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("{base}/directory"))
+        .arg(lab.dir.join("relay-ca.crt"))
+        .arg(SERIAL)
+        .arg(&key_file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(client.stdout.take().unwrap()).lines();
+    let first = lines
+        .next()
+        .expect("the client ended before its order (its error is above)")
+        .unwrap();
+    let token = first
+        .strip_prefix("token ")
+        .unwrap_or_else(|| panic!("the client said {first:?}"));
+    let mut spec = LeafSpec::for_token(token);
+    spec.serial = Some(SERIAL.to_string());
+    spec.not_before = SystemTime::now() - Duration::from_secs(3600);
+    spec.not_after = SystemTime::now() + Duration::from_secs(7 * 86_400);
+    let (att_obj, leaf) = attestation.att_obj(&spec);
+    std::fs::write(&key_file, leaf.key.unwrap().serialize_pem()).unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&att_obj)
+    )
+    .unwrap();
+    drop(stdin);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    assert!(client.wait().unwrap().success(), "{rest:?}");
+    assert_eq!(rest[0], "certificate", "{rest:?}");
+    let chain = rest[1..].join("\n");
+    assert_eq!(chain.matches("BEGIN CERTIFICATE").count(), 2, "{chain}");
+    let issued = lab.events_of("acme.issued");
+    assert_eq!(issued.len(), 1, "{issued:?}");
+    assert_eq!(issued[0]["identifier"], SERIAL);
+    std::fs::write(lab.dir.join("device.crt"), &chain).unwrap();
+    let device = common::device(&lab.dir, relay_port, echo_server());
+    let flowing = device.lines.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(flowing["event"], "flowing", "{flowing}");
+    drop(device);
+    lab.stop(daemon);
+}

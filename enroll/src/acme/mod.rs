@@ -353,6 +353,8 @@ impl Reply {
 struct Refusal {
     problem: Problem,
     link_up: Option<String>,
+    /// A status other than the problem type's (415 for a body that is not JOSE, §6.2).
+    status: Option<http::StatusCode>,
 }
 
 impl From<Problem> for Refusal {
@@ -360,6 +362,7 @@ impl From<Problem> for Refusal {
         Refusal {
             problem,
             link_up: None,
+            status: None,
         }
     }
 }
@@ -453,8 +456,11 @@ impl AcmeServer {
         let (reply, problem) = match result {
             Ok(reply) => (reply, None),
             Err(refusal) => {
-                let mut reply =
-                    Reply::json(refusal.problem.kind.status(), &refusal.problem.to_json());
+                let status = refusal.status.unwrap_or(refusal.problem.kind.status());
+                let mut body = refusal.problem.to_json();
+                // RFC 7807 §3.1: the document's status is the response's
+                body["status"] = status.as_u16().into();
+                let mut reply = Reply::json(status, &body);
                 reply.content_type = "application/problem+json";
                 reply.link_up = refusal.link_up;
                 (reply, Some(refusal.problem))
@@ -562,7 +568,8 @@ impl AcmeServer {
             _ => {}
         }
         expect_method(&method, &[Method::POST])?;
-        // §6.2: a JWS body is application/jose+json
+        // §6.2: a JWS body is application/jose+json, else "the server MUST return a response
+        // with status code 415 (Unsupported Media Type)"
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -573,11 +580,17 @@ impl AcmeServer {
             .next()
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/jose+json"))
         {
-            return Err(Problem {
-                kind: ProblemType::Malformed,
-                detail: "the request body must be application/jose+json (RFC 8555 §6.2)".into(),
-            }
-            .into());
+            return Err(Refusal {
+                status: Some(http::StatusCode::UNSUPPORTED_MEDIA_TYPE),
+                ..Problem {
+                    kind: ProblemType::Malformed,
+                    detail: format!(
+                        "the request body must be application/jose+json, not {content_type:?} \
+                         (RFC 8555 §6.2)"
+                    ),
+                }
+                .into()
+            });
         }
         if req.body().len() > MAX_BODY {
             return Err(Problem::malformed(format!("the body exceeds {MAX_BODY} bytes")).into());
@@ -1046,6 +1059,7 @@ impl AcmeServer {
             return Err(Refusal {
                 problem: Problem::malformed(format!("the order is {}", order.status)),
                 link_up: Some(authz_url),
+                status: None,
             });
         }
         let payload = jws.json_payload()?;
@@ -1057,6 +1071,7 @@ impl AcmeServer {
                     "a device-attest-01 response carries attObj (draft-ietf-acme-device-attest §5)",
                 ),
                 link_up: Some(authz_url),
+                status: None,
             }),
         };
         match self.validate(inner, ctx, id, &order, att_obj, now) {
@@ -1078,6 +1093,7 @@ impl AcmeServer {
                 Err(Refusal {
                     problem,
                     link_up: Some(authz_url),
+                    status: None,
                 })
             }
         }

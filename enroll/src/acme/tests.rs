@@ -527,7 +527,7 @@ fn acme_unknown_kid_and_key_mixups() {
     let mut req = request(Method::POST, "/acme/new-order", b"{}".to_vec());
     req.headers_mut()
         .insert("content-type", HeaderValue::from_static("application/json"));
-    client.send(req).assert_problem("malformed", 400);
+    client.send(req).assert_problem("malformed", 415);
     // not JSON at all
     client
         .send(request(
