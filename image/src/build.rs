@@ -106,7 +106,11 @@ pub fn build(opts: &Options) -> Result<Report> {
         "binaries",
         t,
         Some(cmd::size(&attestgate) + cmd::size(&firstboot)),
-        "release attestgate + attestgate-firstboot",
+        if opts.binary.is_some() {
+            "attestgate given by --binary + attestgate-firstboot"
+        } else {
+            "release attestgate + attestgate-firstboot"
+        },
     );
 
     // 2. rootfs
