@@ -881,8 +881,12 @@ impl Shared {
                     .emit("acme.error", json!({"error": e, "alert": true})),
             }
         }
-        self.gateway
-            .set_revocations(slot.as_ref().map(|(_, a)| a.ca.clone()));
+        // Revocations only ever tighten: when [acme] goes away the last CA's revocation list
+        // stays in force, so a relay still draining (or not yet restarted without the
+        // built-in CA) never lets a revoked certificate through again.
+        if let Some((_, a)) = slot.as_ref() {
+            self.gateway.set_revocations(Some(a.ca.clone()));
+        }
     }
 
     /// Starts, restarts or stops the admin listener to match `[compliance.webhook]`. One that
